@@ -1,0 +1,1 @@
+"""Label Studio review of RefCOCO-Edit samples (push tasks, pull and reconcile reviews)."""

@@ -1,0 +1,1 @@
+"""Scoring image editors on RefCOCO-Edit: editors, metrics, harness, reports."""

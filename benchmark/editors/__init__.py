@@ -1,0 +1,1 @@
+"""Editors under test: the Editor ABC and its lazy registry."""

@@ -1,0 +1,1 @@
+"""Metrics, one file per family, each tested against a reference formula."""

@@ -1,0 +1,266 @@
+"""Parquet / Hugging Face datasets export of a workspace, its dataset card, and import back.
+
+The export folder holds ``{split}-{k:05d}-of-{n:05d}.parquet`` files with the versioned sample
+schema (``refcoco_edit.schema``): image columns are the HF ``Image`` struct and the schema
+metadata carries the ``datasets`` features, so all of these read it back::
+
+    pandas.read_parquet(out)                                   # one DataFrame
+    datasets.load_dataset("parquet", data_files=f"{out}/*.parquet")
+    datasets.load_dataset(out)                                 # splits from the card's configs
+
+The folder is written next to its final place and swapped in with renames, so a killed export
+never leaves a half dataset: the old export or the new one is there.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from .errors import InputError
+from .schema import SCHEMA_VERSION, arrow_schema, check_table, column_names, rows_to_table, sample_fields
+from .workspace import Workspace, atomic_write_table
+
+EXPORT_MARKER = ".refcoco-edit-export.json"
+VIEWS = ("rie", "reference-based")
+# FreeBench-style triplets (source, exemplar, reference) for reference-based editing
+REFERENCE_BASED_COLUMNS = (
+    "sample_id", "split", "image_id", "ref_id", "category", "source_image", "source_mask", "bbox",
+    "exemplar_image", "edit_target", "prompt", "referring_span", "edit_span", "reference_image",
+    "edit_mask", "review", "schema_version",
+)
+REVIEW_FILE = Path("review") / "reviews.parquet"
+
+
+def _reviews(ws: Workspace) -> Dict[str, Dict[str, Any]]:
+    """The reconciled reviews of a workspace, by sample_id (written by the annotation tools)."""
+    path = ws.root / REVIEW_FILE
+    if not path.exists():
+        return {}
+    import pyarrow.parquet as pq
+
+    return {r["sample_id"]: r for r in pq.read_table(path).to_pylist()}
+
+
+def apply_review(row: Dict[str, Any], review: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """Fold a reviewer's decision into a sample: status, chosen candidate, corrected prompt/M_e."""
+    if not review:
+        return row
+    row = dict(row)
+    row["review"] = {k: review.get(k) for k in ("status", "reviewer", "chosen_candidate", "notes", "updated_at")}
+    chosen = review.get("chosen_candidate")
+    if chosen is not None and 0 <= int(chosen) < len(row.get("candidates") or []):
+        cand = row["candidates"][int(chosen)]
+        row["reference_image"] = {"bytes": cand["image"]["bytes"], "path": f"{row['sample_id']}.png"}
+        row["edit_mask"] = cand["edit_mask"]
+    if review.get("prompt"):
+        row["prompt"] = review["prompt"]
+        row["referring_span"] = list(review["referring_span"])
+        row["edit_span"] = list(review["edit_span"])
+        row["prompt_source"] = review.get("prompt_source") or row.get("prompt_source")
+    if review.get("edit_mask"):
+        row["edit_mask"] = review["edit_mask"]
+    return row
+
+
+def _safe_swap_dir(tmp: Path, final: Path) -> None:
+    """Replace ``final`` (an earlier export, or nothing) by ``tmp`` with two renames."""
+    old = None
+    if final.exists():
+        old = final.with_name(final.name + f".old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_target(out: Path) -> None:
+    if out.exists() and any(out.iterdir()) and not (out / EXPORT_MARKER).exists():
+        raise InputError(f"{out} exists and is not a refcoco-edit export; refusing to replace it")
+
+
+def write_export(rows: Sequence[Dict[str, Any]], out: Union[str, Path], view: str = "rie",
+                 rows_per_file: int = 500, card: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Write sample rows as split-wise Parquet files plus README.md into ``out`` (atomically)."""
+    if view not in VIEWS:
+        raise InputError(f"unknown view {view!r}; choose from {', '.join(VIEWS)}")
+    out = Path(out)
+    _check_target(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=str(out.parent)))
+    try:
+        if view == "reference-based":
+            rows = [r for r in rows if r.get("exemplar_image") is not None]
+        by_split: Dict[str, List[Dict[str, Any]]] = {}
+        for r in rows:
+            by_split.setdefault(str(r.get("split") or "train"), []).append(r)
+        files = []
+        for split in sorted(by_split):
+            part = by_split[split]
+            chunks = [part[k: k + rows_per_file] for k in range(0, len(part), rows_per_file)]
+            for k, chunk in enumerate(chunks):
+                table = rows_to_table(chunk)
+                if view == "reference-based":
+                    table = table.select(list(REFERENCE_BASED_COLUMNS))
+                    fields = [f for f in sample_fields() if f.name in REFERENCE_BASED_COLUMNS]
+                    import pyarrow as pa
+
+                    meta = dict(arrow_schema().metadata)
+                    hf = json.loads(meta[b"huggingface"])
+                    hf["info"]["features"] = {k2: v for k2, v in hf["info"]["features"].items() if k2 in REFERENCE_BASED_COLUMNS}
+                    meta[b"huggingface"] = json.dumps(hf).encode()
+                    table = table.cast(pa.schema(fields, metadata=meta))
+                name = f"{split}-{k:05d}-of-{len(chunks):05d}.parquet"
+                atomic_write_table(tmp / name, table)
+                files.append(name)
+        summary = _summary(rows, view)
+        summary["files"] = files
+        (tmp / "README.md").write_text(dataset_card(summary, card or {}), encoding="utf-8")
+        (tmp / EXPORT_MARKER).write_text(json.dumps({"schema_version": SCHEMA_VERSION, "view": view,
+                                                     "files": files}, indent=2), encoding="utf-8")
+        _safe_swap_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    summary["out"] = str(out)
+    return summary
+
+
+def export_workspace(ws: Union[Workspace, str, Path], out: Optional[Union[str, Path]] = None, status: str = "all",
+                     view: str = "rie", build_info: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Export the generated samples of a workspace (optionally only accepted ones)."""
+    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
+    if status not in ("accepted", "all"):
+        raise InputError(f"unknown --status {status!r}; choose accepted or all")
+    stage = ws.stage("generate")
+    table = stage.read_all()
+    if table is None:
+        raise InputError(f"{ws.root} has no generated samples; run `refcoco-edit build --out {ws.root}` first")
+    reviews = _reviews(ws)
+    rows = [apply_review(r, reviews.get(r["sample_id"])) for r in table.to_pylist()]
+    if status == "accepted":
+        rows = [r for r in rows if (r.get("review") or {}).get("status") == "accepted"]
+    q = ws.quarantine().to_pylist()
+    info = dict(build_info or ws.manifest())
+    info["quarantine"] = dict(Counter(f"{x['stage']}/{x['reason']}" for x in q))
+    info["status_filter"] = status
+    return write_export(rows, out if out is not None else ws.root / "export", view=view, card=info)
+
+
+def load_export(path: Union[str, Path]) -> Any:
+    """Read an export folder (or one Parquet file) back as one Arrow table, checked against the
+    schema."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    if not files:
+        raise InputError(f"{path} holds no Parquet files")
+    tables = [pq.read_table(f) for f in files]
+    table = pa.concat_tables(tables)
+    check_table(table)
+    return table.select(column_names())
+
+
+def import_export(export_dir: Union[str, Path], workdir: Union[str, Path], shard_size: int = 16) -> Dict[str, Any]:
+    """Read an export back into a workspace as its ``generate`` stage (for review or re-export)."""
+    table = load_export(export_dir)
+    ws = Workspace(workdir)
+    ws.root.mkdir(parents=True, exist_ok=True)
+    stage = ws.stage("generate")
+    stage.clear()
+    n = 0
+    for i, start in enumerate(range(0, table.num_rows, shard_size)):
+        stage.write_shard(i, table.slice(start, shard_size), {"imported_from": str(export_dir)})
+        n += 1
+    return {"rows": table.num_rows, "shards": n, "workdir": str(ws.root)}
+
+
+def _summary(rows: Sequence[Dict[str, Any]], view: str) -> Dict[str, Any]:
+    return {
+        "view": view,
+        "rows": len(rows),
+        "images": len({r.get("image_id") for r in rows}),
+        "splits": dict(sorted(Counter(str(r.get("split")) for r in rows).items())),
+        "edit_types": dict(sorted(Counter(str(r.get("edit_type")) for r in rows).items())),
+        "categories": dict(sorted(Counter(str(r.get("category")) for r in rows).items())),
+        "prompt_sources": dict(sorted(Counter(str(r.get("prompt_source")) for r in rows).items())),
+        "review": dict(sorted(Counter(str((r.get("review") or {}).get("status")) for r in rows).items())),
+        "candidate_pipelines": dict(sorted(Counter(c["pipeline"] for r in rows for c in (r.get("candidates") or [])).items())),
+    }
+
+
+def _table(d: Dict[str, Any]) -> str:
+    if not d:
+        return "(none)\n"
+    lines = ["| value | count |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in d.items()]
+    return "\n".join(lines) + "\n"
+
+
+def dataset_card(summary: Dict[str, Any], info: Dict[str, Any]) -> str:
+    """The README.md of an export: loading configs, schema, counts and how it was built."""
+    splits = sorted(summary["splits"])
+    yaml = ["---", "configs:", "- config_name: default", "  data_files:"]
+    for s in splits:
+        yaml += [f"  - split: {s}", f"    path: {s}-*.parquet"]
+    yaml += ["license: cc-by-4.0", "task_categories:", "- image-to-image", "tags:", "- referring-image-editing",
+             "- refcoco", "---", ""]
+    settings = info.get("settings", {})
+    schema_lines = "\n".join(f"| `{f.name}` | `{f.type}` |" for f in sample_fields())
+    prompt_src = ", ".join(f"{k} ({v})" for k, v in summary["prompt_sources"].items()) or "none"
+    body = f"""# RefCOCO-Edit (refcoco-edit export)
+
+Referring Image Editing samples: a photo with several look-alike objects, one sentence that refers
+to one object and says how to edit it, the object's mask, a reference edited image and the edited
+area M_e. Built with `refcoco-edit build`; schema version {SCHEMA_VERSION}; view `{summary['view']}`.
+
+## Load it
+```python
+import datasets
+ds = datasets.load_dataset("parquet", data_files={{"{splits[0] if splits else 'train'}": "{splits[0] if splits else 'train'}-*.parquet"}})
+import pandas as pd
+df = pd.read_parquet(".")
+```
+Masks are COCO RLE (`pycocotools.mask.decode({{"size": m["size"], "counts": m["counts"].encode()}})`).
+`prompt[referring_span[0]:referring_span[1]]` is the referring expression verbatim;
+`prompt[edit_span[0]:edit_span[1]]` is the phrase naming the edit (the replace target, the new
+attribute, or the removal verb). Every `reference_image` equals `source_image` outside `edit_mask`.
+
+## Contents
+{summary['rows']} samples over {summary['images']} images.
+
+Splits:
+{_table(summary['splits'])}
+Edit types:
+{_table(summary['edit_types'])}
+Prompt sources: {prompt_src}. Review status:
+{_table(summary['review'])}
+Candidate pipelines:
+{_table(summary['candidate_pipelines'])}
+Categories of the referred objects:
+{_table(summary['categories'])}
+Quarantined during the build (stage/reason):
+{_table(info.get('quarantine', {}))}
+## How it was built
+- data: {"bundled synthetic demo data (not real photos)" if info.get('demo_data') else settings.get('refcoco', '?')}; dataset `{settings.get('dataset', '?')}`, refs split by `{settings.get('split_by') or 'default'}`
+- backend: `{settings.get('backend', '?')}`; seed {settings.get('seed', '?')}; samples exported: `{info.get('status_filter', 'all')}`
+- prompts: templates (version in the build), {"with" if settings.get('paraphrase') else "without"} the offline paraphraser; no LLM was used unless a prompt source says `llm:<model>`
+
+Settings:
+```json
+{json.dumps(settings, indent=2, sort_keys=True, default=str)}
+```
+
+## Schema
+| column | Arrow type |
+|---|---|
+{schema_lines}
+
+Images come from COCO (train2014, CC BY 4.0 per image terms of Flickr) when built from RefCOCO.
+"""
+    return "\n".join(yaml) + body

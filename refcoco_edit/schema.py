@@ -1,0 +1,205 @@
+"""Records of a RefCOCO-Edit sample and the versioned Arrow schema they are stored with.
+
+One row per sample, with the same columns in the workspace, in the export and as benchmark
+input (see DESIGN.md, "Data model"). Images are the Hugging Face ``Image`` struct
+``{bytes, path}`` so that ``datasets`` decodes them; masks are COCO RLE ``{size, counts}``
+(compressed string counts) produced by pycocotools.
+
+pyarrow is imported lazily: importing this module costs nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Dict, List, Optional, Sequence
+
+SCHEMA_VERSION = "1.0"
+
+EDIT_TYPES = ("replace", "remove", "attribute", "add")
+REVIEW_STATUSES = ("pending", "accepted", "rejected")
+
+# Reason codes for quarantined samples. Stable strings: users filter on them.
+REASONS = {
+    "missing_image": "the image file does not exist",
+    "corrupt_image": "the image file cannot be decoded (truncated or not an image)",
+    "size_mismatch": "the decoded image size differs from instances.json",
+    "bad_polygon": "a polygon has fewer than 3 points, an odd number of coordinates, or non-finite values",
+    "bad_rle": "an RLE mask is malformed (bad counts, wrong size)",
+    "empty_mask": "the object mask is empty",
+    "missing_annotation": "the ref points to an annotation id that does not exist",
+    "empty_sentence": "the referring sentence is empty",
+    "no_exemplar": "no exemplar instance of the edit target is available",
+    "no_change": "the pipeline output does not differ from the source inside the edit mask",
+    "pipeline_error": "the generation pipeline raised an error",
+    "prompt_error": "a prompt could not be composed",
+}
+
+
+def sample_id(dataset: str, ref_id: int, sent_id: int, edit_type: str, edit_target: str) -> str:
+    """Stable id of a sample: a hash of (dataset, ref_id, sent_id, edit).
+
+    The same referring sentence edited two different ways gives two samples.
+    """
+    key = json.dumps([dataset, int(ref_id), int(sent_id), edit_type, edit_target], separators=(",", ":"))
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]
+
+
+def image_struct(data: Optional[bytes], path: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    """The HF ``Image`` struct, or None when there is no image."""
+    if data is None and path is None:
+        return None
+    return {"bytes": data, "path": path}
+
+
+def empty_review() -> Dict[str, Any]:
+    return {"status": "pending", "reviewer": None, "chosen_candidate": None, "notes": None, "updated_at": None}
+
+
+# ----------------------------------------------------------------------------------------------
+# Arrow schema
+# ----------------------------------------------------------------------------------------------
+
+def _types():
+    import pyarrow as pa
+
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    rle = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
+    candidate = pa.struct(
+        [
+            ("pipeline", pa.string()),
+            ("params", pa.string()),  # JSON object: heterogeneous per pipeline
+            ("seed", pa.int64()),
+            ("image", image),
+            ("edit_mask", rle),
+            ("filter_scores", pa.string()),  # JSON object name -> float
+        ]
+    )
+    review = pa.struct(
+        [
+            ("status", pa.string()),
+            ("reviewer", pa.string()),
+            ("chosen_candidate", pa.int32()),
+            ("notes", pa.string()),
+            ("updated_at", pa.string()),
+        ]
+    )
+    selection = pa.struct(
+        [
+            ("area_fraction", pa.float64()),
+            ("n_sizeable_others", pa.int32()),
+            ("n_same_category", pa.int32()),
+            ("max_similarity", pa.float64()),
+            ("score", pa.float64()),
+        ]
+    )
+    return pa, image, rle, candidate, review, selection
+
+
+def sample_fields() -> List[Any]:
+    """The ordered fields of a sample row."""
+    pa, image, rle, candidate, review, selection = _types()
+    span = pa.list_(pa.int32())
+    return [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("dataset", pa.string()),
+        pa.field("split", pa.string()),
+        pa.field("image_id", pa.int64()),
+        pa.field("ref_id", pa.int64()),
+        pa.field("ann_id", pa.int64()),
+        pa.field("sent_id", pa.int64()),
+        pa.field("category", pa.string()),
+        pa.field("source_image", image),
+        pa.field("source_mask", rle),
+        pa.field("bbox", pa.list_(pa.float64())),  # COCO [x, y, w, h] in the upright image
+        pa.field("distractor_ann_ids", pa.list_(pa.int64())),
+        pa.field("distractor_categories", pa.list_(pa.string())),
+        pa.field("distractor_masks", pa.list_(rle)),
+        pa.field("selection", selection),
+        pa.field("referring_expression", pa.string()),
+        pa.field("edit_type", pa.string()),
+        pa.field("edit_target", pa.string()),
+        pa.field("prompt", pa.string()),
+        pa.field("referring_span", span),
+        pa.field("edit_span", span),
+        pa.field("prompt_source", pa.string()),
+        pa.field("candidates", pa.list_(candidate)),
+        pa.field("reference_image", image),
+        pa.field("edit_mask", rle),
+        pa.field("exemplar_image", image),
+        pa.field("review", review),
+        pa.field("schema_version", pa.string()),
+    ]
+
+
+def column_names() -> List[str]:
+    return [f.name for f in sample_fields()]
+
+
+def _hf_feature(t) -> Any:
+    """Translate an Arrow type of ours into the HF ``datasets`` features JSON."""
+    import pyarrow as pa
+
+    if pa.types.is_struct(t):
+        names = [t.field(i).name for i in range(t.num_fields)]
+        if names == ["bytes", "path"]:
+            return {"_type": "Image"}
+        return {t.field(i).name: _hf_feature(t.field(i).type) for i in range(t.num_fields)}
+    if pa.types.is_list(t):
+        return [_hf_feature(t.value_type)]
+    dtype = {
+        pa.string(): "string",
+        pa.binary(): "binary",
+        pa.int32(): "int32",
+        pa.int64(): "int64",
+        pa.float64(): "float64",
+        pa.float32(): "float32",
+        pa.bool_(): "bool",
+    }[t]
+    return {"dtype": dtype, "_type": "Value"}
+
+
+def arrow_schema(extra_metadata: Optional[Dict[str, str]] = None):
+    """The versioned Arrow schema of a sample table.
+
+    It carries ``refcoco_edit.schema_version`` and the ``huggingface`` features metadata, so
+    ``datasets.load_dataset("parquet", ...)`` decodes the image columns as images.
+    """
+    import pyarrow as pa
+
+    fields = sample_fields()
+    features = {f.name: _hf_feature(f.type) for f in fields}
+    metadata = {
+        "refcoco_edit.schema_version": SCHEMA_VERSION,
+        "huggingface": json.dumps({"info": {"features": features}}),
+    }
+    if extra_metadata:
+        metadata.update(extra_metadata)
+    return pa.schema(fields, metadata=metadata)
+
+
+def rows_to_table(rows: Sequence[Dict[str, Any]]):
+    """Build a schema-conformant table from sample dicts; missing columns become null."""
+    import pyarrow as pa
+
+    schema = arrow_schema()
+    cols = {}
+    for f in schema:
+        cols[f.name] = pa.array([r.get(f.name) for r in rows], type=f.type)
+    return pa.Table.from_pydict(cols, schema=schema)
+
+
+def check_table(table) -> None:
+    """Raise ValueError when a table does not follow our schema (missing columns, wrong types,
+    unknown schema version)."""
+    expected = arrow_schema()
+    version = (table.schema.metadata or {}).get(b"refcoco_edit.schema_version")
+    if version is not None and version.decode() != SCHEMA_VERSION:
+        raise ValueError(
+            f"table has schema version {version.decode()}, this refcoco-edit reads {SCHEMA_VERSION}"
+        )
+    for f in expected:
+        if f.name not in table.schema.names:
+            raise ValueError(f"table misses column {f.name!r}")
+        got = table.schema.field(f.name).type
+        if not got.equals(f.type):
+            raise ValueError(f"column {f.name!r} has type {got}, expected {f.type}")

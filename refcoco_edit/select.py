@@ -1,0 +1,392 @@
+"""Source-object selection: which referred objects become RIE samples, and how they are edited.
+
+The paper keeps an object when two rules hold (Sec. 3):
+
+1. **Not the sole prominent subject.** Editing the one big subject of a photo needs no referring.
+   We drop objects covering more than ``max_area_fraction`` of the image, and objects with no
+   other *sizeable* object beside them (another non-crowd object covering at least
+   ``sizeable_fraction`` of the image or ``sizeable_relative`` of the object's own area).
+   Objects under ``min_area_fraction`` are dropped as too small to edit visibly.
+2. **A similar object exists in the scene**, so the sentence must really refer: another object of
+   the same category, or one that is visually alike — shape (Hu-moment distance of the masks,
+   aspect and size ratio) and, when pixels are available, colour (HSV histogram correlation).
+
+Every kept sample carries its scores (``selection``) and its look-alike distractors (ids,
+categories, masks). Selection is a pure function of (data, settings, seed): images are visited
+in a seeded order until ``num_images`` images have yielded samples, each image giving
+``samples_per_image`` samples where possible (different referred objects first, then other edit
+types on the same objects). Problems found on the way (a ref pointing to a missing annotation,
+an empty sentence, a malformed mask) are quarantined with a reason; they never stop selection.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import rle as rle_mod
+from .errors import SampleError
+from .schema import SCHEMA_VERSION, empty_review, sample_id
+from .seeds import rng_for
+
+DROP_RULES = ("missing_annotation", "bad_annotation", "no_sentence", "crowd", "too_small", "sole_subject", "no_similar")
+
+
+@dataclass
+class SelectionConfig:
+    """Thresholds of the two rules and the sampling plan."""
+
+    num_images: Optional[int] = 400
+    samples_per_image: int = 2
+    splits: Optional[Sequence[str]] = None
+    edit_types: Sequence[str] = ("replace", "remove", "attribute")
+    min_area_fraction: float = 0.005
+    max_area_fraction: float = 0.6
+    sizeable_fraction: float = 0.01
+    sizeable_relative: float = 0.2
+    min_distractor_fraction: float = 0.001
+    similarity_threshold: float = 0.7
+    use_pixels: bool = True
+    imaginative_targets: bool = False
+
+
+@dataclass
+class SelectionResult:
+    rows: List[Dict[str, Any]]
+    quarantine: List[Dict[str, Any]]
+    report: Dict[str, Any]
+
+
+@dataclass
+class _Obj:
+    ann_id: int
+    category: str
+    rle: Dict[str, Any]
+    area: float
+    bbox: List[float]
+    mask: Optional[np.ndarray] = None
+
+
+@dataclass
+class _Verdict:
+    ref_id: int
+    ok: bool
+    rule: str = ""
+    scores: Dict[str, Any] = field(default_factory=dict)
+    distractors: List[Tuple[int, str]] = field(default_factory=list)
+
+
+def _shape_similarity(a: _Obj, b: _Obj) -> float:
+    """1 for identical shapes/size, toward 0 for unlike ones."""
+    import cv2
+
+    ma = a.mask if a.mask is not None else rle_mod.decode(a.rle)
+    mb = b.mask if b.mask is not None else rle_mod.decode(b.rle)
+    a.mask, b.mask = ma, mb
+    d = cv2.matchShapes(ma.astype(np.uint8), mb.astype(np.uint8), cv2.CONTOURS_MATCH_I1, 0.0)
+    hu = float(np.exp(-3.0 * d))
+    ar_a = a.bbox[2] / max(a.bbox[3], 1e-6)
+    ar_b = b.bbox[2] / max(b.bbox[3], 1e-6)
+    aspect = min(ar_a, ar_b) / max(ar_a, ar_b, 1e-6)
+    size = min(a.area, b.area) / max(a.area, b.area, 1e-6)
+    return float(0.5 * hu + 0.25 * aspect + 0.25 * size)
+
+
+def _colour_hist(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    import cv2
+
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    h = cv2.calcHist([hsv], [0, 1], mask.astype(np.uint8), [18, 4], [0, 180, 0, 256])
+    return cv2.normalize(h, h).flatten()
+
+
+def _colour_similarity(ha: np.ndarray, hb: np.ndarray) -> float:
+    import cv2
+
+    return float(max(0.0, cv2.compareHist(ha.astype(np.float32), hb.astype(np.float32), cv2.HISTCMP_CORREL)))
+
+
+class Selector:
+    """Applies the rules to a RefCOCO index (``refcoco_edit.refcoco.RefCOCO``)."""
+
+    def __init__(self, refer: Any, cfg: SelectionConfig, seed: int = 0,
+                 available_categories: Optional[Sequence[str]] = None):
+        self.refer = refer
+        self.cfg = cfg
+        self.seed = int(seed)
+        self.available_categories = list(available_categories) if available_categories is not None else None
+        self.quarantine: List[Dict[str, Any]] = []
+        self.dropped: Dict[str, int] = {r: 0 for r in DROP_RULES}
+        self.kept_by: Dict[str, int] = {"same_category": 0, "visual": 0}
+        self._bad_keys: set = set()
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def _quarantine(self, key: str, reason: str, error: str) -> None:
+        if key in self._bad_keys:
+            return
+        self._bad_keys.add(key)
+        self.quarantine.append({"stage": "select", "key": key, "reason": reason, "error": error})
+
+    # -- per image ---------------------------------------------------------------------------
+    def _objects(self, image_id: int) -> Dict[int, _Obj]:
+        """Decodable non-crowd objects of an image (annotation frame); bad ones are quarantined."""
+        refer = self.refer
+        img = refer.images[image_id]
+        objs: Dict[int, _Obj] = {}
+        for ann_id in refer.image_to_anns.get(image_id, []):
+            ann = refer.anns[ann_id]
+            if ann.get("iscrowd", 0):
+                continue
+            try:
+                r = refer.ann_rle(ann_id)
+            except rle_mod.MaskError as e:
+                self._quarantine(f"ann:{ann_id}", e.reason, str(e))
+                continue
+            area = float(rle_mod.area(r))
+            if area <= 0:
+                self._quarantine(f"ann:{ann_id}", "empty_mask", f"annotation {ann_id} has an empty mask")
+                continue
+            objs[ann_id] = _Obj(ann_id, refer.cats.get(ann["category_id"], str(ann["category_id"])), r, area,
+                                rle_mod.to_bbox(r))
+        del img
+        return objs
+
+    def _judge(self, ref: Dict[str, Any], objs: Dict[int, _Obj], hw: Tuple[int, int],
+               pixels: Callable[[], Optional[np.ndarray]]) -> _Verdict:
+        cfg = self.cfg
+        ref_id = int(ref["ref_id"])
+        ann_id = int(ref["ann_id"])
+        v = _Verdict(ref_id, False)
+        if ann_id not in self.refer.anns:
+            v.rule = "missing_annotation"
+            self._quarantine(f"ref:{ref_id}", "missing_annotation",
+                             f"ref {ref_id} points to annotation {ann_id}, which does not exist")
+            return v
+        if self.refer.anns[ann_id].get("iscrowd", 0):
+            v.rule = "crowd"
+            return v
+        if ann_id not in objs:
+            v.rule = "bad_annotation"
+            return v
+        me = objs[ann_id]
+        img_area = float(hw[0] * hw[1])
+        frac = me.area / img_area
+        others = [o for o in objs.values() if o.ann_id != ann_id]
+        sizeable = [o for o in others if o.area >= min(cfg.sizeable_fraction * img_area, cfg.sizeable_relative * me.area)]
+        same = [o for o in others if o.category == me.category and o.area >= cfg.min_distractor_fraction * img_area]
+        v.scores = {"area_fraction": frac, "n_sizeable_others": len(sizeable), "n_same_category": len(same),
+                    "max_similarity": 1.0 if same else 0.0, "score": 0.0}
+        if frac < cfg.min_area_fraction:
+            v.rule = "too_small"
+            return v
+        if frac > cfg.max_area_fraction or not sizeable:
+            v.rule = "sole_subject"
+            return v
+        distractors = [(o.ann_id, o.category) for o in same]
+        if same:
+            self.kept_by["same_category"] += 1
+        else:
+            best, similar = 0.0, []
+            image = pixels() if cfg.use_pixels else None
+            hist_me = _colour_hist(image, self._mask(me)) if image is not None else None
+            for o in others:
+                if o.area < cfg.min_distractor_fraction * img_area:
+                    continue
+                s = _shape_similarity(me, o)
+                if hist_me is not None:
+                    s = 0.5 * s + 0.5 * _colour_similarity(hist_me, _colour_hist(image, self._mask(o)))
+                best = max(best, s)
+                if s >= cfg.similarity_threshold:
+                    similar.append((o.ann_id, o.category))
+            v.scores["max_similarity"] = best
+            if not similar:
+                v.rule = "no_similar"
+                return v
+            distractors = similar
+            self.kept_by["visual"] += 1
+        v.ok = True
+        v.distractors = sorted(distractors)
+        # prefer mid-sized objects with several look-alikes
+        size_pref = float(np.exp(-((np.log(frac) - np.log(0.05)) ** 2) / 2.0))
+        v.scores["score"] = round(size_pref + 0.25 * min(len(distractors), 4) + 0.5 * v.scores["max_similarity"], 6)
+        return v
+
+    @staticmethod
+    def _mask(o: _Obj) -> np.ndarray:
+        if o.mask is None:
+            o.mask = rle_mod.decode(o.rle)
+        return o.mask
+
+    def _sentences(self, ref: Dict[str, Any]) -> List[Dict[str, Any]]:
+        from .prompts import normalize_expression
+
+        good = []
+        for s in ref.get("sentences", []):
+            text = normalize_expression(str(s.get("raw") or s.get("sent") or ""))
+            if not text:
+                self._quarantine(f"sent:{s.get('sent_id')}", "empty_sentence",
+                                 f"sentence {s.get('sent_id')} of ref {ref['ref_id']} is empty")
+                continue
+            good.append({"sent_id": int(s["sent_id"]), "text": text})
+        return good
+
+    # -- the whole selection -----------------------------------------------------------------
+    def run(self) -> SelectionResult:
+        from .prompts import choose_edit_target
+
+        refer, cfg = self.refer, self.cfg
+        for key, reason, message in refer.ref_problems():
+            if reason == "empty_sentence":
+                continue  # reported per sentence when the ref is visited
+            self._quarantine(key, reason, message)
+        ref_ids = refer.ref_ids(split=None) if not cfg.splits else sorted(
+            {r for s in cfg.splits for r in refer.ref_ids(split=s)})
+        images = sorted({int(refer.refs[r]["image_id"]) for r in ref_ids})
+        ref_set = set(ref_ids)
+        order = rng_for(self.seed, "image-order").permutation(len(images))
+        rows: List[Dict[str, Any]] = []
+        n_images_kept = 0
+        images_considered = 0
+        refs_considered = 0
+        for idx in order:
+            if cfg.num_images is not None and n_images_kept >= cfg.num_images:
+                break
+            image_id = images[int(idx)]
+            images_considered += 1
+            info = refer.images[image_id]
+            hw = (int(info["height"]), int(info["width"]))
+            objs = self._objects(image_id)
+            cache: Dict[str, Any] = {}
+
+            def pixels(image_id: int = image_id, cache: Dict[str, Any] = cache) -> Optional[np.ndarray]:
+                if "img" not in cache:
+                    try:
+                        li = refer.load_image(image_id)
+                        cache["img"] = li.array if li.annotation_frame == "upright" and li.orientation == 1 else None
+                    except SampleError:
+                        cache["img"] = None  # the generate stage quarantines the image itself
+                return cache["img"]
+
+            eligible = []
+            for ref_id in refer.image_to_refs.get(image_id, []):
+                if ref_id not in ref_set:
+                    continue
+                refs_considered += 1
+                ref = refer.refs[ref_id]
+                v = self._judge(ref, objs, hw, pixels)
+                if not v.ok:
+                    self.dropped[v.rule] += 1
+                    continue
+                sents = self._sentences(ref)
+                if not sents:
+                    self.dropped["no_sentence"] += 1
+                    continue
+                eligible.append((v, sents))
+            if not eligible:
+                continue
+            image_rows = self._plan_image(image_id, eligible, objs, choose_edit_target)
+            if image_rows:
+                rows.extend(image_rows)
+                n_images_kept += 1
+        report = {
+            "images_considered": images_considered,
+            "images_kept": n_images_kept,
+            "refs_considered": refs_considered,
+            "refs_kept": len({r["ref_id"] for r in rows}),
+            "dropped": dict(self.dropped),
+            "kept_by_rule2": dict(self.kept_by),
+            "samples": len(rows),
+            "edit_types": {t: sum(1 for r in rows if r["edit_type"] == t) for t in cfg.edit_types},
+            "quarantined": len(self.quarantine),
+        }
+        return SelectionResult(rows, self.quarantine, report)
+
+    def _plan_image(self, image_id: int, eligible: List[Tuple[_Verdict, List[Dict[str, Any]]]],
+                    objs: Dict[int, _Obj], choose_edit_target: Callable[..., str]) -> List[Dict[str, Any]]:
+        cfg, refer = self.cfg, self.refer
+        rng = rng_for(self.seed, "image", image_id)
+        tiebreak = rng.random(len(eligible))
+        order = sorted(range(len(eligible)), key=lambda k: (-eligible[k][0].scores["score"], tiebreak[k]))
+        types = [cfg.edit_types[int(k)] for k in rng.permutation(len(cfg.edit_types))]
+        want = max(1, cfg.samples_per_image)
+        # distinct objects first; then further edit types on the same objects
+        plan: List[Tuple[int, int]] = []  # (eligible index, round)
+        for rnd in range(len(types)):
+            for k in order:
+                if len(plan) >= want:
+                    break
+                plan.append((k, rnd))
+            if len(plan) >= want:
+                break
+        rows = []
+        used_types: Dict[int, set] = {}
+        for n, (k, rnd) in enumerate(plan):
+            v, sents = eligible[k]
+            ref = refer.refs[v.ref_id]
+            # an edit type this object has not had yet
+            seen = used_types.setdefault(k, set())
+            rot = types[n % len(types):] + types[: n % len(types)]
+            etype = next((t for t in rot if t not in seen), rot[0])
+            seen.add(etype)
+            srng = rng_for(self.seed, "sample", v.ref_id, etype)
+            sent = sents[(rnd + int(srng.integers(len(sents)))) % len(sents)]
+            me = objs[int(ref["ann_id"])]
+            try:
+                target = choose_edit_target(etype, me.category, sent["text"], srng,
+                                            available_categories=self.available_categories if etype == "replace" else None,
+                                            imaginative=cfg.imaginative_targets)
+            except SampleError as e:
+                self._quarantine(f"ref:{v.ref_id}:{etype}", e.reason, str(e))
+                continue
+            sid = sample_id(refer.dataset, v.ref_id, sent["sent_id"], etype, target)
+            rows.append({
+                "sample_id": sid,
+                "dataset": refer.dataset,
+                "split": ref.get("split"),
+                "image_id": int(image_id),
+                "ref_id": int(v.ref_id),
+                "ann_id": int(ref["ann_id"]),
+                "sent_id": int(sent["sent_id"]),
+                "category": me.category,
+                "source_image": {"bytes": None, "path": str(refer.images[image_id]["file_name"])},
+                "source_mask": me.rle,
+                "bbox": me.bbox,
+                "distractor_ann_ids": [a for a, _ in v.distractors],
+                "distractor_categories": [c for _, c in v.distractors],
+                "distractor_masks": [objs[a].rle for a, _ in v.distractors],
+                "selection": {k2: v.scores[k2] for k2 in ("area_fraction", "n_sizeable_others", "n_same_category",
+                                                          "max_similarity", "score")},
+                "referring_expression": sent["text"],
+                "edit_type": etype,
+                "edit_target": target,
+                "candidates": [],
+                "review": empty_review(),
+                "schema_version": SCHEMA_VERSION,
+            })
+        return rows
+
+
+def format_report(report: Dict[str, Any]) -> str:
+    """The selection report as a small text table: kept / dropped per rule."""
+    lines = [
+        f"selection: {report['images_kept']} images kept of {report['images_considered']} visited; "
+        f"{report['refs_kept']} objects kept of {report['refs_considered']} considered; {report['samples']} samples",
+    ]
+    labels = {
+        "too_small": "too small (area < min_area_fraction)",
+        "sole_subject": "rule 1: sole prominent subject",
+        "no_similar": "rule 2: no similar object",
+        "crowd": "crowd annotation",
+        "bad_annotation": "malformed mask (quarantined)",
+        "missing_annotation": "missing annotation (quarantined)",
+        "no_sentence": "no usable sentence (quarantined)",
+    }
+    for k, label in labels.items():
+        lines.append(f"  dropped  {report['dropped'].get(k, 0):6d}  {label}")
+    kb = report.get("kept_by_rule2", {})
+    lines.append(f"  kept     {kb.get('same_category', 0):6d}  rule 2 by a same-category object")
+    lines.append(f"  kept     {kb.get('visual', 0):6d}  rule 2 by a visually similar object")
+    et = ", ".join(f"{k} {v}" for k, v in report.get("edit_types", {}).items())
+    lines.append(f"  edits: {et}")
+    return "\n".join(lines)

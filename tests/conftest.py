@@ -1,0 +1,31 @@
+"""Shared fixtures: the synthetic demo data, written once per test session."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """The bundled demo data in the refer layout (root holds refcoco/, refcoco+/, refcocog/, images/)."""
+    from refcoco_edit.demo import write_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    write_demo(root)
+    return root
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m refcoco_edit ...` in a real subprocess."""
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    if env:
+        e.update(env)
+    return subprocess.run([sys.executable, "-m", "refcoco_edit", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=e)
