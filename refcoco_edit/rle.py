@@ -106,8 +106,15 @@ def validate_compressed(rle: Any, hw: Sequence[int] | None = None) -> None:
         raise MaskError("bad_rle", f"RLE counts cover {total} pixels, the mask has {h * w}")
 
 
-def validate_polygons(polys: Any) -> None:
-    """Each polygon: a flat list of >= 6 finite numbers, even length (>= 3 points)."""
+# pycocotools' rleFrPoly casts scale*coordinate to a C int and allocates per step along the
+# outline: coordinates of 1e9 crash the process (segfault), 1e7 take seconds. No real polygon
+# lies that far outside its image.
+MAX_POLYGON_COORD = 1e5
+
+
+def validate_polygons(polys: Any, limit: float = MAX_POLYGON_COORD) -> None:
+    """Each polygon: a flat list of >= 6 finite numbers, even length (>= 3 points), every
+    coordinate within [-limit, limit]."""
     if not isinstance(polys, list) or not polys:
         raise MaskError("bad_polygon", "segmentation polygon list is empty")
     for i, p in enumerate(polys):
@@ -120,6 +127,8 @@ def validate_polygons(polys: Any) -> None:
         for v in p:
             if not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(float(v)):
                 raise MaskError("bad_polygon", f"polygon {i} has a non-finite or non-numeric coordinate {v!r}")
+            if abs(v) > limit:
+                raise MaskError("bad_polygon", f"polygon {i} has a coordinate {v!r} far outside any image (|v| > {limit:g})")
 
 
 def segmentation_to_rle(segmentation: Any, h: int, w: int) -> Dict[str, Any]:

@@ -1,0 +1,361 @@
+"""Classical CPU ground-truth pipelines (pipelines.classical) on synthetic scenes with known masks."""
+from __future__ import annotations
+
+import colorsys
+from typing import Dict, Optional, Tuple
+
+import cv2
+import numpy as np
+import pytest
+
+from pipelines.base import EditRequest, PipelineError, get_pipeline
+from pipelines.classical import ExemplarComposite, InpaintRemoval, Recolor, clean_exemplar
+from pipelines.masks import dilate, erode
+from refcoco_edit.vocab import COLOURS, MATERIALS
+
+H, W = 240, 320
+
+
+# -- synthetic scenes -----------------------------------------------------------------------------
+def make_scene(seed: int = 0) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    """A sky/grass background with texture and a few shaded objects; returns (image, masks)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    horizon = int(H * 0.4)
+    sky = np.array([150, 185, 225], np.float32) + (yy[..., None] / H) * np.array([40, 30, 10], np.float32)
+    grass = np.array([70, 120, 50], np.float32) + 25 * np.sin(xx / 11.0 + yy / 17.0)[..., None] * np.array(
+        [0.4, 1.0, 0.3], np.float32)
+    img = np.where((yy < horizon)[..., None], sky, grass)
+    noise = cv2.GaussianBlur(rng.standard_normal((H, W)).astype(np.float32), (0, 0), 1.2) * 12
+    img = img + noise[..., None]
+    masks: Dict[str, np.ndarray] = {}
+
+    def add(name: str, mask: np.ndarray, colour: Tuple[int, int, int]) -> None:
+        ys, xs = np.nonzero(mask)
+        cx = xs.min() + 0.3 * np.ptp(xs)
+        cy = ys.min() + 0.3 * np.ptp(ys)
+        r = np.hypot(xx - cx, yy - cy) / max(np.ptp(xs), np.ptp(ys), 1)
+        shade = np.clip(1.15 - 0.9 * r, 0.35, 1.2)
+        obj = np.array(colour, np.float32) * shade[..., None] + 0.5 * noise[..., None]
+        img[mask] = obj[mask]
+        masks[name] = mask
+
+    def canvas() -> np.ndarray:
+        return np.zeros((H, W), np.uint8)
+
+    m = canvas(); cv2.ellipse(m, (100, 150), (45, 35), 0, 0, 360, 1, -1); add("red", m.astype(bool), (210, 40, 40))
+    m = canvas(); cv2.rectangle(m, (210, 110), (260, 200), 1, -1); add("blue", m.astype(bool), (40, 70, 200))
+    m = canvas(); cv2.ellipse(m, (305, 50), (30, 22), 0, 0, 360, 1, -1); add("border", m.astype(bool), (230, 200, 40))
+    m = canvas(); cv2.circle(m, (40, 215), 2, 1, -1); add("tiny", m.astype(bool), (250, 250, 250))
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), masks
+
+
+def make_exemplar(seed: int = 1, h: int = 80, w: int = 60) -> np.ndarray:
+    """An RGBA cut-out (a striped brown 'animal') with junk colours where alpha is 0."""
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    a = np.zeros((h, w), np.uint8)
+    cv2.ellipse(a, (w // 2, int(h * 0.6)), (w // 2 - 4, int(h * 0.3)), 0, 0, 360, 255, -1)
+    cv2.circle(a, (w // 2, int(h * 0.22)), w // 5, 255, -1)
+    a[2, 2] = 255  # a stray speck: cleaning must drop it
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    s = np.clip(1.1 - 0.8 * np.hypot(xx - w * 0.35, yy - h * 0.3) / h, 0.4, 1.1)
+    body = np.array([150, 95, 50], np.float32) * s[..., None] - (np.sin(xx / 2.0) > 0.6)[..., None] * 40
+    body = np.clip(body, 0, 255).astype(np.uint8)
+    rgb[a > 0] = body[a > 0]
+    return np.dstack([rgb, a])
+
+
+@pytest.fixture(scope="module")
+def scene() -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    return make_scene()
+
+
+@pytest.fixture(scope="module")
+def exemplar() -> np.ndarray:
+    return make_exemplar()
+
+
+def request(scene, edit_type: str, obj: str, target: str = "", seed: int = 0,
+            exemplar: Optional[np.ndarray] = None) -> EditRequest:
+    img, masks = scene
+    m = masks[obj]
+    ys, xs = np.nonzero(m)
+    return EditRequest(
+        sample_id=f"test-{obj}", edit_type=edit_type, image=img, mask=m,
+        bbox=[float(xs.min()), float(ys.min()), float(np.ptp(xs) + 1), float(np.ptp(ys) + 1)],
+        prompt=f"{edit_type} the {obj} object", edit_phrase=target, edit_target=target, seed=seed,
+        category="thing", exemplar=exemplar,
+    )
+
+
+CASES = [
+    ("classical-remove", "remove", "red", ""),
+    ("classical-remove", "remove", "border", ""),
+    ("classical-replace", "replace", "red", "dog"),
+    ("classical-replace", "replace", "border", "dog"),
+    ("classical-attribute", "attribute", "red", "blue"),
+    ("classical-attribute", "attribute", "blue", "wooden"),
+]
+
+
+def run_case(scene, exemplar, name, edit_type, obj, target, seed=0, **kwargs):
+    pipe = get_pipeline(name, **kwargs)
+    ex = exemplar if pipe.needs_exemplar else None
+    req = request(scene, edit_type, obj, target, seed=seed, exemplar=ex)
+    return pipe, req, pipe([req])[0]
+
+
+def hue_deg(rgb) -> float:
+    r, g, b = (float(c) / 255.0 for c in rgb)
+    return 360.0 * colorsys.rgb_to_hsv(r, g, b)[0]
+
+
+def hue_dist(a: float, b: float) -> float:
+    d = abs(a - b) % 360.0
+    return min(d, 360.0 - d)
+
+
+# -- registry -------------------------------------------------------------------------------------
+def test_registry_builds_classical_pipelines():
+    assert isinstance(get_pipeline("classical-remove"), InpaintRemoval)
+    assert isinstance(get_pipeline("classical-replace"), ExemplarComposite)
+    assert isinstance(get_pipeline("classical-attribute", shading_gain=0.8), Recolor)
+
+
+def test_registry_typo_did_you_mean():
+    with pytest.raises(KeyError, match="did you mean classical-remove"):
+        get_pipeline("classical-remov")
+
+
+# -- the contract, for every pipeline -------------------------------------------------------------
+@pytest.mark.parametrize("name,edit_type,obj,target", CASES)
+def test_contract(scene, exemplar, name, edit_type, obj, target):
+    img, masks = scene
+    _, _, out = run_case(scene, exemplar, name, edit_type, obj, target)
+    assert out.image.shape == img.shape and out.image.dtype == np.uint8
+    assert out.edit_mask.shape == img.shape[:2] and out.edit_mask.dtype == bool
+    m_e = out.edit_mask
+    assert np.array_equal(out.image[~m_e], img[~m_e])  # bit-exact outside M_e
+    assert masks[obj][m_e].sum() == masks[obj].sum() and not np.any(masks[obj] & ~m_e)  # M ⊆ M_e
+    diff = np.abs(out.image.astype(int) - img.astype(int)).max(axis=2)
+    assert (diff[m_e] > 8).mean() > 0.2  # clearly differs inside
+    assert out.params and "stats" in out.params
+
+
+@pytest.mark.parametrize("name,edit_type,obj,target", CASES)
+def test_determinism(scene, exemplar, name, edit_type, obj, target):
+    _, _, a = run_case(scene, exemplar, name, edit_type, obj, target, seed=7)
+    _, _, b = run_case(scene, exemplar, name, edit_type, obj, target, seed=7)
+    assert a.image.tobytes() == b.image.tobytes()
+    assert np.array_equal(a.edit_mask, b.edit_mask)
+    assert a.params == b.params
+
+
+def test_different_seed_changes_grain(scene, exemplar):
+    _, _, a = run_case(scene, exemplar, "classical-remove", "remove", "red", "", seed=1)
+    _, _, b = run_case(scene, exemplar, "classical-remove", "remove", "red", "", seed=2)
+    assert a.image.tobytes() != b.image.tobytes()
+    assert np.array_equal(a.edit_mask, b.edit_mask)
+
+
+def test_params_record_init_kwargs(scene, exemplar):
+    _, _, out = run_case(scene, exemplar, "classical-replace", "replace", "red", "dog", scale=0.8, clone_mode="mixed")
+    assert out.params["scale"] == 0.8 and out.params["clone_mode"] == "mixed"
+    assert out.params["anchor"] == "bottom" and isinstance(out.params["dilate_px"], int)
+
+
+# -- common input checks --------------------------------------------------------------------------
+@pytest.mark.parametrize("name,edit_type", [("classical-remove", "remove"), ("classical-replace", "replace"),
+                                            ("classical-attribute", "attribute")])
+def test_check_inputs_empty_mask(scene, exemplar, name, edit_type):
+    img, _ = scene
+    pipe = get_pipeline(name)
+    req = EditRequest("s", edit_type, img, np.zeros(img.shape[:2], bool), [0, 0, 0, 0], "p", "blue", "blue", 0,
+                      exemplar=exemplar)
+    with pytest.raises(PipelineError) as e:
+        pipe.check_inputs(req)
+    assert e.value.reason == "empty_mask"
+    with pytest.raises(PipelineError):
+        pipe.generate(req)
+
+
+def test_wrong_edit_type_rejected(scene):
+    with pytest.raises(PipelineError) as e:
+        get_pipeline("classical-remove").check_inputs(request(scene, "attribute", "red", "blue"))
+    assert e.value.reason == "pipeline_error"
+
+
+# -- removal --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("obj", ["red", "blue", "border"])
+def test_remove_moves_colour_toward_background(scene, exemplar, obj):
+    img, masks = scene
+    m = masks[obj]
+    _, _, out = run_case(scene, exemplar, "classical-remove", "remove", obj, "")
+    ring = dilate(m, 25) & ~dilate(m, 10)
+    for other in masks.values():
+        ring &= ~dilate(other, 3)
+    bg = img[ring].astype(float).mean(axis=0)
+    before = np.linalg.norm(img[m].astype(float).mean(axis=0) - bg)
+    after = np.linalg.norm(out.image[m].astype(float).mean(axis=0) - bg)
+    assert after < 0.5 * before
+
+
+def test_remove_large_mask_is_coarse_to_fine_and_seamless(scene, exemplar):
+    img, _ = scene
+    big = np.zeros(img.shape[:2], np.uint8)
+    cv2.ellipse(big, (160, 150), (90, 60), 0, 0, 360, 1, -1)
+    req = EditRequest("s", "remove", img, big.astype(bool), [70, 90, 181, 121], "p", "", "", 3)
+    out = InpaintRemoval(max_direct_px=2000).generate(req)
+    assert np.array_equal(out.image[~out.edit_mask], img[~out.edit_mask])
+    # no hard seam: across the M_e border the jump is like the background's own texture
+    edge = out.edit_mask & ~erode(out.edit_mask, 1)
+    outside = dilate(out.edit_mask, 1) & ~out.edit_mask
+    jump = abs(out.image[edge].astype(float).mean() - img[outside].astype(float).mean())
+    assert jump < 20
+
+
+# -- replacement ----------------------------------------------------------------------------------
+def _pasted(out, img) -> np.ndarray:
+    x, y, w, h = out.params["placement"]
+    return np.array([x, y, x + w, y + h])
+
+
+def test_replace_pastes_inside_source_box(scene, exemplar):
+    img, masks = scene
+    _, _, out = run_case(scene, exemplar, "classical-replace", "replace", "red", "dog")
+    x0, y0, x1, y1 = _pasted(out, img)
+    ys, xs = np.nonzero(masks["red"])
+    assert x0 >= xs.min() and x1 <= xs.max() + 1 and y0 >= ys.min() and y1 == ys.max() + 1  # bottom anchored
+    assert out.params["blend"] == "normal"
+    region = out.image[y0:y1, x0:x1].astype(float)
+    # the exemplar's brown shows up where the red object was
+    assert region[..., 0].mean() > region[..., 2].mean() + 20
+    assert abs(region[..., 0].mean() - region[..., 1].mean()) < 80
+
+
+def test_replace_stores_cleaned_exemplar(scene, exemplar):
+    _, _, out = run_case(scene, exemplar, "classical-replace", "replace", "red", "dog")
+    ex = out.exemplar
+    assert ex is not None and ex.ndim == 3 and ex.shape[2] == 4 and ex.dtype == np.uint8
+    n, _ = cv2.connectedComponents((ex[..., 3] > 0).astype(np.uint8))
+    assert n == 2  # background + one blob: the stray speck is gone
+    assert ex.shape[0] < exemplar.shape[0]  # cropped to the blob
+
+
+@pytest.mark.parametrize("obj,scale,anchor", [("border", 1.0, "bottom"), ("border", 1.8, "bottom"),
+                                              ("border", 1.8, "center"), ("tiny", 1.0, "bottom"),
+                                              ("tiny", 3.0, "center")])
+def test_replace_at_border_and_tiny(scene, exemplar, obj, scale, anchor):
+    img, masks = scene
+    _, _, out = run_case(scene, exemplar, "classical-replace", "replace", obj, "dog", scale=scale, anchor=anchor)
+    x0, y0, x1, y1 = _pasted(out, img)
+    assert 0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H
+    assert np.array_equal(out.image[~out.edit_mask], img[~out.edit_mask])
+    assert out.edit_mask[masks[obj]].all()
+    diff = np.abs(out.image.astype(int) - img.astype(int)).max(axis=2)
+    assert diff[y0:y1, x0:x1].max() > 8  # something was pasted
+    if obj == "tiny" and scale == 1.0:
+        assert out.params["blend"] == "alpha"  # too small for Poisson
+
+
+@pytest.mark.parametrize("mode", ["normal", "mixed", "monochrome", "alpha"])
+def test_replace_clone_modes(scene, exemplar, mode):
+    img, _ = scene
+    _, _, out = run_case(scene, exemplar, "classical-replace", "replace", "blue", "dog", clone_mode=mode)
+    assert np.array_equal(out.image[~out.edit_mask], img[~out.edit_mask])
+
+
+def test_replace_missing_exemplar(scene):
+    pipe = get_pipeline("classical-replace")
+    req = request(scene, "replace", "red", "dog", exemplar=None)
+    with pytest.raises(PipelineError) as e:
+        pipe.check_inputs(req)
+    assert e.value.reason == "no_exemplar"
+    with pytest.raises(PipelineError) as e:
+        pipe([req])
+    assert e.value.reason == "no_exemplar"
+
+
+def test_replace_empty_alpha_exemplar(scene, exemplar):
+    ex = exemplar.copy()
+    ex[..., 3] = 0
+    with pytest.raises(PipelineError) as e:
+        get_pipeline("classical-replace").check_inputs(request(scene, "replace", "red", "dog", exemplar=ex))
+    assert e.value.reason == "no_exemplar"
+
+
+def test_clean_exemplar_rgb_without_alpha():
+    ex = np.full((10, 12, 3), 50, np.uint8)
+    out = clean_exemplar(ex)
+    assert out.shape == (10, 12, 4) and (out[..., 3] == 255).all()
+
+
+def test_replace_bad_options():
+    with pytest.raises(ValueError):
+        ExemplarComposite(clone_mode="nope")
+    with pytest.raises(ValueError):
+        ExemplarComposite(anchor="top")
+
+
+# -- attribute ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("target,obj", [("blue", "red"), ("green", "red"), ("red", "blue"), ("yellow", "blue")])
+def test_recolor_hue(scene, exemplar, target, obj):
+    _, masks = scene
+    _, _, out = run_case(scene, exemplar, "classical-attribute", "attribute", obj, target)
+    core = erode(masks[obj], 3)
+    mean = out.image[core].astype(float).mean(axis=0)
+    assert hue_dist(hue_deg(mean), hue_deg(COLOURS[target])) < 15
+    assert out.params["kind"] == "colour" and out.params["attribute"] == target
+
+
+def test_recolor_keeps_shading(scene, exemplar):
+    img, masks = scene
+    _, _, out = run_case(scene, exemplar, "classical-attribute", "attribute", "red", "blue")
+    core = erode(masks["red"], 3)
+    before = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[core].astype(float)
+    after = cv2.cvtColor(out.image, cv2.COLOR_RGB2GRAY)[core].astype(float)
+    assert np.corrcoef(before, after)[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("target,lo,hi", [("white", 85, 101), ("black", 0, 20), ("gray", 40, 65)])
+def test_recolor_neutral_lightness(scene, exemplar, target, lo, hi):
+    _, masks = scene
+    _, _, out = run_case(scene, exemplar, "classical-attribute", "attribute", "red", target)
+    core = erode(masks["red"], 3)
+    lab = cv2.cvtColor(out.image.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)[core]
+    assert lo <= lab[:, 0].mean() <= hi
+    assert np.hypot(lab[:, 1].mean(), lab[:, 2].mean()) < 6  # neutral
+
+
+def test_recolor_grey_alias_and_case(scene, exemplar):
+    _, _, out = run_case(scene, exemplar, "classical-attribute", "attribute", "red", " Grey ")
+    assert out.params["attribute"] == "gray"
+
+
+@pytest.mark.parametrize("material", MATERIALS)
+def test_materials_change_object(scene, exemplar, material):
+    img, masks = scene
+    _, _, out = run_case(scene, exemplar, "classical-attribute", "attribute", "red", material, seed=5)
+    assert out.params["kind"] == "material"
+    m = masks["red"]
+    assert np.abs(out.image[m].astype(int) - img[m].astype(int)).mean() > 10
+    assert np.array_equal(out.image[~out.edit_mask], img[~out.edit_mask])
+
+
+def test_recolor_unknown_attribute(scene):
+    pipe = get_pipeline("classical-attribute")
+    with pytest.raises(PipelineError) as e:
+        pipe.check_inputs(request(scene, "attribute", "red", "plaid"))
+    assert e.value.reason == "pipeline_error" and "unknown attribute" in str(e.value)
+
+
+def test_recolor_same_colour_is_no_change():
+    img = np.full((60, 80, 3), (90, 140, 70), np.uint8)
+    m = np.zeros((60, 80), bool)
+    m[15:45, 20:60] = True
+    img[m] = COLOURS["red"]
+    req = EditRequest("s", "attribute", img, m, [20, 15, 40, 30], "p", "red", "red", 0)
+    with pytest.raises(PipelineError) as e:
+        Recolor().generate(req)
+    assert e.value.reason == "no_change"
