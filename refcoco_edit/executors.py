@@ -12,6 +12,8 @@ calls run; outputs are identical whichever runs them, because every random choic
 from __future__ import annotations
 
 import difflib
+import signal
+import sys
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 ShardFn = Callable[[int], Dict[str, Any]]
@@ -29,8 +31,23 @@ def _progress(total: int, desc: str, enabled: Optional[bool]):
 _WORKER_FN: Optional[ShardFn] = None
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this worker when its parent dies, so a killed build leaves
+    no orphan still writing shards while the next run resumes."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def _init_worker(factory: Callable[[], ShardFn]) -> None:
     global _WORKER_FN
+    _die_with_parent()
     _WORKER_FN = factory()
 
 

@@ -36,6 +36,12 @@ REFERENCE_BASED_COLUMNS = (
 REVIEW_FILE = Path("review") / "reviews.parquet"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _reviews(ws: Workspace) -> Dict[str, Dict[str, Any]]:
     """The reconciled reviews of a workspace, by sample_id (written by the annotation tools)."""
     path = ws.root / REVIEW_FILE
@@ -91,7 +97,10 @@ def write_export(rows: Sequence[Dict[str, Any]], out: Union[str, Path], view: st
     out = Path(out)
     _check_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in list(out.parent.glob(f".{out.name}.tmp-*")) + list(out.parent.glob(f"{out.name}.old-*")):
+        shutil.rmtree(stale, ignore_errors=True)  # left by an export that was killed
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=str(out.parent)))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         if view == "reference-based":
             rows = [r for r in rows if r.get("exemplar_image") is not None]
@@ -105,9 +114,10 @@ def write_export(rows: Sequence[Dict[str, Any]], out: Union[str, Path], view: st
             for k, chunk in enumerate(chunks):
                 table = rows_to_table(chunk)
                 if view == "reference-based":
-                    table = table.select(list(REFERENCE_BASED_COLUMNS))
-                    fields = [f for f in sample_fields() if f.name in REFERENCE_BASED_COLUMNS]
                     import pyarrow as pa
+
+                    fields = [f for f in sample_fields() if f.name in REFERENCE_BASED_COLUMNS]
+                    table = table.select([f.name for f in fields])
 
                     meta = dict(arrow_schema().metadata)
                     hf = json.loads(meta[b"huggingface"])
@@ -223,8 +233,8 @@ area M_e. Built with `refcoco-edit build`; schema version {SCHEMA_VERSION}; view
 ```python
 import datasets
 ds = datasets.load_dataset("parquet", data_files={{"{splits[0] if splits else 'train'}": "{splits[0] if splits else 'train'}-*.parquet"}})
-import pandas as pd
-df = pd.read_parquet(".")
+import glob, pandas as pd
+df = pd.read_parquet(sorted(glob.glob("*.parquet")))
 ```
 Masks are COCO RLE (`pycocotools.mask.decode({{"size": m["size"], "counts": m["counts"].encode()}})`).
 `prompt[referring_span[0]:referring_span[1]]` is the referring expression verbatim;

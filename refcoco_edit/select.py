@@ -120,6 +120,7 @@ class Selector:
         self.dropped: Dict[str, int] = {r: 0 for r in DROP_RULES}
         self.kept_by: Dict[str, int] = {"same_category": 0, "visual": 0}
         self._bad_keys: set = set()
+        self._target_failed: set = set()  # passed both rules, but an edit target could not be chosen
 
     # -- bookkeeping -------------------------------------------------------------------------
     def _quarantine(self, key: str, reason: str, error: str) -> None:
@@ -289,11 +290,16 @@ class Selector:
             if image_rows:
                 rows.extend(image_rows)
                 n_images_kept += 1
+        passed = sum(self.kept_by.values())
+        used_ids = {r["ref_id"] for r in rows}
+        used = len(used_ids)
         report = {
             "images_considered": images_considered,
             "images_kept": n_images_kept,
             "refs_considered": refs_considered,
-            "refs_kept": len({r["ref_id"] for r in rows}),
+            "refs_passed": passed,
+            "refs_kept": used,
+            "refs_unused_quota": passed - used - len(self._target_failed - used_ids),
             "dropped": dict(self.dropped),
             "kept_by_rule2": dict(self.kept_by),
             "samples": len(rows),
@@ -338,6 +344,7 @@ class Selector:
                                             imaginative=cfg.imaginative_targets)
             except SampleError as e:
                 self._quarantine(f"ref:{v.ref_id}:{etype}", e.reason, str(e))
+                self._target_failed.add(v.ref_id)
                 continue
             sid = sample_id(refer.dataset, v.ref_id, sent["sent_id"], etype, target)
             rows.append({
@@ -371,7 +378,9 @@ def format_report(report: Dict[str, Any]) -> str:
     """The selection report as a small text table: kept / dropped per rule."""
     lines = [
         f"selection: {report['images_kept']} images kept of {report['images_considered']} visited; "
-        f"{report['refs_kept']} objects kept of {report['refs_considered']} considered; {report['samples']} samples",
+        f"{report['refs_considered']} objects considered, {report['refs_passed']} passed both rules, "
+        f"{report['refs_kept']} used in {report['samples']} samples "
+        f"({report['refs_unused_quota']} left unused by --samples-per-image)",
     ]
     labels = {
         "too_small": "too small (area < min_area_fraction)",

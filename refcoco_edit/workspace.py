@@ -26,6 +26,8 @@ from .errors import InputError
 from .schema import SCHEMA_VERSION
 
 QUARANTINE_DIR = "quarantine"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 MANIFEST = "workspace.json"
 
 
@@ -56,6 +58,7 @@ def atomic_write(path: Path, writer: Callable[[str], None]) -> None:
         writer(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give files the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:

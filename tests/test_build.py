@@ -1,0 +1,177 @@
+"""`refcoco-edit build` end to end on the demo data: export contents, the reference contract,
+resume, overwrite, settings fingerprint, readers (pyarrow, pandas, datasets)."""
+from __future__ import annotations
+
+import glob
+import io
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from refcoco_edit import rle
+from refcoco_edit.build import BuildConfig, build
+from refcoco_edit.errors import InputError
+from refcoco_edit.export import export_workspace, import_export, load_export
+from refcoco_edit.schema import arrow_schema, column_names
+
+
+def _cfg(demo_dir, out, **kw):
+    kw.setdefault("num_images", 10)
+    return BuildConfig(out=str(out), refcoco=str(demo_dir), images=str(demo_dir / "images"), progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def built(demo_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("build")
+    res = build(_cfg(demo_dir, out, shard_size=6), log=lambda s: None)
+    return res
+
+
+def _img(struct):
+    return np.asarray(Image.open(io.BytesIO(struct["bytes"])).convert("RGB"))
+
+
+def test_build_exports_every_selected_sample(built):
+    assert built.selection["images_kept"] == 10
+    assert built.counts["generate"] == built.selection["samples"] == 20
+    assert built.export["rows"] == 20
+    assert built.quarantine == {}
+    table = load_export(built.export_dir)
+    assert table.num_rows == 20
+    assert table.column_names == column_names()
+    assert len(set(table.column("sample_id").to_pylist())) == 20
+
+
+def test_reference_equals_source_outside_edit_mask_and_differs_inside(built):
+    for r in load_export(built.export_dir).to_pylist():
+        src, ref = _img(r["source_image"]), _img(r["reference_image"])
+        me = rle.decode(r["edit_mask"])
+        assert src.shape == ref.shape and me.shape == src.shape[:2]
+        assert np.array_equal(src[~me], ref[~me]), r["sample_id"]
+        assert np.abs(src[me].astype(int) - ref[me].astype(int)).max() > 20, r["sample_id"]
+        assert rle.decode(r["source_mask"])[~me].sum() == 0  # the source object lies inside M_e
+
+
+def test_rows_are_complete_and_consistent(built):
+    rows = load_export(built.export_dir).to_pylist()
+    assert {r["edit_type"] for r in rows} == {"replace", "remove", "attribute"}
+    per_image = {}
+    for r in rows:
+        per_image[r["image_id"]] = per_image.get(r["image_id"], 0) + 1
+        a, b = r["referring_span"]
+        assert r["prompt"][a:b] == r["referring_expression"]
+        a, b = r["edit_span"]
+        assert b > a and r["prompt"][a:b].strip()
+        if r["edit_type"] == "replace":
+            assert r["edit_target"] != r["category"]
+            assert r["edit_target"] in r["prompt"][a:b]
+            ex = Image.open(io.BytesIO(r["exemplar_image"]["bytes"]))
+            assert ex.mode == "RGBA" and np.asarray(ex)[..., 3].any()
+        else:
+            assert r["exemplar_image"] is None
+        assert r["prompt_source"] == "template"
+        assert r["review"]["status"] == "pending"
+        assert r["distractor_ann_ids"] and len(r["distractor_masks"]) == len(r["distractor_ann_ids"])
+        assert all(c == r["category"] for c in r["distractor_categories"])
+        assert len(r["candidates"]) == 1
+        cand = r["candidates"][0]
+        assert cand["pipeline"].startswith("classical-") and json.loads(cand["params"])
+        assert cand["image"]["bytes"] == r["reference_image"]["bytes"] and cand["edit_mask"] == r["edit_mask"]
+        m = rle.decode(r["source_mask"])
+        x, y, w, h = r["bbox"]
+        ys, xs = np.nonzero(m)
+        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (int(x), int(y), int(x + w), int(y + h))
+        assert r["schema_version"] == arrow_schema().metadata[b"refcoco_edit.schema_version"].decode()
+    assert all(n == 2 for n in per_image.values())
+
+
+def test_export_reads_back_with_pandas_and_datasets(built):
+    import datasets
+    import pandas as pd
+
+    files = sorted(glob.glob(str(built.export_dir / "*.parquet")))
+    df = pd.read_parquet(files)
+    assert len(df) == 20 and list(df.columns) == column_names()
+    ds = datasets.load_dataset("parquet", data_files=files, split="train")
+    assert ds.num_rows == 20
+    row = ds[0]
+    assert isinstance(row["source_image"], Image.Image) and isinstance(row["reference_image"], Image.Image)
+    assert row["reference_image"].size == row["source_image"].size
+    dd = datasets.load_dataset(str(built.export_dir))  # splits from the dataset card's configs
+    assert sum(d.num_rows for d in dd.values()) == 20
+    assert set(dd) == set(df["split"])
+    card = (built.export_dir / "README.md").read_text()
+    assert card.startswith("---\nconfigs:") and "20 samples" in card and "`edit_mask`" in card
+
+
+def test_resume_skips_done_shards_and_changes_nothing(built, demo_dir):
+    before = {p: p.read_bytes() for p in sorted(built.workdir.glob("*/shard-*.parquet"))}
+    mtimes = {p: p.stat().st_mtime_ns for p in before}
+    res = build(_cfg(demo_dir, built.workdir, shard_size=6), log=lambda s: None)
+    assert res.counts == built.counts
+    for p, data in before.items():
+        assert p.read_bytes() == data and p.stat().st_mtime_ns == mtimes[p]
+
+
+def test_changed_settings_need_overwrite(built, demo_dir):
+    with pytest.raises(InputError, match="seed: 0 -> 5"):
+        build(_cfg(demo_dir, built.workdir, shard_size=6, seed=5), log=lambda s: None)
+
+
+def test_overwrite_redoes_and_seed_changes_choices(demo_dir, tmp_path, built):
+    out = tmp_path / "w"
+    a = build(_cfg(demo_dir, out, num_images=4, seed=1), log=lambda s: None)
+    ids_a = set(load_export(a.export_dir).column("sample_id").to_pylist())
+    b = build(_cfg(demo_dir, out, num_images=4, seed=2, overwrite=True), log=lambda s: None)
+    ids_b = set(load_export(b.export_dir).column("sample_id").to_pylist())
+    assert ids_a != ids_b
+    assert len(ids_b) == 8
+
+
+def test_export_status_view_and_import_back(built, tmp_path):
+    from refcoco_edit.workspace import Workspace, atomic_write_table
+
+    s = export_workspace(built.workdir, out=tmp_path / "acc", status="accepted")
+    assert s["rows"] == 0  # nothing reviewed yet
+    # a reconciled review (as the annotation tools write it) accepts one sample
+    first = load_export(built.export_dir).to_pylist()[0]
+    import pyarrow as pa
+
+    reviews = pa.Table.from_pylist([{"sample_id": first["sample_id"], "status": "accepted", "reviewer": "ann",
+                                     "chosen_candidate": 0, "notes": "ok", "updated_at": "2026-11-22T00:00:00Z"}])
+    atomic_write_table(built.workdir / "review" / "reviews.parquet", reviews)
+    try:
+        s = export_workspace(built.workdir, out=tmp_path / "acc", status="accepted")
+        assert s["rows"] == 1
+        (row,) = load_export(tmp_path / "acc").to_pylist()
+        assert row["sample_id"] == first["sample_id"] and row["review"]["status"] == "accepted"
+        assert row["review"]["reviewer"] == "ann"
+    finally:
+        (built.workdir / "review" / "reviews.parquet").unlink()
+    rb = export_workspace(built.workdir, out=tmp_path / "rb", view="reference-based")
+    n_replace = sum(1 for r in load_export(built.export_dir).to_pylist() if r["edit_type"] == "replace")
+    assert rb["rows"] == n_replace
+    t = pq.read_table(sorted((tmp_path / "rb").glob("*.parquet"))[0])
+    assert "exemplar_image" in t.column_names and "candidates" not in t.column_names
+    info = import_export(built.export_dir, tmp_path / "imported", shard_size=7)
+    assert info["rows"] == 20 and info["shards"] == 3
+    again = export_workspace(Workspace(tmp_path / "imported"), out=tmp_path / "again")
+    assert load_export(tmp_path / "again").to_pylist() == load_export(built.export_dir).to_pylist()
+    assert again["rows"] == 20
+
+
+def test_export_refuses_to_replace_a_foreign_folder(built, tmp_path):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    with pytest.raises(InputError, match="not a refcoco-edit export"):
+        export_workspace(built.workdir, out=foreign)
+    assert (foreign / "thesis.tex").read_text() == "precious"
+
+
+def test_local_worker_pool_gives_identical_output(demo_dir, tmp_path, built):
+    res = build(_cfg(demo_dir, tmp_path / "pool", shard_size=6, workers=2), log=lambda s: None)
+    assert load_export(res.export_dir).to_pylist() == load_export(built.export_dir).to_pylist()

@@ -1,0 +1,90 @@
+"""The command line: help without torch, config file + overrides, exit codes."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, run_cli
+from refcoco_edit.build import BuildConfig
+from refcoco_edit.cli import build_parser, load_config_file, make_config
+
+
+def test_help_does_not_import_torch_or_heavy_modules():
+    code = (
+        "import sys\n"
+        "from refcoco_edit.cli import main\n"
+        "for args in (['--help'], ['build', '--help'], ['export', '--help'], ['demo', '--help']):\n"
+        "    assert main(args) == 0\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'ray', 'openai', 'label_studio_sdk', 'cv2', 'pyarrow') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stdout
+
+
+def test_every_setting_is_a_flag():
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices["build"]
+    dests = {a.dest for a in sub._actions}
+    assert {f.name for f in dataclasses.fields(BuildConfig)} <= dests
+
+
+def test_config_file_then_command_line_wins(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("seed: 7\nnum-images: 3\nedit_types: remove,attribute\nparaphrase: false\n")
+    args = build_parser().parse_args(["build", "--config", str(cfg_file), "--seed", "9"])
+    cfg = make_config(BuildConfig, args)
+    assert cfg.seed == 9 and cfg.num_images == 3 and cfg.edit_types == ["remove", "attribute"]
+    assert cfg.paraphrase is False
+    args = build_parser().parse_args(["build", "--config", str(cfg_file), "--paraphrase", "--num-images", "none"])
+    cfg = make_config(BuildConfig, args)
+    assert cfg.paraphrase is True and cfg.num_images is None and cfg.seed == 7
+
+
+def test_unknown_config_key_suggests(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("num_imagse: 3\n")
+    with pytest.raises(Exception, match="did you mean 'num_images'"):
+        load_config_file(str(cfg_file), BuildConfig)
+
+
+def test_exit_codes(tmp_path):
+    r = run_cli("build", "--backend", "nope")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+    cfg_file = tmp_path / "bad.yaml"
+    cfg_file.write_text("seeed: 1\n")
+    r = run_cli("build", "--config", str(cfg_file), "--out", str(tmp_path / "w"))
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("refcoco-edit: error:")
+    r = run_cli("build", "--refcoco", str(tmp_path / "missing"), "--out", str(tmp_path / "w"))
+    assert r.returncode == 2 and "no such folder" in r.stderr
+    r = run_cli("export", "--workdir", str(tmp_path / "nothing"), "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "not a refcoco-edit workspace" in r.stderr
+    r = run_cli()
+    assert r.returncode == 2
+
+
+def test_demo_command_writes_refer_layout(tmp_path):
+    r = run_cli("demo", "--out", str(tmp_path / "d"), "--num-images", "4")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "d" / "refcoco" / "refs(unc).p").exists()
+    assert (tmp_path / "d" / "refcoco" / "instances.json").exists()
+    inst = json.loads((tmp_path / "d" / "refcoco" / "instances.json").read_text())
+    assert len(inst["images"]) == 4
+
+
+def test_build_and_export_commands(demo_dir, tmp_path):
+    w = tmp_path / "w"
+    r = run_cli("build", "--out", str(w), "--refcoco", str(demo_dir), "--images", str(demo_dir / "images"),
+                "--num-images", "3", "--edit-types", "remove")
+    assert r.returncode == 0, r.stderr
+    assert "selection: 3 images kept" in r.stdout and "exported 6" in r.stdout
+    r = run_cli("export", "--workdir", str(w), "--out", str(tmp_path / "e"), "--status", "all")
+    assert r.returncode == 0, r.stderr
+    assert "exported 6 samples" in r.stdout
+    assert sorted(p.name for p in (tmp_path / "e").glob("*.parquet"))
