@@ -212,6 +212,18 @@ def _table(d: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _selection_text(report: Optional[Dict[str, Any]]) -> str:
+    if not report:
+        return ""
+    d = report.get("dropped", {})
+    return (
+        f"Selection (the paper's two rules): {report.get('refs_considered')} referred objects considered in "
+        f"{report.get('images_considered')} images; dropped {d.get('too_small', 0)} too small, "
+        f"{d.get('sole_subject', 0)} as the sole prominent subject (rule 1), {d.get('no_similar', 0)} without a "
+        f"similar object (rule 2); kept {report.get('refs_passed')}, of which {report.get('refs_kept')} are used.\n"
+    )
+
+
 def dataset_card(summary: Dict[str, Any], info: Dict[str, Any]) -> str:
     """The README.md of an export: loading configs, schema, counts and how it was built."""
     splits = sorted(summary["splits"])
@@ -232,7 +244,8 @@ area M_e. Built with `refcoco-edit build`; schema version {SCHEMA_VERSION}; view
 ## Load it
 ```python
 import datasets
-ds = datasets.load_dataset("parquet", data_files={{"{splits[0] if splits else 'train'}": "{splits[0] if splits else 'train'}-*.parquet"}})
+dd = datasets.load_dataset("path/to/this/folder")          # one split per RefCOCO split
+ds = datasets.load_dataset("parquet", data_files="path/to/this/folder/*.parquet", split="train")  # all rows
 import glob, pandas as pd
 df = pd.read_parquet(sorted(glob.glob("*.parquet")))
 ```
@@ -261,6 +274,7 @@ Quarantined during the build (stage/reason):
 - backend: `{settings.get('backend', '?')}`; seed {settings.get('seed', '?')}; samples exported: `{info.get('status_filter', 'all')}`
 - prompts: templates (version in the build), {"with" if settings.get('paraphrase') else "without"} the offline paraphraser; no LLM was used unless a prompt source says `llm:<model>`
 
+{_selection_text(info.get('selection'))}
 Settings:
 ```json
 {json.dumps(settings, indent=2, sort_keys=True, default=str)}

@@ -75,6 +75,7 @@ class _Verdict:
     rule: str = ""
     scores: Dict[str, Any] = field(default_factory=dict)
     distractors: List[Tuple[int, str]] = field(default_factory=list)
+    kept_by: str = ""  # "same_category" | "visual" (counted once the ref also has a usable sentence)
 
 
 def _shape_similarity(a: _Obj, b: _Obj) -> float:
@@ -186,7 +187,7 @@ class Selector:
             return v
         distractors = [(o.ann_id, o.category) for o in same]
         if same:
-            self.kept_by["same_category"] += 1
+            v.kept_by = "same_category"
         else:
             best, similar = 0.0, []
             image = pixels() if cfg.use_pixels else None
@@ -205,7 +206,7 @@ class Selector:
                 v.rule = "no_similar"
                 return v
             distractors = similar
-            self.kept_by["visual"] += 1
+            v.kept_by = "visual"
         v.ok = True
         v.distractors = sorted(distractors)
         # prefer mid-sized objects with several look-alikes
@@ -223,6 +224,8 @@ class Selector:
         from .prompts import normalize_expression
 
         good = []
+        if not ref.get("sentences"):  # no per-sentence entry can report it (see run)
+            self._quarantine(f"ref:{ref['ref_id']}", "empty_sentence", f"ref {ref['ref_id']} has no sentences")
         for s in ref.get("sentences", []):
             text = normalize_expression(str(s.get("raw") or s.get("sent") or ""))
             if not text:
@@ -243,7 +246,8 @@ class Selector:
             self._quarantine(key, reason, message)
         ref_ids = refer.ref_ids(split=None) if not cfg.splits else sorted(
             {r for s in cfg.splits for r in refer.ref_ids(split=s)})
-        images = sorted({int(refer.refs[r]["image_id"]) for r in ref_ids})
+        # refs pointing to an image instances.json lacks were quarantined above (missing_image)
+        images = sorted({int(refer.refs[r]["image_id"]) for r in ref_ids} & set(refer.images))
         ref_set = set(ref_ids)
         order = rng_for(self.seed, "image-order").permutation(len(images))
         rows: List[Dict[str, Any]] = []
@@ -283,6 +287,7 @@ class Selector:
                 if not sents:
                     self.dropped["no_sentence"] += 1
                     continue
+                self.kept_by[v.kept_by] += 1
                 eligible.append((v, sents))
             if not eligible:
                 continue
