@@ -124,8 +124,9 @@ def _png(array: np.ndarray, level: int) -> bytes:
 class ExemplarBank:
     """Instances of each category in the data, to cut exemplars from (``replace`` edits)."""
 
-    def __init__(self, refer: Any, min_fraction: float):
+    def __init__(self, refer: Any, min_fraction: float, mode_policy: str = "convert"):
         self.refer = refer
+        self.mode_policy = mode_policy  # --image-modes: a quarantined image gives no exemplar either
         by_cat: Dict[str, List[int]] = {}
         for ann_id, ann in refer.anns.items():
             if ann.get("iscrowd", 0):
@@ -137,6 +138,7 @@ class ExemplarBank:
                 continue
             by_cat.setdefault(refer.cats.get(ann["category_id"], ""), []).append(int(ann_id))
         self.by_cat = {k: sorted(v) for k, v in by_cat.items()}
+        self._unusable: set = set()
 
     def categories(self) -> List[str]:
         """Categories with at least one usable instance in two different images."""
@@ -146,19 +148,27 @@ class ExemplarBank:
                 out.append(cat)
         return sorted(out)
 
-    def cut(self, category: str, exclude_image: int, rng: np.random.Generator, tries: int = 5) -> Tuple[np.ndarray, int]:
-        """An RGBA cut-out of an instance of ``category`` from another image (seeded choice)."""
+    def cut(self, category: str, exclude_image: int, rng: np.random.Generator) -> Tuple[np.ndarray, int]:
+        """An RGBA cut-out of an instance of ``category`` from another image.
+
+        Instances are tried in a seeded order until one loads; unusable ones (bad image or mask)
+        are remembered, so a broken image costs one attempt per process, not one per sample.
+        """
         pool = [a for a in self.by_cat.get(category, []) if self.refer.anns[a]["image_id"] != exclude_image]
         if not pool:
             raise SampleError("no_exemplar", f"no instance of {category!r} in another image")
         errors = []
-        for k in rng.permutation(len(pool))[:tries]:
+        for k in rng.permutation(len(pool)):
             ann_id = pool[int(k)]
+            if ann_id in self._unusable:
+                continue
             try:
-                li = self.refer.load_image(self.refer.anns[ann_id]["image_id"])
+                li = self.refer.load_image(self.refer.anns[ann_id]["image_id"], mode_policy=self.mode_policy)
                 mask = li.orient_mask(rle_mod.decode(self.refer.ann_rle(ann_id)))
             except (SampleError, rle_mod.MaskError) as e:
-                errors.append(f"ann {ann_id}: {e}")
+                self._unusable.add(ann_id)
+                if len(errors) < 3:
+                    errors.append(f"ann {ann_id}: {e}")
                 continue
             ys, xs = np.nonzero(mask)
             if len(ys) == 0:
@@ -183,7 +193,7 @@ class Builder:
     @property
     def bank(self) -> ExemplarBank:
         if self._bank is None:
-            self._bank = ExemplarBank(self.refer, self.cfg.exemplar_min_fraction)
+            self._bank = ExemplarBank(self.refer, self.cfg.exemplar_min_fraction, self.cfg.image_modes)
         return self._bank
 
     def pipeline(self, name: str) -> Any:
@@ -370,7 +380,12 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = print) -> BuildResult:
     ws = Workspace(cfg.out)
     data = resolve_data(cfg)
     refer = load_refer(cfg, data)  # InputError on unsafe pickles / escaping paths: before any write
-    ws.prepare(cfg.settings(), STAGES, overwrite=cfg.overwrite)
+    settings = cfg.settings()
+    if data.demo:  # a newer demo generator makes other data: never mix it with old shards
+        from .demo import DEMO_VERSION
+
+        settings["demo_version"] = DEMO_VERSION
+    ws.prepare(settings, STAGES, overwrite=cfg.overwrite)
     builder = Builder(cfg, ws, data, refer)
     sel = builder.run_select()
     log(format_report(sel["report"]))
