@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import signal
 import sys
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 ShardFn = Callable[[int], Dict[str, Any]]
 

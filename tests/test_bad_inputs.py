@@ -11,7 +11,6 @@ import io
 import json
 import os
 import pickle
-import re
 import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Set, Tuple
