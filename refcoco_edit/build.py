@@ -64,6 +64,17 @@ class BuildConfig:
     similarity_threshold: float = _f(0.7, "rule 2: visual similarity needed when no same-category object exists")
     exemplar_min_fraction: float = _f(0.01, "exemplars: smallest instance, as a fraction of its image")
     png_compress_level: int = _f(1, "PNG compression of generated images (0-9; bytes differ, pixels do not)")
+    llm_model: Optional[str] = _f(None, "rephrase prompts with this LLM (OpenAI-compatible; key from $OPENAI_API_KEY); default: the offline paraphraser")
+    llm_base_url: Optional[str] = _f(None, "OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (vLLM, Ollama, llama.cpp)", runtime=True)
+    llm_mode: str = _f("rephrase", "rephrase: rewrite the template prompt; propose: let the LLM choose the edit target and instruction", choices=("rephrase", "propose"))
+    llm_temperature: float = _f(0.7, "LLM sampling temperature")
+    llm_attempts: int = _f(3, "answers asked for per sample before it is quarantined")
+    llm_json_mode: bool = _f(True, "ask for response_format=json_object (turn off for servers without it)")
+    llm_concurrency: int = _f(4, "LLM requests in flight at once", runtime=True)
+    llm_timeout: float = _f(60.0, "seconds per LLM request", runtime=True)
+    llm_max_retries: int = _f(4, "the openai client's retries of 429/5xx/connection errors (Retry-After honoured)", runtime=True)
+    llm_batch: bool = _f(False, "send LLM requests through the Batch API (large runs; resumable)", runtime=True)
+    llm_batch_poll: float = _f(10.0, "seconds between Batch API polls", runtime=True)
     shard_size: int = _f(16, "samples per shard (the unit of work and of resume)")
     executor: str = _f("local", "where shards run", choices=("local", "ray"), runtime=True)
     workers: int = _f(1, "local executor: worker processes", runtime=True)
@@ -189,6 +200,8 @@ class Builder:
         self.refer = refer if refer is not None else load_refer(cfg, data)
         self._bank: Optional[ExemplarBank] = None
         self._pipelines: Dict[str, Any] = {}
+        self._llm: Any = None
+        self._llm_pid = -1
 
     @property
     def bank(self) -> ExemplarBank:
@@ -237,11 +250,28 @@ class Builder:
         return table.slice(i * s, s).to_pylist()
 
     # -- prompts -----------------------------------------------------------------------------
-    def prompts_shard(self, i: int) -> Dict[str, Any]:
+    def llm(self) -> Any:
+        """The LLM rephraser of this process (its SQLite cache is never shared across a fork)."""
+        import os
+
+        if self._llm is None or self._llm_pid != os.getpid():
+            from pipelines.rephrase import LLMCache, LLMRephraser, RephraseConfig
+
+            cfg = self.cfg
+            rc = RephraseConfig(model=cfg.llm_model, base_url=cfg.llm_base_url, mode=cfg.llm_mode,
+                                temperature=cfg.llm_temperature, attempts=cfg.llm_attempts, json_mode=cfg.llm_json_mode,
+                                timeout=cfg.llm_timeout, max_retries=cfg.llm_max_retries,
+                                concurrency=cfg.llm_concurrency, seed=cfg.seed)
+            self._llm = LLMRephraser(rc, LLMCache(self.ws.root / "llm" / "cache.sqlite"))
+            self._llm_pid = os.getpid()
+        return self._llm
+
+    def _template_prompts(self, i: int) -> Tuple[List[Dict[str, Any]], List[Any], List[Dict[str, Any]]]:
+        """The rows of shard i with their template prompts, and the template failures."""
         from .prompts import TemplateParaphraser, make_prompt
 
         para = TemplateParaphraser() if self.cfg.paraphrase else None
-        rows, quarantine = [], []
+        rows, prompts, quarantine = [], [], []
         for row in self._plan_rows(i):
             try:
                 p = make_prompt(row["edit_type"], row["referring_expression"], row["edit_target"],
@@ -250,11 +280,66 @@ class Builder:
             except (SampleError, ValueError) as e:
                 quarantine.append(quarantine_record("prompts", row["sample_id"], getattr(e, "reason", "prompt_error"), str(e)))
                 continue
-            row.update(prompt=p.text, referring_span=list(p.referring_span), edit_span=list(p.edit_span),
-                       prompt_source=p.source)
             rows.append(row)
-        self.ws.stage("prompts").write_shard(i, rows_to_table(rows), {}, quarantine)
+            prompts.append(p)
+        return rows, prompts, quarantine
+
+    def _llm_items(self, rows: List[Dict[str, Any]], prompts: List[Any]) -> List[Dict[str, Any]]:
+        allowed_replace = self.bank.categories() if self.cfg.backend == "classical" else None
+        items = []
+        for row, p in zip(rows, prompts):
+            item = {"sample_id": row["sample_id"], "edit_type": row["edit_type"], "edit_target": row["edit_target"],
+                    "referring_expression": row["referring_expression"], "category": row["category"], "prompt": p,
+                    "seed": derive_seed(self.cfg.seed, row["sample_id"], "llm")}
+            if self.cfg.llm_mode == "propose":
+                if row["edit_type"] == "replace" and allowed_replace is not None:
+                    item["allowed_targets"] = [c for c in allowed_replace if c != row["category"]]
+                elif row["edit_type"] == "attribute":
+                    from .vocab import COLOURS, MATERIALS
+
+                    item["allowed_targets"] = list(COLOURS) + list(MATERIALS)
+            items.append(item)
+        return items
+
+    def prompts_shard(self, i: int) -> Dict[str, Any]:
+        rows, prompts, quarantine = self._template_prompts(i)
+        out = []
+        if self.cfg.llm_model:
+            llm = self.llm()
+            calls0, hits0 = llm.calls, llm.cache_hits
+            results = llm.write(self._llm_items(rows, prompts))  # service failures raise: shard not written
+            for row, res in zip(rows, results):
+                if isinstance(res, Exception):
+                    quarantine.append(quarantine_record("prompts", row["sample_id"], getattr(res, "reason", "llm_error"), str(res)))
+                    continue
+                if self.cfg.llm_mode == "propose" and row["sample_id"] in llm.targets:
+                    from .schema import sample_id
+
+                    row["edit_target"] = llm.targets[row["sample_id"]] if row["edit_type"] != "remove" else ""
+                    row["sample_id"] = sample_id(row["dataset"], row["ref_id"], row["sent_id"], row["edit_type"], row["edit_target"])
+                row.update(prompt=res.text, referring_span=list(res.referring_span), edit_span=list(res.edit_span),
+                           prompt_source=res.source)
+                out.append(row)
+            stats = {"llm_calls": llm.calls - calls0, "llm_cache_hits": llm.cache_hits - hits0}
+        else:
+            for row, p in zip(rows, prompts):
+                row.update(prompt=p.text, referring_span=list(p.referring_span), edit_span=list(p.edit_span),
+                           prompt_source=p.source)
+                out.append(row)
+            stats = {}
+        self.ws.stage("prompts").write_shard(i, rows_to_table(out), stats, quarantine)
         return self.ws.stage("prompts").stats(i)
+
+    def llm_batch(self, shards: List[int], log: Callable[[str], None]) -> Dict[str, int]:
+        """Bulk mode: answer every LLM request of these shards through the Batch API first."""
+        from pipelines.rephrase import BatchRunner
+
+        items: List[Dict[str, Any]] = []
+        for i in shards:
+            rows, prompts, _ = self._template_prompts(i)
+            items.extend(self._llm_items(rows, prompts))
+        runner = BatchRunner(self.llm(), self.ws.root / "llm" / "batches.json", poll_interval=self.cfg.llm_batch_poll, log=log)
+        return runner.run(items)
 
     # -- generate ----------------------------------------------------------------------------
     def generate_shard(self, i: int) -> Dict[str, Any]:
@@ -395,12 +480,18 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = print) -> BuildResult:
     for stage_name, method in (("prompts", "prompts_shard"), ("generate", "generate_shard")):
         stage = ws.stage(stage_name)
         todo = [i for i in range(n) if not stage.is_done(i)]
+        if todo and stage_name == "prompts" and cfg.llm_model and cfg.llm_batch:
+            log(f"llm batch mode: {builder.llm_batch(todo, log)}")
+        ran: List[Dict[str, Any]] = []
         if todo:
             def factory(method: str = method) -> Callable[[int], Dict[str, Any]]:
                 return getattr(builder, method)
 
-            executor.run(factory, todo, desc=stage_name)
+            ran = executor.run(factory, todo, desc=stage_name)
         counts[stage_name] = sum(stage.stats(i)["rows"] for i in range(n))
+        if stage_name == "prompts" and cfg.llm_model:  # requests made by this run
+            counts["llm_calls"] = sum(r.get("llm_calls", 0) for r in ran)
+            counts["llm_cache_hits"] = sum(r.get("llm_cache_hits", 0) for r in ran)
     quarantine = ws.quarantine().to_pylist()
     by_reason: Dict[str, Dict[str, int]] = {}
     for q in quarantine:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .errors import InputError
+from .errors import InputError, RunError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -133,6 +133,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     n_q = sum(sum(v.values()) for v in res.quarantine.values())
     print(f"generated {res.counts.get('generate', 0)} samples in {res.seconds:.1f}s; "
           f"exported {res.export['rows']} to {res.export_dir}")
+    if cfg.llm_model:
+        print(f"LLM {cfg.llm_model}: {res.counts.get('llm_calls', 0)} requests, "
+              f"{res.counts.get('llm_cache_hits', 0)} answers from the cache")
     if n_q:
         detail = ", ".join(f"{st}/{r}: {c}" for st, d in sorted(res.quarantine.items()) for r, c in sorted(d.items()))
         print(f"quarantined {n_q} (see {res.workdir / 'quarantine'}): {detail}")
@@ -194,6 +197,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except InputError as e:
         print(f"refcoco-edit: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except RunError as e:
+        print(f"refcoco-edit: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("refcoco-edit: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

@@ -22,3 +22,11 @@ class SampleError(Exception):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
+
+
+class RunError(Exception):
+    """A service the run depends on failed (an LLM server down, answering 5xx after retries).
+
+    The CLI stops with exit code 1 and this one-line message; finished shards and cache entries
+    are kept, so the same command resumes once the service is back.
+    """

@@ -212,6 +212,14 @@ def _table(d: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _prompt_text(settings: Dict[str, Any]) -> str:
+    para = "with" if settings.get("paraphrase") else "without"
+    if settings.get("llm_model"):
+        return (f"LLM `{settings['llm_model']}` ({settings.get('llm_mode', 'rephrase')} mode) on top of the templates; "
+                f"every prompt validated (spans found verbatim, referent and edit kept); prompt_source says `llm:<model>`")
+    return f"templates {para} the offline paraphraser; no LLM was used (prompt_source `template`)"
+
+
 def _selection_text(report: Optional[Dict[str, Any]]) -> str:
     if not report:
         return ""
@@ -272,7 +280,7 @@ Quarantined during the build (stage/reason):
 ## How it was built
 - data: {"bundled synthetic demo data (not real photos)" if info.get('demo_data') else settings.get('refcoco', '?')}; dataset `{settings.get('dataset', '?')}`, refs split by `{settings.get('split_by') or 'default'}`
 - backend: `{settings.get('backend', '?')}`; seed {settings.get('seed', '?')}; samples exported: `{info.get('status_filter', 'all')}`
-- prompts: templates (version in the build), {"with" if settings.get('paraphrase') else "without"} the offline paraphraser; no LLM was used unless a prompt source says `llm:<model>`
+- prompts: {_prompt_text(settings)}
 
 {_selection_text(info.get('selection'))}
 Settings:
