@@ -335,3 +335,27 @@ def test_build_batch_mode_resumes_after_sigkill(demo_dir, tmp_path):
         assert s.count() == 0 and s.batch_lines_processed == 8
         rows = load_export(w / "export").to_pylist()
         assert len(rows) == 8 and all(r["prompt_source"] == "llm:m" for r in rows)
+
+
+def test_cache_entries_survive_sigkill_mid_stage(demo_dir, tmp_path):
+    """Answers received before a kill -9 are not asked again (the shard was not finished)."""
+    w = tmp_path / "w"
+    with running() as s:
+        s.script(lambda body: (time.sleep(0.15), good_rephrase(body))[1])
+        cmd = [sys.executable, "-m", "refcoco_edit", "build", "--out", str(w), "--refcoco", str(demo_dir),
+               "--images", str(demo_dir / "images"), "--num-images", "6", "--shard-size", "12",
+               "--llm-model", "m", "--llm-base-url", s.base_url, "--llm-concurrency", "1"]
+        env = dict(os.environ, PYTHONPATH=str(REPO), OPENAI_API_KEY=SECRET)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 60
+        while s.count() < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        asked = s.count()
+        assert 5 <= asked < 12 and not (w / "prompts" / "shard-00000.stats.json").exists()
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        # at most the one request in flight at the kill is asked twice
+        assert s.count() - asked <= 12 - asked + 1
+        assert f"LLM m: {12 - asked}" in r.stdout or f"LLM m: {12 - asked + 1}" in r.stdout
