@@ -183,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--view", choices=("rie", "reference-based"), default="rie",
                    help="rie: every column; reference-based: (source, exemplar, reference) triplets")
     p.set_defaults(func=cmd_export)
+
+    from benchmark.cli import add_report_parser, add_score_parser
+
+    add_score_parser(sub)
+    add_report_parser(sub)
     return parser
 
 

@@ -1,1 +1,121 @@
-"""Metrics, one file per family, each tested against a reference formula."""
+"""Metrics, one file per family, each tested against an independent reference formula.
+
+=================  ==========  ============================================================
+family             file        metrics
+=================  ==========  ============================================================
+paper (Table 1)    background  ``l2_bg``; ``ap``, ``clip_sim_fg`` (model_based, need weights)
+pie (PIE-Bench)    background  ``psnr_bg``, ``mse_bg``, ``ssim_bg``; ``lpips_bg``, ``clip_whole``,
+                               ``clip_edited`` (model_based)
+magicbrush         magicbrush  ``l1``, ``l2``; ``clip_i``, ``dino``, ``clip_t`` (model_based)
+referring (ours)   referring   ``referring_accuracy``, ``distractor_preservation``,
+                               ``change_target``, ``change_distractor_max``,
+                               ``change_distractor_mean``, ``referring_margin``
+=================  ==========  ============================================================
+
+``select_metrics("pie,l1")`` resolves names and family names; ``plan`` splits a selection into
+what can be computed and what cannot (with the reason, e.g. "needs --clip-model");
+``compute_sample`` computes the weight-free ones for one sample from its decoded arrays.
+Per-sample values are aggregated by the harness (mean + bootstrap CI), so a metric here is a
+pure function of one sample: the torchmetrics ``update``/``compute`` split becomes "per-sample
+value" / "aggregate over the samples table", which keeps every sample's value for the CI.
+"""
+from __future__ import annotations
+
+import difflib
+from collections import OrderedDict
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from .base import MODEL_OPTIONS, MetricContext, MetricParams, MetricSpec, SampleArrays
+from .model_based import SPECS as _MODEL_SPECS
+
+__all__ = ["METRICS", "FAMILIES", "MetricSpec", "MetricParams", "SampleArrays", "MetricContext",
+           "select_metrics", "plan", "compute_sample", "MODEL_OPTIONS"]
+
+_WEIGHT_FREE = (
+    MetricSpec("l2_bg", "paper", "L2_bg x10^3", "mean squared difference in [0,1] between output and source outside M_e",
+               False, display_scale=1e3),
+    MetricSpec("psnr_bg", "pie", "PSNR_bg", "PSNR (dB) of output vs source over background pixels (MSE floored at 1e-10)",
+               True),
+    MetricSpec("mse_bg", "pie", "MSE_bg x10^4", "MSE in [0,1] of output vs source over background pixels (= L2_bg)",
+               False, display_scale=1e4),
+    MetricSpec("ssim_bg", "pie", "SSIM_bg x10^2", "SSIM map of output vs source on the full image, averaged over background pixels",
+               True, display_scale=1e2),
+    MetricSpec("l1", "magicbrush", "L1", "mean |output - reference| in [0,1] over the whole image", False),
+    MetricSpec("l2", "magicbrush", "L2", "mean (output - reference)^2 in [0,1] over the whole image", False),
+    MetricSpec("referring_accuracy", "referring", "Ref-Acc",
+               "1 if the referred object changed more than every same-category distractor (+eps)", True),
+    MetricSpec("distractor_preservation", "referring", "Distr-Pres",
+               "fraction of same-category distractors left unchanged (mean change < tau)", True),
+    MetricSpec("change_target", "referring", "Chg-target", "mean |output - source| in [0,1] inside the referred object's mask", None),
+    MetricSpec("change_distractor_max", "referring", "Chg-distr-max", "largest mean change inside a same-category distractor", None),
+    MetricSpec("change_distractor_mean", "referring", "Chg-distr-mean", "mean over distractors of their mean change", None),
+    MetricSpec("referring_margin", "referring", "Ref-margin", "change_target - change_distractor_max", True),
+)
+
+_ORDER = ("ap", "l2_bg", "clip_sim_fg",
+          "psnr_bg", "lpips_bg", "mse_bg", "ssim_bg", "clip_whole", "clip_edited",
+          "l1", "l2", "clip_i", "dino", "clip_t",
+          "referring_accuracy", "distractor_preservation", "change_target", "change_distractor_max",
+          "change_distractor_mean", "referring_margin")
+_BY_NAME = {s.name: s for s in _WEIGHT_FREE + _MODEL_SPECS}
+assert set(_BY_NAME) == set(_ORDER)
+METRICS: "OrderedDict[str, MetricSpec]" = OrderedDict((n, _BY_NAME[n]) for n in _ORDER)
+FAMILIES: Dict[str, Tuple[str, ...]] = {
+    fam: tuple(n for n, s in METRICS.items() if s.family == fam) for fam in ("paper", "pie", "magicbrush", "referring")
+}
+
+
+def select_metrics(selection: Optional[Iterable[str]] = None) -> List[str]:
+    """Metric names for ``--metrics`` (names or family names; None/empty = all), in table order."""
+    from refcoco_edit.errors import InputError
+
+    if selection is None:
+        return list(METRICS)
+    items = [s.strip() for s in selection if s and s.strip()]
+    if not items or items == ["all"]:
+        return list(METRICS)
+    wanted = set()
+    for item in items:
+        key = item.lower().replace("-", "_")
+        if key in METRICS:
+            wanted.add(key)
+        elif item.lower() in FAMILIES:
+            wanted.update(FAMILIES[item.lower()])
+        elif key == "all":
+            wanted.update(METRICS)
+        else:
+            known = list(METRICS) + list(FAMILIES)
+            close = difflib.get_close_matches(key, known, n=2, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise InputError(f"unknown metric {item!r}{hint} Known metrics: {', '.join(METRICS)}; "
+                             f"families: {', '.join(FAMILIES)}")
+    return [n for n in METRICS if n in wanted]
+
+
+def plan(names: Sequence[str], models: Mapping[str, Optional[str]]) -> Tuple[List[str], Dict[str, str]]:
+    """(computable names, {name: reason}) given the model options that were set."""
+    ok: List[str] = []
+    skipped: Dict[str, str] = {}
+    for n in names:
+        spec = METRICS[n]
+        missing = [MODEL_OPTIONS[k] for k in spec.needs if not models.get(k)]
+        if missing:
+            skipped[n] = "needs " + " and ".join(missing)
+        elif not spec.implemented:
+            skipped[n] = "not implemented in this version (model-based metrics ship with the diffusion extra)"
+        else:
+            ok.append(n)
+    return ok, skipped
+
+
+def compute_sample(arrays: SampleArrays, names: Sequence[str], params: MetricParams = MetricParams()) -> Dict[str, float]:
+    """The weight-free metrics ``names`` of one sample; NaN where a metric does not apply."""
+    from . import background, magicbrush, referring
+
+    ctx = MetricContext(arrays, params)
+    out: Dict[str, float] = {}
+    for module in (background, magicbrush, referring):
+        wanted = [n for n in names if n in module.NAMES]
+        if wanted:
+            out.update(module.compute(ctx, wanted))
+    return {n: float(out[n]) for n in names if n in out}

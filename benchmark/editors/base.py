@@ -1,0 +1,183 @@
+"""The Editor contract: what an image editor under test receives and must return.
+
+An editor is a small class with one list-in/list-out method (the habit of lm-evaluation-harness'
+``LM``)::
+
+    class MyEditor(Editor):
+        name = "my-editor"
+        protocol = frozenset({"gt_mask"})        # what it may see beyond (image, prompt, seed)
+        batch_size = 4
+
+        def load(self):                          # heavy work (weights) happens here, once, lazily
+            self.pipe = ...
+
+        def edit(self, images, prompts, seeds, extras):
+            return [self.pipe(img, p, s, e["gt_mask"]) for img, p, s, e in zip(...)]
+
+* ``images``: HxWx3 ``uint8`` RGB arrays (the source photos, at their native size; read-only).
+* ``prompts``: the full instructions ``P`` (referring part + edit part).
+* ``seeds``: one int in ``[0, 2**31 - 1)`` per sample, derived from (run seed, sample_id).
+* ``extras``: one dict per sample. It always holds ``sample_id`` (an opaque key, for caching and
+  for looking up precomputed outputs). Every other key is present only when the editor declares
+  it in ``protocol`` (see ``PROTOCOL_KEYS``); the harness never passes undeclared information,
+  and the report records each editor's protocol next to its scores.
+
+``edit`` returns one item per input, in order: an ``HxWx3 uint8`` array of the source's size,
+or an ``EditFailure`` for a sample it could not edit (the run records it and goes on). The
+harness checks every output (``check_output``): a wrong size, dtype, channel count, NaN or
+infinity is a per-sample failure with a reason code, never silently fixed. Floating outputs are
+accepted only when finite and within [0, 1] (they are converted with ``round(255 * x)``).
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple, Union
+
+import numpy as np
+
+__all__ = [
+    "PROTOCOL_KEYS", "FAILURE_REASONS", "Editor", "EditFailure", "check_output", "check_protocol",
+]
+
+# What an editor may declare in ``protocol``: extra inputs beyond (image, prompt, seed).
+PROTOCOL_KEYS: Dict[str, str] = {
+    "gt_mask": "the ground-truth edited area M_e (bool HxW array), e.g. for Blended Latent Diffusion",
+    "object_mask": "the referred object's mask M (bool HxW array)",
+    "edit_phrase": "the edit part of the prompt, prompt[edit_span] (str)",
+    "referring_phrase": "the referring part of the prompt, prompt[referring_span] (str)",
+    "edit_type": "the edit type: replace | remove | attribute | add (str)",
+    "reference": "the reference edited image I_e (HxWx3 uint8): an oracle, not a real editor",
+}
+
+# Reason codes of per-sample editor failures (stable strings: results.json counts them).
+FAILURE_REASONS: Dict[str, str] = {
+    "editor_error": "the editor raised an exception on this sample",
+    "wrong_count": "the editor returned a different number of outputs than inputs",
+    "bad_type": "the output is not an image array",
+    "bad_dtype": "the output array is neither uint8 nor floating point",
+    "bad_channels": "the output is not HxWx3 (grey, RGBA or another shape)",
+    "non_finite": "the output holds NaN or infinite values",
+    "bad_range": "a floating output has values outside [0, 1]",
+    "wrong_size": "the output's height/width differ from the source (see --resize-outputs)",
+    "missing_output": "the precomputed or external output file does not exist",
+    "corrupt_output": "the output file cannot be decoded as an image",
+    "cmd_failed": "the external command exited with a non-zero status",
+    "cmd_timeout": "the external command ran past its time limit",
+}
+
+
+class EditFailure:
+    """A per-sample failure an editor returns in place of an image (it is not raised)."""
+
+    __slots__ = ("reason", "message")
+
+    def __init__(self, reason: str, message: str = ""):
+        if reason not in FAILURE_REASONS:
+            raise ValueError(f"unknown failure reason {reason!r}; use one of {sorted(FAILURE_REASONS)}")
+        self.reason = reason
+        self.message = str(message)
+
+    def __repr__(self) -> str:
+        return f"EditFailure({self.reason!r}, {self.message!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EditFailure) and (self.reason, self.message) == (other.reason, other.message)
+
+
+def check_protocol(protocol: Any, where: str = "editor") -> FrozenSet[str]:
+    """A protocol declaration as a frozenset of known keys (ValueError on an unknown key)."""
+    keys = frozenset(protocol or ())
+    unknown = sorted(keys - set(PROTOCOL_KEYS))
+    if unknown:
+        raise ValueError(f"{where} declares unknown protocol input(s) {unknown}; known: {sorted(PROTOCOL_KEYS)}")
+    return keys
+
+
+class Editor(abc.ABC):
+    """An image editor under test. Subclasses set ``name``/``protocol`` and implement ``edit``.
+
+    Constructor keyword arguments are the editor's configuration (``--editor-arg key=value``).
+    Declare them as explicit keyword parameters of your ``__init__`` (so a misspelt option is a
+    TypeError, reported as bad usage) and pass them on with ``super().__init__(**options)``: they
+    must be JSON-serialisable, are recorded in results.json and fingerprint the output cache. Nothing heavy happens in ``__init__``: weights load in ``load()``, which the harness
+    calls once, only when some sample actually needs editing (a fully cached run loads nothing).
+    """
+
+    name: str = ""
+    protocol: FrozenSet[str] = frozenset()
+    batch_size: int = 1
+    version: str = "1"
+    """Bump when outputs change for the same configuration: it invalidates cached outputs."""
+
+    def __init__(self, **config: Any):
+        self.config: Dict[str, Any] = dict(config)
+        self._loaded = False
+
+    def load(self) -> None:
+        """Load weights / start resources. Called once before the first ``edit``."""
+
+    def ensure_loaded(self) -> None:
+        if not self._loaded:
+            self.load()
+            self._loaded = True
+
+    @abc.abstractmethod
+    def edit(self, images: List[np.ndarray], prompts: List[str], seeds: List[int],
+             extras: List[Dict[str, Any]]) -> List[Union[np.ndarray, EditFailure]]:
+        """Edit a batch; one output (array or EditFailure) per input, in order."""
+
+    def describe(self) -> Dict[str, Any]:
+        """What results.json records about this editor."""
+        cls = type(self)
+        return {
+            "name": self.name or cls.__name__,
+            "class": f"{cls.__module__}:{cls.__qualname__}",
+            "protocol": sorted(check_protocol(self.protocol, cls.__name__)),
+            "config": {k: self.config[k] for k in sorted(self.config)},
+            "batch_size": int(self.batch_size),
+            "version": str(self.version),
+        }
+
+
+def _describe_array(a: np.ndarray) -> str:
+    return f"shape {tuple(a.shape)}, dtype {a.dtype}"
+
+
+def check_output(out: Any, hw: Tuple[int, int], resize: bool = False
+                 ) -> Tuple[Optional[np.ndarray], Optional[EditFailure], bool]:
+    """Validate one editor output against its source size ``hw`` = (h, w).
+
+    Returns ``(array, None, resized)`` with an HxWx3 uint8 array, or ``(None, failure, False)``.
+    With ``resize`` an output of the wrong size is resized (PIL bicubic) to the source size and
+    ``resized`` is True; every other defect is a failure whatever ``resize`` says.
+    """
+    if isinstance(out, EditFailure):
+        return None, out, False
+    if hasattr(out, "mode") and hasattr(out, "size") and not isinstance(out, np.ndarray):
+        # a PIL image: take its pixels as they are; channels are checked below
+        out = np.asarray(out)
+    if not isinstance(out, np.ndarray):
+        return None, EditFailure("bad_type", f"expected a numpy array, got {type(out).__name__}"), False
+    a = out
+    if a.dtype.kind == "f":
+        if not np.isfinite(a).all():
+            return None, EditFailure("non_finite", f"output has NaN or infinite values ({_describe_array(a)})"), False
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if lo < 0.0 or hi > 1.0:
+            return None, EditFailure("bad_range", f"floating output must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]"), False
+    elif a.dtype != np.uint8:
+        return None, EditFailure("bad_dtype", f"expected uint8 or floating point in [0, 1], got {_describe_array(a)}"), False
+    if a.ndim != 3 or a.shape[2] != 3:
+        return None, EditFailure("bad_channels", f"expected HxWx3 RGB, got {_describe_array(a)}"), False
+    if a.dtype.kind == "f":
+        a = np.round(a.astype(np.float64) * 255.0).astype(np.uint8)
+    resized = False
+    if (a.shape[0], a.shape[1]) != (int(hw[0]), int(hw[1])):
+        if not resize:
+            return None, EditFailure(
+                "wrong_size", f"output is {a.shape[0]}x{a.shape[1]} (h x w), the source is {hw[0]}x{hw[1]}"), False
+        from PIL import Image
+
+        a = np.asarray(Image.fromarray(np.ascontiguousarray(a)).resize((int(hw[1]), int(hw[0])), Image.BICUBIC))
+        resized = True
+    return np.ascontiguousarray(a), None, resized

@@ -1,0 +1,176 @@
+"""Finding an editor from the ``--model`` spec, without importing any backend before it is needed.
+
+A spec is one of:
+
+* a registered name or alias: ``identity``, ``oracle`` (built-in, weight-free); names of editors
+  planned for the diffusion extra (``instruct-pix2pix``, ``magicbrush``, ``blended-latent``,
+  ``inpaint-anything``, ``referdiffusion``) are known and say so when asked for;
+* a plug-in name: any entry point in the ``refcoco_edit.editors`` group of an installed
+  distribution (``my-editor = my_pkg.editors:MyEditor`` in its ``entry_points.txt``);
+* ``module:Class`` (``my_pkg.editors:MyEditor``), imported on demand;
+* ``dir:PATH`` (precomputed outputs) or ``cmd:TEMPLATE`` (an external program), see ``adapters``.
+
+Registered editors are lazy ``"module:Class"`` strings (the habit of lm-evaluation-harness'
+registry): nothing is imported until ``get_editor`` builds one. An unknown name raises
+``UnknownEditorError`` (an ``InputError``: exit 2) with close matches ("did you mean ...?").
+Built-in names win over plug-ins of the same name; aliases resolve to built-ins only.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Any, Dict, List, Optional, Tuple
+
+from refcoco_edit.errors import InputError
+
+from .base import Editor, check_protocol
+
+ENTRY_POINT_GROUP = "refcoco_edit.editors"
+
+# name -> "module:Class" (imported only when that editor is built)
+EDITORS: Dict[str, str] = {
+    "identity": "benchmark.editors.builtin:IdentityEditor",
+    "oracle": "benchmark.editors.builtin:OracleEditor",
+}
+
+# names we know and will ship with the diffusion extra; asking for one says what is missing
+PLANNED: Dict[str, str] = {
+    "instruct-pix2pix": "InstructPix2Pix (diffusers StableDiffusionInstructPix2PixPipeline)",
+    "magicbrush": "MagicBrush (InstructPix2Pix fine-tuned on MagicBrush)",
+    "blended-latent": "Blended Latent Diffusion (sees the GT mask)",
+    "inpaint-anything": "Inpaint-Anything-style (referring segmentation + inpainting)",
+    "referdiffusion": "ReferDiffusion, the paper's baseline",
+}
+
+ALIASES: Dict[str, str] = {
+    "noop": "identity",
+    "none": "identity",
+    "source": "identity",
+    "gt": "oracle",
+    "reference": "oracle",
+    "ip2p": "instruct-pix2pix",
+    "instructpix2pix": "instruct-pix2pix",
+    "pix2pix": "instruct-pix2pix",
+    "blended-latent-diffusion": "blended-latent",
+    "bld": "blended-latent",
+    "inpaint_anything": "inpaint-anything",
+}
+
+
+class UnknownEditorError(InputError):
+    """No editor of that name."""
+
+
+def _entry_points() -> Dict[str, Any]:
+    """Plug-in editors: name -> EntryPoint (read fresh each time; cheap, no import)."""
+    from importlib.metadata import entry_points
+
+    eps = entry_points()
+    if hasattr(eps, "select"):
+        group = eps.select(group=ENTRY_POINT_GROUP)
+    else:  # Python < 3.10: a dict of group -> list
+        group = eps.get(ENTRY_POINT_GROUP, [])  # type: ignore[union-attr]
+    out: Dict[str, Any] = {}
+    for ep in group:
+        out.setdefault(ep.name, ep)
+    return out
+
+
+def list_editors() -> List[Dict[str, str]]:
+    """Every known name: built-in, planned and plug-in, with where it comes from."""
+    rows = [{"name": n, "kind": "built-in", "target": t} for n, t in sorted(EDITORS.items())]
+    rows += [{"name": n, "kind": "planned", "target": d} for n, d in sorted(PLANNED.items())]
+    rows += [{"name": n, "kind": "plug-in", "target": ep.value}
+             for n, ep in sorted(_entry_points().items()) if n not in EDITORS]
+    rows += [{"name": a, "kind": "alias", "target": t} for a, t in sorted(ALIASES.items())]
+    return rows
+
+
+def _known_names() -> List[str]:
+    return sorted(set(EDITORS) | set(PLANNED) | set(ALIASES) | set(_entry_points()))
+
+
+def _import_target(target: str, what: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise InputError(f"{what}: {target!r} is not of the form module:Class")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise InputError(f"{what}: cannot import module {module_name!r} ({e})") from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise InputError(f"{what}: module {module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def _instantiate(cls: Any, what: str, options: Dict[str, Any]) -> Editor:
+    if not (isinstance(cls, type) and issubclass(cls, Editor)):
+        raise InputError(f"{what}: {cls!r} is not a subclass of benchmark.editors.Editor")
+    try:
+        editor = cls(**options)
+    except TypeError as e:
+        raise InputError(f"{what}: bad editor options {sorted(options)}: {e}") from None
+    except ValueError as e:
+        raise InputError(f"{what}: {e}") from None
+    try:
+        check_protocol(editor.protocol, what)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if int(editor.batch_size) < 1:
+        raise InputError(f"{what}: batch_size must be at least 1")
+    return editor
+
+
+def parse_spec(spec: str) -> Tuple[str, str]:
+    """``spec`` -> (kind, value): kind is dir | cmd | class | name."""
+    spec = str(spec).strip()
+    if not spec:
+        raise InputError("--model is empty; give a registered name, module:Class, dir:PATH or cmd:\"...\"")
+    if spec.startswith("dir:"):
+        return "dir", spec[4:]
+    if spec.startswith("cmd:"):
+        return "cmd", spec[4:]
+    if ":" in spec:
+        return "class", spec
+    return "name", spec
+
+
+def get_editor(spec: str, options: Optional[Dict[str, Any]] = None) -> Editor:
+    """Build the editor named by ``spec`` with constructor ``options`` (nothing loaded yet)."""
+    from .adapters import CmdEditor, DirEditor
+
+    options = dict(options or {})
+    kind, value = parse_spec(spec)
+    if kind == "dir":
+        if not value:
+            raise InputError("dir: needs a folder, e.g. dir:outputs/")
+        return _instantiate(DirEditor, f"--model {spec}", dict(options, path=value))
+    if kind == "cmd":
+        if not value.strip():
+            raise InputError("cmd: needs a command template, e.g. cmd:\"python edit.py {input} {prompt} {output}\"")
+        return _instantiate(CmdEditor, "--model cmd:...", dict(options, template=value))
+    if kind == "class":
+        cls = _import_target(value, f"--model {spec}")
+        return _instantiate(cls, f"--model {spec}", options)
+
+    name = value
+    canonical = ALIASES.get(name.lower(), name)
+    if canonical in EDITORS:
+        return _instantiate(_import_target(EDITORS[canonical], f"editor {canonical!r}"), f"editor {canonical!r}", options)
+    plugins = _entry_points()
+    if canonical in plugins:
+        ep = plugins[canonical]
+        return _instantiate(_import_target(ep.value, f"plug-in editor {canonical!r}"), f"plug-in editor {canonical!r}", options)
+    if canonical in PLANNED:
+        raise UnknownEditorError(
+            f"editor {canonical!r} ({PLANNED[canonical]}) is not available in this version yet; "
+            f"weight-free editors: {', '.join(sorted(EDITORS))}")
+    close = difflib.get_close_matches(name.lower(), _known_names(), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise UnknownEditorError(
+        f"unknown editor {name!r}{hint} Known: {', '.join(sorted(set(EDITORS) | set(plugins)))}; "
+        "or give module:Class, dir:PATH or cmd:\"...\"")

@@ -1,0 +1,576 @@
+"""Run an editor over a dataset split, resumably, and score every sample.
+
+``run_score(ScoreConfig(model="identity", data="refcoco-edit-work", out="results/identity"))``
+is what ``refcoco-edit score`` does:
+
+1. **plan** — resolve ``--metrics`` (names or families); metrics whose weights are not given are
+   "not computed" with the reason, everything else runs.
+2. **data** — ``benchmark.data.load_dataset``: an export folder or a workspace, one split,
+   ordered by ``sample_id``; unscorable rows are skipped with a reason.
+3. **editor** — ``benchmark.editors.get_editor(--model)``, loaded lazily: a run whose outputs
+   are all cached never loads it.
+4. **one pass** over the samples in chunks: each sample's images and masks are decoded once (a
+   thread pool: PIL's decoders, numpy and OpenCV release the GIL), uncached samples are edited in batches of
+   the editor's ``batch_size`` (the editor sees only what its protocol declares), every output is
+   checked (``check_output``) and cached, then all metrics are computed from the same decoded
+   arrays (again in the pool).
+5. **aggregate** — per metric: mean, std and a seeded percentile bootstrap 95% CI, overall and
+   per edit type (``aggregate``).
+6. **report** — ``RESULTS/results.json`` (schema in ``benchmark.report``), ``samples.parquet``,
+   ``report.md``, ``gallery.html`` (+ ``gallery/`` thumbnails), ``plots/*.png``, and
+   ``timing.json`` (wall times and cache reuse: the only file that differs between two runs).
+
+Output cache and resume (``RESULTS/outputs/``)::
+
+    run.json                 at RESULTS/: the fingerprint of (editor, its config and protocol,
+                             seed, --resize-outputs); a different one is refused without --overwrite
+    outputs/{sample_id}.png  the checked output, lossless PNG (written atomically)
+    outputs/{sample_id}.json {status: ok|failed, reason, error, resized, output_hw, input_sha256};
+                             written after the PNG, so its presence marks the sample done
+
+A rerun (after a kill, or to add metrics) skips done samples and edits only the rest; failed
+samples are kept as failed unless ``--retry-failed``. ``input_sha256`` hashes what the editor saw
+(source bytes, prompt, seed, protocol inputs): a cached output made from other inputs (a rebuilt
+dataset, a corrected prompt) is edited again. Metrics are recomputed from the cache on
+every run (cheap next to editing), so results.json and samples.parquet of a resumed run equal a
+clean run's, byte for byte.
+
+Per-sample editor seeds: ``derive_seed(seed, "editor", sample_id) % (2**31 - 1)``.
+Failures (reason codes in ``benchmark.editors.FAILURE_REASONS``) and skips (``SKIP_REASONS``)
+never stop the run; they are counted in results.json and left out of the metric means.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from refcoco_edit.errors import InputError, SampleError
+from refcoco_edit.seeds import derive_seed
+from refcoco_edit.workspace import atomic_write_bytes, fingerprint
+
+from .data import BenchSample, DecodedSample, decode_image, decode_sample, load_dataset
+from .editors.base import EditFailure, Editor, check_output
+from .metrics import MetricParams, SampleArrays, compute_sample, plan, select_metrics
+
+__all__ = ["ScoreConfig", "ScoreResult", "run_score", "aggregate", "bootstrap_ci", "editor_seed",
+           "RUN_MANIFEST", "OUTPUTS_DIR"]
+
+RUN_MANIFEST = "run.json"
+OUTPUTS_DIR = "outputs"
+CACHE_VERSION = 1
+SEED_MODULUS = 2 ** 31 - 1
+RESIZE_RULE = "PIL bicubic to the source's width x height, only with --resize-outputs (recorded per sample)"
+
+
+@dataclass
+class ScoreConfig:
+    """Every setting of `refcoco-edit score`."""
+
+    model: str
+    data: str = "refcoco-edit-work"
+    out: Optional[str] = None
+    split: Optional[str] = None
+    metrics: Optional[List[str]] = None
+    seed: int = 0
+    status: str = "all"
+    limit: Optional[int] = None
+    batch_size: Optional[int] = None
+    resize_outputs: bool = False
+    retry_failed: bool = False
+    overwrite: bool = False
+    editor_args: Dict[str, Any] = field(default_factory=dict)
+    cmd_timeout: Optional[float] = None
+    cmd_shell: bool = False
+    clip_model: Optional[str] = None
+    aesthetic_weights: Optional[str] = None
+    dino_model: Optional[str] = None
+    lpips_weights: Optional[str] = None
+    bootstrap: int = 1000
+    referring_eps: float = MetricParams.referring_eps
+    preservation_tau: float = MetricParams.preservation_tau
+    workers: int = 2
+    chunk_size: int = 32
+    gallery: bool = True
+    plots: bool = True
+    progress: Optional[bool] = None
+
+    def models(self) -> Dict[str, Optional[str]]:
+        return {"clip_model": self.clip_model, "aesthetic_weights": self.aesthetic_weights,
+                "dino_model": self.dino_model, "lpips_weights": self.lpips_weights}
+
+    def params(self) -> MetricParams:
+        return MetricParams(referring_eps=float(self.referring_eps), preservation_tau=float(self.preservation_tau))
+
+
+@dataclass
+class ScoreResult:
+    out: Path
+    results: Dict[str, Any]
+    timing: Dict[str, Any]
+    records: List[Dict[str, Any]]
+
+
+def editor_seed(seed: int, sample_id: str) -> int:
+    return derive_seed(seed, "editor", sample_id) % SEED_MODULUS
+
+
+def default_out(model: str) -> str:
+    import re
+
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", model).strip("-.")[:60] or "model"
+    return str(Path("refcoco-edit-results") / slug)
+
+
+# ----------------------------------------------------------------------------------------------
+# bootstrap + aggregation
+# ----------------------------------------------------------------------------------------------
+
+def bootstrap_ci(values: np.ndarray, seed: int, resamples: int = 1000, confidence: float = 0.95
+                 ) -> Optional[Tuple[float, float]]:
+    """Percentile bootstrap CI of the mean (``resamples`` draws of n with replacement)."""
+    v = np.asarray(values, dtype=np.float64)
+    n = v.size
+    if n == 0:
+        return None
+    if n == 1 or resamples <= 0:
+        return (float(v[0]), float(v[0])) if n == 1 else None
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples, dtype=np.float64)
+    step = max(1, 2_000_000 // n)  # bound memory: at most ~2M indices at a time
+    for start in range(0, resamples, step):
+        k = min(step, resamples - start)
+        idx = rng.integers(0, n, size=(k, n))
+        means[start:start + k] = v[idx].mean(axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.percentile(means, [100.0 * alpha, 100.0 * (1.0 - alpha)])
+    return float(lo), float(hi)
+
+
+def _summary(values: np.ndarray, seed: int, resamples: int) -> Dict[str, Any]:
+    n = int(values.size)
+    ci = bootstrap_ci(values, seed, resamples)
+    return {
+        "n": n,
+        "mean": float(values.mean()) if n else None,
+        "std": float(values.std(ddof=1)) if n > 1 else (0.0 if n == 1 else None),
+        "ci95": [ci[0], ci[1]] if ci is not None else None,
+    }
+
+
+def aggregate(records: Sequence[Dict[str, Any]], names: Sequence[str], seed: int, resamples: int = 1000
+              ) -> Dict[str, Dict[str, Any]]:
+    """Per metric: mean/std/CI over the scored samples where the metric applies, overall and per
+    edit type. The bootstrap of (metric, group) is seeded from (seed, metric, group), so a metric's
+    CI does not depend on which other metrics were selected."""
+    ok = [r for r in records if r["status"] == "ok"]
+    edit_types = sorted({str(r.get("edit_type")) for r in ok})
+    out: Dict[str, Dict[str, Any]] = {}
+    for name in names:
+        vals = np.array([r["metrics"].get(name, math.nan) for r in ok], dtype=np.float64)
+        finite = np.isfinite(vals)
+        entry = _summary(vals[finite], derive_seed(seed, "bootstrap", name, "all"), resamples)
+        entry["n_not_applicable"] = int((~finite).sum())
+        by_type = {}
+        for et in edit_types:
+            sel = np.array([str(r.get("edit_type")) == et for r in ok], dtype=bool) & finite
+            by_type[et] = _summary(vals[sel], derive_seed(seed, "bootstrap", name, et), resamples)
+        entry["by_edit_type"] = by_type
+        out[name] = entry
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the results folder
+# ----------------------------------------------------------------------------------------------
+
+def _prepare_out(out: Path, manifest: Dict[str, Any], overwrite: bool) -> None:
+    man_path = out / RUN_MANIFEST
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not man_path.exists():
+        raise InputError(f"--out {out} exists, is not empty and holds no {RUN_MANIFEST}: "
+                         "not a refcoco-edit results folder; refusing to write into it")
+    old = json.loads(man_path.read_text()) if man_path.exists() else None
+    if old is not None and old.get("fingerprint") != manifest["fingerprint"]:
+        if not overwrite:
+            a, b = old.get("settings", {}), manifest["settings"]
+            diffs = "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+            raise InputError(f"--out {out} holds outputs of another run ({diffs or 'other settings'}); "
+                             "pass --overwrite to discard them, or choose another --out")
+    if overwrite and out.exists():
+        for name in (OUTPUTS_DIR, "gallery", "plots"):
+            if (out / name).exists():
+                shutil.rmtree(out / name)
+        for name in ("results.json", "samples.parquet", "report.md", "gallery.html", "timing.json"):
+            if (out / name).exists():
+                (out / name).unlink()
+    (out / OUTPUTS_DIR).mkdir(parents=True, exist_ok=True)
+    for p in (out / OUTPUTS_DIR).glob("*.tmp-*"):  # left by a killed run
+        p.unlink()
+    for d in (out, out / "gallery"):
+        for p in d.glob("*.tmp-*") if d.is_dir() else ():
+            if p.is_file():
+                p.unlink()
+    atomic_write_bytes(man_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def input_key(sample: BenchSample, seed: int, protocol: Sequence[str]) -> str:
+    """A hash of everything the editor sees for a sample: source bytes, prompt, seed and the
+    protocol inputs. A cached output whose key differs (the dataset was rebuilt with another
+    prompt for the same sample_id, say) is edited again instead of reused."""
+    import hashlib
+
+    h = hashlib.sha256()
+
+    def add(tag: str, data: Any) -> None:
+        b = data if isinstance(data, bytes) else json.dumps(data, sort_keys=True, default=str).encode("utf-8")
+        h.update(tag.encode() + b"\x00" + str(len(b)).encode() + b"\x00" + b)
+
+    add("source", bytes(sample.source_bytes))
+    add("prompt", sample.prompt)
+    add("seed", int(seed))
+    p = set(protocol)
+    if "gt_mask" in p:
+        add("gt_mask", sample.edit_mask)
+    if "object_mask" in p:
+        add("object_mask", sample.source_mask)
+    if "edit_phrase" in p:
+        add("edit_phrase", sample.edit_phrase)
+    if "referring_phrase" in p:
+        add("referring_phrase", sample.referring_phrase)
+    if "edit_type" in p:
+        add("edit_type", sample.edit_type)
+    if "reference" in p:
+        add("reference", bytes(sample.reference_bytes))
+    return h.hexdigest()
+
+
+def _read_meta(out: Path, sid: str, key: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    p = out / OUTPUTS_DIR / f"{sid}.json"
+    try:
+        meta = json.loads(p.read_text())
+    except FileNotFoundError:
+        return None
+    except (ValueError, OSError):
+        return None  # unreadable marker: redo the sample
+    if meta.get("cache_version") != CACHE_VERSION:
+        return None
+    if key is not None and meta.get("input_sha256") != key:
+        return None  # made from other inputs: edit again
+    if meta.get("status") == "ok" and not (out / OUTPUTS_DIR / f"{sid}.png").exists():
+        return None
+    return meta
+
+
+# ----------------------------------------------------------------------------------------------
+# the pass
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class _Item:
+    sample: BenchSample
+    seed: int
+    key: str = ""
+    meta: Optional[Dict[str, Any]] = None
+    decoded: Optional[DecodedSample] = None
+    output: Optional[np.ndarray] = None
+    skip: Optional[Tuple[str, str]] = None
+    record: Optional[Dict[str, Any]] = None
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.t: Dict[str, float] = {}
+
+    def add(self, key: str, seconds: float) -> None:
+        self.t[key] = self.t.get(key, 0.0) + seconds
+
+
+def _extras(editor: Editor, item: _Item) -> Dict[str, Any]:
+    s, d = item.sample, item.decoded
+    assert d is not None
+    e: Dict[str, Any] = {"sample_id": s.sample_id}
+    p = editor.protocol
+    if "gt_mask" in p:
+        e["gt_mask"] = d.edit_mask
+    if "object_mask" in p:
+        e["object_mask"] = d.target_mask if d.target_mask is not None else np.zeros(d.hw, dtype=bool)
+    if "edit_phrase" in p:
+        e["edit_phrase"] = s.edit_phrase
+    if "referring_phrase" in p:
+        e["referring_phrase"] = s.referring_phrase
+    if "edit_type" in p:
+        e["edit_type"] = s.edit_type
+    if "reference" in p:
+        e["reference"] = d.reference
+    return e
+
+
+def _call_editor(editor: Editor, items: List[_Item]) -> List[Any]:
+    """Outputs for ``items``; an exception fails the batch, then each sample is retried alone so
+    one bad sample cannot fail its neighbours."""
+    def call(batch: List[_Item]) -> List[Any]:
+        outs = editor.edit([it.decoded.source for it in batch], [it.sample.prompt for it in batch],  # type: ignore[union-attr]
+                           [it.seed for it in batch], [_extras(editor, it) for it in batch])
+        if not isinstance(outs, (list, tuple)) or len(outs) != len(batch):
+            got = len(outs) if isinstance(outs, (list, tuple)) else type(outs).__name__
+            return [EditFailure("wrong_count", f"edit() returned {got} outputs for {len(batch)} inputs")] * len(batch)
+        return list(outs)
+
+    try:
+        return call(items)
+    except Exception as e:  # noqa: BLE001 - the per-sample boundary: an editor error fails samples, not the run
+        if len(items) == 1:
+            return [EditFailure("editor_error", f"{type(e).__name__}: {e}"[:2000])]
+    out: List[Any] = []
+    for it in items:
+        try:
+            out.extend(call([it]))
+        except Exception as e:  # noqa: BLE001 - same boundary, one sample
+            out.append(EditFailure("editor_error", f"{type(e).__name__}: {e}"[:2000]))
+    return out
+
+
+def _write_output(out: Path, sid: str, array: Optional[np.ndarray], meta: Dict[str, Any]) -> None:
+    from refcoco_edit.imageio import encode_png
+
+    if array is not None:
+        atomic_write_bytes(out / OUTPUTS_DIR / f"{sid}.png", encode_png(array))
+    atomic_write_bytes(out / OUTPUTS_DIR / f"{sid}.json", (json.dumps(meta, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def _thumbnail(out: Path, sid: str, kind: str, array: np.ndarray, size: int = 256) -> None:
+    from PIL import Image
+
+    p = out / "gallery" / f"{sid}.{kind}.jpg"
+    if p.exists():
+        return
+    im = Image.fromarray(array)
+    im.thumbnail((size, size), Image.BICUBIC)
+    import io
+
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
+    _replace_bytes(p, buf.getvalue())
+
+
+def _replace_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp name and rename: readers never see half a file. No fsync (unlike outputs,
+    which use atomic_write_bytes): a thumbnail lost to a power cut is simply made again."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+def _record(item: _Item) -> Dict[str, Any]:
+    s = item.sample
+    return {
+        "sample_id": s.sample_id, "split": s.split, "image_id": s.image_id, "category": s.category,
+        "edit_type": s.edit_type, "prompt": s.prompt, "referring_span": list(s.referring_span),
+        "edit_span": list(s.edit_span), "seed": item.seed,
+        "n_distractors": len(s.distractor_masks), "status": "ok", "reason": None, "error": None,
+        "resized": False, "output": None, "height": None, "width": None, "metrics": {},
+    }
+
+
+def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[str], None] = print) -> ScoreResult:
+    """Score ``cfg.model`` (or an editor instance) on ``cfg.data``; see the module docstring."""
+    t_start = time.perf_counter()
+    timer = _Timer()
+    if cfg.bootstrap < 0:
+        raise InputError("--bootstrap must be >= 0")
+    if cfg.workers < 1:
+        raise InputError("--workers must be >= 1")
+    if cfg.batch_size is not None and cfg.batch_size < 1:
+        raise InputError("--batch-size must be >= 1")
+    params = cfg.params()
+    # 1. plan
+    names = select_metrics(cfg.metrics)
+    computable, not_computed = plan(names, cfg.models())
+    # 2. data
+    t = time.perf_counter()
+    ds = load_dataset(cfg.data, split=cfg.split, status=cfg.status, limit=cfg.limit)
+    timer.add("load_data_s", time.perf_counter() - t)
+    # 3. editor (built, not loaded)
+    if editor is None:
+        from .editors import get_editor
+
+        options = dict(cfg.editor_args)
+        if cfg.model.startswith("cmd:"):
+            options.setdefault("shell", cfg.cmd_shell)
+            if cfg.cmd_timeout is not None:
+                options.setdefault("timeout", cfg.cmd_timeout)
+        elif cfg.cmd_shell or cfg.cmd_timeout is not None:
+            raise InputError("--cmd-shell / --cmd-timeout only apply to --model cmd:\"...\"")
+        editor = get_editor(cfg.model, options)
+    if cfg.batch_size is not None:
+        editor.batch_size = int(cfg.batch_size)
+    desc = editor.describe()
+    desc["spec"] = cfg.model
+    out = Path(cfg.out or default_out(cfg.model))
+    settings = {"model": cfg.model, "editor_class": desc["class"], "editor_config": desc["config"],
+                "editor_protocol": desc["protocol"], "editor_version": desc["version"], "seed": int(cfg.seed),
+                "resize_outputs": bool(cfg.resize_outputs), "cache_version": CACHE_VERSION}
+    _prepare_out(out, {"fingerprint": fingerprint(settings), "settings": settings}, cfg.overwrite)
+
+    # 4. the pass
+    items = [_Item(sample=s, seed=editor_seed(cfg.seed, s.sample_id)) for s in ds.samples]
+    counts = {"reused": 0, "edited": 0}
+    bar = _progress(cfg, len(items))
+    workers = int(cfg.workers)
+    chunk = max(int(cfg.chunk_size), int(editor.batch_size))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for part in _chunks(items, chunk):
+            for it in part:
+                it.key = input_key(it.sample, it.seed, editor.protocol)
+                it.meta = _read_meta(out, it.sample.sample_id, it.key)
+                if it.meta is not None and it.meta["status"] == "failed" and cfg.retry_failed:
+                    it.meta = None
+            t = time.perf_counter()
+            list(pool.map(lambda it: _decode(out, it), part))
+            timer.add("decode_s", time.perf_counter() - t)
+            todo = [it for it in part if it.skip is None and it.meta is None]
+            counts["reused"] += sum(1 for it in part if it.skip is None and it.meta is not None)
+            if todo:
+                t = time.perf_counter()
+                editor.ensure_loaded()
+                timer.add("editor_load_s", time.perf_counter() - t)
+                t = time.perf_counter()
+                results: List[Tuple[_Item, Any]] = []
+                for batch in _chunks(todo, int(editor.batch_size)):
+                    results.extend(zip(batch, _call_editor(editor, list(batch))))
+                timer.add("edit_s", time.perf_counter() - t)
+                t = time.perf_counter()
+
+                def finish(pair: Tuple[_Item, Any]) -> None:
+                    it, o = pair
+                    arr, fail, resized = check_output(o, it.decoded.hw, cfg.resize_outputs)  # type: ignore[union-attr]
+                    if fail is not None:
+                        meta = {"status": "failed", "reason": fail.reason, "error": fail.message, "resized": False}
+                    else:
+                        raw_hw = list(np.shape(o)[:2]) if not isinstance(o, EditFailure) else None
+                        meta = {"status": "ok", "reason": None, "error": None, "resized": resized, "output_hw": raw_hw}
+                        it.output = arr
+                    meta["cache_version"] = CACHE_VERSION
+                    meta["input_sha256"] = it.key
+                    _write_output(out, it.sample.sample_id, arr, meta)
+                    it.meta = meta
+
+                list(pool.map(finish, results))
+                counts["edited"] += len(results)
+                timer.add("write_outputs_s", time.perf_counter() - t)
+            t = time.perf_counter()
+            list(pool.map(lambda it: _score(it, computable, params), part))
+            timer.add("metrics_s", time.perf_counter() - t)
+            if cfg.gallery:
+                t = time.perf_counter()
+                list(pool.map(lambda it: _thumbs(out, it), part))
+                timer.add("thumbnails_s", time.perf_counter() - t)
+            for it in part:  # free the arrays of this chunk
+                it.decoded = None
+                it.output = None
+            if bar is not None:
+                bar.update(len(part))
+    if bar is not None:
+        bar.close()
+
+    # 5. aggregate
+    records = [it.record for it in items]  # type: ignore[misc]
+    t = time.perf_counter()
+    agg = aggregate(records, computable, cfg.seed, cfg.bootstrap)
+    timer.add("aggregate_s", time.perf_counter() - t)
+
+    # 6. report
+    from . import report
+
+    results = report.build_results(cfg=cfg, dataset=ds, editor=desc, records=records, names=names,
+                                   computable=computable, not_computed=not_computed, aggregates=agg, params=params,
+                                   resize_rule=RESIZE_RULE)
+    t = time.perf_counter()
+    report.write_run(out, results, records, skipped=ds.skipped, gallery=cfg.gallery, plots=cfg.plots, log=log)
+    timer.add("report_s", time.perf_counter() - t)
+    n = len(items)
+    total = time.perf_counter() - t_start
+    timing = {"total_s": round(total, 4), **{k: round(v, 4) for k, v in sorted(timer.t.items())},
+              "samples": n, "outputs_reused": counts["reused"], "outputs_edited": counts["edited"],
+              "samples_per_s": round(n / total, 3) if total > 0 else None, "workers": workers,
+              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    atomic_write_bytes(out / "timing.json", (json.dumps(timing, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    return ScoreResult(out=out, results=results, timing=timing, records=records)
+
+
+def _progress(cfg: ScoreConfig, total: int) -> Any:
+    show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="score", unit="sample")
+
+
+def _decode(out: Path, it: _Item) -> None:
+    """Decode a sample's inputs (and its cached output, if any): each image once."""
+    try:
+        it.decoded = decode_sample(it.sample)
+    except SampleError as e:
+        it.skip = (e.reason, str(e))
+        return
+    it.decoded.source.setflags(write=False)  # editors get read-only inputs: metrics read them after
+    it.decoded.reference.setflags(write=False)
+    if it.meta is not None and it.meta["status"] == "ok":
+        try:
+            arr = decode_image((out / OUTPUTS_DIR / f"{it.sample.sample_id}.png").read_bytes(), "cached output")
+        except (SampleError, OSError):
+            it.meta = None  # a damaged cache file: edit again
+            return
+        if arr.shape != it.decoded.source.shape:
+            it.meta = None
+            return
+        it.output = arr
+
+
+def _score(it: _Item, names: Sequence[str], params: MetricParams) -> None:
+    rec = _record(it)
+    it.record = rec
+    if it.skip is not None:
+        rec.update(status="skipped", reason=it.skip[0], error=it.skip[1])
+        return
+    d, meta = it.decoded, it.meta
+    assert d is not None and meta is not None
+    rec["height"], rec["width"] = d.hw
+    if meta["status"] != "ok":
+        rec.update(status="failed", reason=meta.get("reason"), error=meta.get("error"))
+        return
+    rec["resized"] = bool(meta.get("resized"))
+    rec["output"] = f"{OUTPUTS_DIR}/{it.sample.sample_id}.png"
+    arrays = SampleArrays(source=d.source, output=it.output, edit_mask=d.edit_mask, reference=d.reference,  # type: ignore[arg-type]
+                          target_mask=d.target_mask, distractor_masks=d.distractor_masks)
+    rec["metrics"] = compute_sample(arrays, names, params)
+
+
+def _thumbs(out: Path, it: _Item) -> None:
+    if it.decoded is None:
+        return
+    _thumbnail(out, it.sample.sample_id, "source", it.decoded.source)
+    _thumbnail(out, it.sample.sample_id, "reference", it.decoded.reference)
