@@ -184,7 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rie: every column; reference-based: (source, exemplar, reference) triplets")
     p.set_defaults(func=cmd_export)
 
+    from annotation.cli import add_review_parser
     from benchmark.cli import add_report_parser, add_score_parser
+
+    add_review_parser(sub)
 
     add_score_parser(sub)
     add_report_parser(sub)

@@ -1,0 +1,292 @@
+"""A real Label Studio server for the review tests: installed once into its own virtualenv, started
+on 127.0.0.1 with a fixed admin and legacy API token, stopped when the session ends.
+
+Label Studio's pins (Django, numpy, opencv, ...) clash with ours, so it never goes into the test
+environment: it lives in ``~/.cache/refcoco-edit/labelstudio-<version>-py<X.Y>/`` (override with
+``$REFCOCO_EDIT_LS_VENV``), keyed by the pinned version, and is reused while it imports. The
+first install takes about 1.5 minutes (about 1 GB); a fresh data folder answers ``/health`` after
+about 45 s (database migrations).
+
+Facts this relies on (measured with label-studio 1.23.2):
+
+* ``label-studio start`` binds 0.0.0.0 unless ``--internal-host`` is given;
+* the admin comes from ``LABEL_STUDIO_USERNAME`` / ``LABEL_STUDIO_PASSWORD`` /
+  ``LABEL_STUDIO_USER_TOKEN`` (40 hex) and ``LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true`` must be set
+  at the first start, or that token is refused;
+* it also reads bare ``USERNAME`` / ``PASSWORD``: the server gets a clean environment;
+* ``label-studio --version`` starts a server: never call it.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+LS_VERSION = "1.23.2"
+STARTUP_TIMEOUT_S = 420.0
+INSTALL_TIMEOUT_S = 1200.0
+
+
+def venv_dir() -> Path:
+    """Where the Label Studio virtualenv lives (one per Label Studio and Python version)."""
+    override = os.environ.get("REFCOCO_EDIT_LS_VENV")
+    if override:
+        return Path(override)
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return Path.home() / ".cache" / "refcoco-edit" / f"labelstudio-{LS_VERSION}-py{py}"
+
+
+def _works(venv: Path) -> bool:
+    """True when the virtualenv holds the pinned Label Studio and it imports (without starting it)."""
+    marker = venv / "refcoco-edit-ok.json"
+    exe = venv / "bin" / "label-studio"
+    if not (marker.exists() and exe.exists()):
+        return False
+    try:
+        if json.loads(marker.read_text()).get("label-studio") != LS_VERSION:
+            return False
+    except (OSError, ValueError):
+        return False
+    probe = subprocess.run(
+        [str(venv / "bin" / "python"), "-c",
+         "import importlib.metadata as m, label_studio, django; print(m.version('label-studio'))"],
+        capture_output=True, text=True, timeout=120, env=_clean_env({}),
+    )
+    return probe.returncode == 0 and probe.stdout.strip() == LS_VERSION
+
+
+def ensure_label_studio(log=print) -> Dict[str, float]:
+    """Install the pinned Label Studio into its cached virtualenv unless a working one is there.
+
+    Returns ``{"install_s": seconds}`` (0 when reused). A file lock keeps two test sessions
+    from installing into the same folder at once.
+    """
+    venv = venv_dir()
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = venv.parent / (venv.name + ".lock")
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _works(venv):
+            return {"install_s": 0.0}
+        t0 = time.perf_counter()
+        if venv.exists():
+            shutil.rmtree(venv)
+        log(f"installing label-studio=={LS_VERSION} into {venv} (once; about 1.5 minutes)")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+        env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
+        proc = subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"label-studio=={LS_VERSION}"],
+            capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, env=env,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"installing label-studio=={LS_VERSION} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        (venv / "refcoco-edit-ok.json").write_text(json.dumps({"label-studio": LS_VERSION}))
+        if not _works(venv):
+            raise RuntimeError(f"label-studio=={LS_VERSION} was installed into {venv} but does not import")
+        return {"install_s": time.perf_counter() - t0}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _clean_env(extra: Dict[str, str]) -> Dict[str, str]:
+    """A minimal environment: Label Studio also reads bare USERNAME/PASSWORD and friends."""
+    env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "TZ") if k in os.environ}
+    env.setdefault("LANG", "C.UTF-8")
+    env.update(extra)
+    return env
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the test process dies (even by kill -9), so no
+    server outlives its test session (Linux only; elsewhere the fixture's finaliser does it)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass
+class LabelStudioServer:
+    """One Label Studio process on 127.0.0.1, with a fixed admin and a 40-hex legacy token."""
+
+    data_dir: Path
+    files_root: Path
+    port: int = field(default_factory=free_port)
+    username: str = "reviewer@refcoco-edit.test"
+    password: str = field(default_factory=lambda: secrets.token_hex(12), repr=False)
+    token: str = field(default_factory=lambda: secrets.token_hex(20), repr=False)
+    proc: Optional[subprocess.Popen] = None
+    startup_s: List[float] = field(default_factory=list)
+    timings: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "server.log"
+
+    def env(self) -> Dict[str, str]:
+        home = self.data_dir / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        return _clean_env({
+            "HOME": str(home),
+            "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir),
+            "LABEL_STUDIO_USERNAME": self.username,
+            "LABEL_STUDIO_PASSWORD": self.password,
+            "LABEL_STUDIO_USER_TOKEN": self.token,
+            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+            "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(self.files_root),
+            "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+            "COLLECT_ANALYTICS": "false",
+            "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
+            "SENTRY_DSN": "",
+            "FRONTEND_SENTRY_DSN": "",
+        })
+
+    def start(self, timeout: float = STARTUP_TIMEOUT_S) -> float:
+        """Start the server and wait until ``/health`` answers. Returns the seconds it took."""
+        if self.running():
+            return 0.0
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        exe = venv_dir() / "bin" / "label-studio"
+        cmd = [str(exe), "start", "--no-browser", "--port", str(self.port), "--internal-host", "127.0.0.1",
+               "--data-dir", str(self.data_dir)]
+        t0 = time.perf_counter()
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         env=self.env(), cwd=str(self.data_dir), start_new_session=True,
+                                         preexec_fn=_die_with_parent)
+        finally:
+            log.close()
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Label Studio exited with code {self.proc.returncode} while starting:\n{self.log_tail()}")
+            if self.healthy():
+                break
+            if time.perf_counter() - t0 > timeout:
+                self.stop()
+                raise RuntimeError(f"Label Studio did not answer /health within {timeout:.0f}s:\n{self.log_tail()}")
+            time.sleep(0.5)
+        took = time.perf_counter() - t0
+        self.startup_s.append(took)
+        return took
+
+    def healthy(self) -> bool:
+        """True when GET /health answers 200."""
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Terminate the server's whole process group (SIGTERM, then SIGKILL)."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=timeout)
+        # children left in the group (workers) go with it
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return "(no log)"
+
+    # -- API helpers for tests (plain HTTP with the legacy token, as a browser session would) --
+
+    def api(self, method: str, path: str, body: Optional[object] = None, token: Optional[str] = None) -> object:
+        """Call the REST API; returns the decoded JSON (or None for an empty answer)."""
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Authorization", f"Token {token or self.token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=60) as r:
+            raw = r.read()
+        return json.loads(raw) if raw else None
+
+
+# ----------------------------------------------------------------------------------------------
+# the pytest fixture (import it into a test module: ``from labelstudio import label_studio``)
+# ----------------------------------------------------------------------------------------------
+
+try:
+    import pytest
+except ImportError:  # the module also runs on its own (see __main__)
+    pytest = None
+
+if pytest is not None:
+    @pytest.fixture(scope="session")
+    def label_studio(tmp_path_factory):
+        """A running Label Studio (installed on first use), stopped at the end of the session.
+
+        ``server.files_root`` is its local-files document root: build workspaces below it.
+        ``server.timings`` holds the install and start-up seconds."""
+        timings = ensure_label_studio(log=lambda s: print(s, file=sys.stderr))
+        root = tmp_path_factory.mktemp("labelstudio")
+        server = LabelStudioServer(data_dir=root / "data", files_root=root / "files")
+        server.files_root.mkdir(parents=True, exist_ok=True)
+        try:
+            timings["startup_s"] = server.start()
+            server.timings = timings
+            yield server
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":  # manual use: python tests/labelstudio.py  (installs, starts, waits for Ctrl-C)
+    import tempfile
+
+    print(ensure_label_studio())
+    root = Path(tempfile.mkdtemp(prefix="ls-"))
+    srv = LabelStudioServer(data_dir=root / "data", files_root=root)
+    try:
+        print(f"started in {srv.start():.1f}s at {srv.url}; token {srv.token}; files root {root}")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.stop()
