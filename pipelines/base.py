@@ -101,6 +101,10 @@ PIPELINES: Dict[str, str] = {
     "classical-remove": "pipelines.classical:InpaintRemoval",
     "classical-replace": "pipelines.classical:ExemplarComposite",
     "classical-attribute": "pipelines.classical:Recolor",
+    "pbe-replace": "pipelines.paint_by_example:PaintByExampleReplace",
+    "bld-replace": "pipelines.blended_latent:BlendedLatentReplace",
+    "bld-attribute": "pipelines.blended_latent:BlendedLatentAttribute",
+    "sd-inpaint-remove": "pipelines.inpaint:InpaintRemove",
 }
 
 # backend -> edit type -> pipeline names producing candidates for it
@@ -109,6 +113,12 @@ BACKENDS: Dict[str, Dict[str, List[str]]] = {
         "remove": ["classical-remove"],
         "replace": ["classical-replace"],
         "attribute": ["classical-attribute"],
+    },
+    # diffusers pipelines (torch, model weights): `refcoco-edit build --backend diffusion`
+    "diffusion": {
+        "remove": ["sd-inpaint-remove"],
+        "replace": ["pbe-replace", "bld-replace"],
+        "attribute": ["bld-attribute"],
     },
 }
 

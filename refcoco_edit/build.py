@@ -81,13 +81,44 @@ class BuildConfig:
     overwrite: bool = _f(False, "redo every stage even if the workspace has done shards", runtime=True)
     export_status: str = _f("all", "which samples the final export holds", choices=("accepted", "all"), runtime=True)
     progress: Optional[bool] = _f(None, "progress bars (default: on a terminal only)", runtime=True)
+    # -- the diffusion backend (--backend diffusion); see README "Diffusion backend" -------------
+    pipelines: Optional[List[str]] = _f(None, "diffusion: only these pipelines of the backend, comma separated (pbe-replace, bld-replace, bld-attribute, sd-inpaint-remove; default: all)", diffusion=True)
+    pbe_model: str = _f("Fantasy-Studio/Paint-by-Example", "diffusion: Paint-by-Example model (local folder or hub id)", diffusion=True)
+    sd_model: str = _f("stable-diffusion-v1-5/stable-diffusion-v1-5", "diffusion: Stable Diffusion text-to-image model for Blended Latent Diffusion (local folder or hub id)", diffusion=True)
+    inpaint_model: str = _f("stable-diffusion-v1-5/stable-diffusion-inpainting", "diffusion: Stable Diffusion inpainting model for removals (local folder or hub id)", diffusion=True)
+    sam_checkpoint: str = _f("auto", "diffusion: segment-anything checkpoint (.pth) that segments new objects; auto: the official file of --sam-type in the working folder if there, else off; none: off", diffusion=True)
+    sam_type: str = _f("vit_h", "diffusion: SAM architecture of --sam-checkpoint", choices=("vit_b", "vit_l", "vit_h"), diffusion=True)
+    clip_model: str = _f("openai/clip-vit-large-patch14", "diffusion: CLIP model of the candidate filters (local folder or hub id); not available locally: the CLIP filters are skipped and say why; none: off", diffusion=True)
+    exemplar_dir: Optional[str] = _f(None, "diffusion: folder of exemplar images (DIR/<target>/*.png or DIR/<target>.png; RGBA alpha = object), tried before instances cut from the data", diffusion=True)
+    local_files_only: bool = _f(True, "diffusion: never download models; hub ids must be in the local Hugging Face cache (--no-local-files-only to download)", runtime=True, diffusion=True)
+    device: str = _f("auto", "diffusion: torch device (auto: cuda when available, else cpu)", runtime=True, diffusion=True)
+    dtype: str = _f("auto", "diffusion: model precision (auto: fp16 on CUDA, fp32 on CPU)", choices=("auto", "fp32", "fp16", "bf16"), diffusion=True)
+    batch_size: int = _f(4, "diffusion: requests per model call", runtime=True, diffusion=True)
+    compile: bool = _f(False, "diffusion: torch.compile the UNets (slow first batch, faster after)", runtime=True, diffusion=True)
+    channels_last: bool = _f(True, "diffusion: channels-last memory format for UNet and VAE", runtime=True, diffusion=True)
+    num_inference_steps: int = _f(50, "diffusion: denoising steps", diffusion=True)
+    guidance_scale: Optional[float] = _f(None, "diffusion: classifier-free guidance scale (default: 5 for Paint-by-Example, 7.5 for SD)", diffusion=True)
+    resolution: int = _f(512, "diffusion: working resolution of the square context window (a multiple of 8)", diffusion=True)
+    context: float = _f(1.5, "diffusion: context window side, as a multiple of the edit region's longer side", diffusion=True)
+    region_growth: float = _f(0.15, "diffusion: replace edits change a region = the source box grown by this fraction on each side (the new object may have another shape)", diffusion=True)
+    bld_backbone: str = _f("sd", "diffusion: Blended Latent Diffusion backbone: sd (--sd-model) or inpaint (--inpaint-model)", choices=("sd", "inpaint"), diffusion=True)
+    bld_refine_steps: int = _f(0, "diffusion: Blended Latent Diffusion background-preservation refinement steps (decoder fine-tuning per image; 0: off)", diffusion=True)
+    filter_min_clip_target: float = _f(20.0, "diffusion filters: least 100*cos(CLIP(edited crop), CLIP(target text))", diffusion=True)
+    filter_min_clip_directional: float = _f(0.0, "diffusion filters: least directional CLIP similarity", diffusion=True)
+    filter_max_removed_prob: float = _f(0.5, "diffusion filters: removals: most CLIP probability that the region still shows the removed category", diffusion=True)
+    filter_max_bg_change: float = _f(0.002, "diffusion filters: most mean squared change ([0,1]) outside the source box grown by 0.35 of its size on each side", diffusion=True)
 
     def settings(self) -> Dict[str, Any]:
-        """What changes the outputs (the workspace fingerprint): everything but runtime knobs."""
+        """What changes the outputs (the workspace fingerprint): everything but runtime knobs, and
+        the diffusion settings only for the diffusion backend (a classical build's fingerprint
+        does not depend on them)."""
         out = {}
         for f in dataclasses.fields(self):
-            if not f.metadata.get("runtime"):
-                out[f.name] = getattr(self, f.name)
+            if f.metadata.get("runtime"):
+                continue
+            if f.metadata.get("diffusion") and self.backend != "diffusion":
+                continue
+            out[f.name] = getattr(self, f.name)
         return out
 
 
@@ -202,6 +233,8 @@ class Builder:
         self._pipelines: Dict[str, Any] = {}
         self._llm: Any = None
         self._llm_pid = -1
+        self._sam: Any = False  # not resolved yet
+        self._filter: Any = None
 
     @property
     def bank(self) -> ExemplarBank:
@@ -213,7 +246,7 @@ class Builder:
         if name not in self._pipelines:
             from pipelines.base import get_pipeline
 
-            self._pipelines[name] = get_pipeline(name)
+            self._pipelines[name] = get_pipeline(name, **self._pipeline_kwargs(name))
         return self._pipelines[name]
 
     # -- select ------------------------------------------------------------------------------
@@ -342,27 +375,289 @@ class Builder:
         return runner.run(items)
 
     # -- generate ----------------------------------------------------------------------------
-    def generate_shard(self, i: int) -> Dict[str, Any]:
+    def active_pipelines(self, edit_type: str) -> List[str]:
+        """The backend's pipelines for an edit type (restricted by ``--pipelines``)."""
+        from pipelines.base import pipelines_for
+
+        names = pipelines_for(self.cfg.backend, edit_type)
+        if self.cfg.backend == "diffusion" and self.cfg.pipelines:
+            names = [n for n in names if n in self.cfg.pipelines]
+        return names
+
+    def runtime(self) -> Any:
+        """The diffusion runtime (device, dtype, hub policy, speed switches) of this build."""
+        from pipelines.models import Runtime
+
+        c = self.cfg
+        return Runtime(device=c.device, dtype=c.dtype, local_files_only=c.local_files_only,
+                       channels_last=c.channels_last, compile=c.compile, batch_size=c.batch_size)
+
+    def sam(self) -> Any:
+        """The SAM box segmenter of replacements, or None (``--sam-checkpoint none`` / auto and absent)."""
+        if self._sam is False:
+            path = resolve_sam_checkpoint(self.cfg)
+            if path is None:
+                self._sam = None
+            else:
+                from pipelines.masks import SamBoxSegmenter
+
+                self._sam = SamBoxSegmenter.from_checkpoint(path, self.cfg.sam_type, self.runtime().torch_device())
+        return self._sam
+
+    def _pipeline_kwargs(self, name: str) -> Dict[str, Any]:
+        """Constructor arguments of a registered pipeline from the build config."""
+        c = self.cfg
+        if not name.startswith(("pbe-", "bld-", "sd-")):
+            return {}
+        kw: Dict[str, Any] = dict(runtime=self.runtime(), num_inference_steps=c.num_inference_steps,
+                                  resolution=c.resolution, context=c.context)
+        if c.guidance_scale is not None:
+            kw["guidance_scale"] = c.guidance_scale
+        if name == "pbe-replace":
+            kw.update(model=c.pbe_model, region_growth=c.region_growth, sam=self.sam())
+        elif name.startswith("bld-"):
+            kw.update(model=c.inpaint_model if c.bld_backbone == "inpaint" else c.sd_model, backbone=c.bld_backbone,
+                      region_growth=c.region_growth, refine_steps=c.bld_refine_steps,
+                      sam=self.sam() if name == "bld-replace" else None)
+        elif name == "sd-inpaint-remove":
+            kw.update(model=c.inpaint_model)
+        return kw
+
+    def candidate_filter(self) -> Any:
+        """The candidate filters of the diffusion backend (CLIP loaded once per process)."""
+        if self._filter is None:
+            from pipelines.filters import CandidateFilter, FilterConfig
+
+            c = self.cfg
+            fc = FilterConfig(clip_model=None if str(c.clip_model).lower() in ("none", "off", "") else c.clip_model,
+                              min_clip_target=c.filter_min_clip_target,
+                              min_clip_directional=c.filter_min_clip_directional,
+                              max_removed_prob=c.filter_max_removed_prob, max_bg_change=c.filter_max_bg_change)
+            self._filter = CandidateFilter.from_config(fc, self.runtime())
+        return self._filter
+
+    def load_models(self) -> List[str]:
+        """Build and load every pipeline (and SAM, CLIP) this build will use, before any shard
+        runs: a model that cannot be loaded stops the run with ``InputError`` (exit 2) instead
+        of quarantining every sample. Returns notes for the log."""
+        from pipelines.masks import SamCheckpointError
+        from pipelines.models import ModelError
+
+        notes = []
+        try:
+            for t in self.cfg.edit_types:
+                for name in self.active_pipelines(t):
+                    p = self.pipeline(name)
+                    if hasattr(p, "load"):
+                        p.load()
+            if self.cfg.backend == "diffusion":
+                f = self.candidate_filter()
+                if f.skip_reason:
+                    notes.append(f"candidate filters: CLIP checks skipped: {f.skip_reason}")
+                if self.sam() is None and "replace" in self.cfg.edit_types:
+                    notes.append("SAM: off (no checkpoint); new objects are found by pixel difference")
+        except (ModelError, SamCheckpointError) as e:
+            raise InputError(str(e)) from None
+        return notes
+
+    def _user_exemplar(self, target: str, rng: np.random.Generator) -> Optional[np.ndarray]:
+        """An exemplar of ``target`` from ``--exemplar-dir`` (RGBA; an RGB file is all object)."""
+        if not self.cfg.exemplar_dir:
+            return None
+        from PIL import Image, UnidentifiedImageError
+
+        root = Path(self.cfg.exemplar_dir)
+        name = target.strip().lower()
+        for art in ("a ", "an ", "the "):
+            if name.startswith(art):
+                name = name[len(art):]
+        exts = (".png", ".jpg", ".jpeg", ".webp")
+        files = sorted(p for p in (root / name).glob("*") if p.suffix.lower() in exts) if (root / name).is_dir() else []
+        files += [root / f"{name}{e}" for e in exts if (root / f"{name}{e}").is_file()]
+        for k in rng.permutation(len(files)) if files else []:
+            try:
+                with Image.open(files[int(k)]) as im:
+                    im = im.convert("RGBA")
+                    arr = np.asarray(im).copy()
+            except (OSError, UnidentifiedImageError, ValueError):
+                continue
+            if (arr[..., 3] > 0).any():
+                return arr
+        return None
+
+    def _prepare_sample(self, row: Dict[str, Any], cache: Dict[int, Any]) -> Dict[str, Any]:
+        """Load a sample's image and masks, cut its exemplar and make its edit requests."""
+        from pipelines.base import EditRequest, PipelineError
+
+        cfg = self.cfg
+        li = self._image(int(row["image_id"]), cache)
+        image = li.array
+        mask = li.orient_mask(rle_mod.decode(row["source_mask"]))
+        if not mask.any():
+            raise SampleError("empty_mask", "the source mask is empty")
+        dmasks = [li.orient_mask(rle_mod.decode(r)) for r in row["distractor_masks"]]
+        sp = row["edit_span"]
+        exemplar = None
+        if row["edit_type"] == "replace":
+            rng = rng_for(cfg.seed, row["sample_id"], "exemplar")
+            if cfg.backend == "classical":
+                exemplar, _ = self.bank.cut(row["edit_target"], int(row["image_id"]), rng)
+            else:  # optional: text-driven pipelines need none, Paint-by-Example says no_exemplar
+                exemplar = self._user_exemplar(row["edit_target"], rng)
+                if exemplar is None:
+                    try:
+                        exemplar, _ = self.bank.cut(row["edit_target"], int(row["image_id"]), rng)
+                    except SampleError:
+                        exemplar = None
+        source_rle = rle_mod.encode(mask)
+        names = self.active_pipelines(row["edit_type"])
+        if not names:
+            raise PipelineError("pipeline_error", f"backend {cfg.backend!r} has no pipeline for {row['edit_type']!r} edits")
+        requests = []
+        for name in names:
+            for c in range(cfg.num_candidates):
+                seed = derive_seed(cfg.seed, row["sample_id"], name, c)
+                requests.append((name, c, EditRequest(
+                    sample_id=row["sample_id"], edit_type=row["edit_type"], image=image, mask=mask,
+                    bbox=rle_mod.to_bbox(source_rle), prompt=row["prompt"], edit_phrase=row["prompt"][sp[0]:sp[1]],
+                    edit_target=row["edit_target"], seed=seed, category=row["category"], exemplar=exemplar,
+                    distractor_masks=dmasks,
+                )))
+        return {"row": row, "li": li, "mask": mask, "dmasks": dmasks, "exemplar": exemplar,
+                "source_rle": source_rle, "requests": requests}
+
+    def _run_pipeline(self, name: str, requests: List[Any]) -> List[Any]:
+        """Run one pipeline over requests: an output or a ``PipelineError`` per request."""
         from pipelines.base import PipelineError
 
-        rows, quarantine = [], []
+        pipe = self.pipeline(name)
+        if hasattr(pipe, "generate_batch"):
+            try:
+                return list(pipe.generate_batch(requests))
+            except Exception as e:  # the batch's model call failed: each of its samples records it
+                err = PipelineError("pipeline_error", f"{name}: {type(e).__name__}: {e}")
+                return [err] * len(requests)
+        outs: List[Any] = []
+        for r in requests:
+            try:
+                outs.append(pipe([r])[0])
+            except PipelineError as e:
+                outs.append(e)
+            except Exception as e:  # one sample's surprise never stops the run
+                outs.append(PipelineError("pipeline_error", f"{type(e).__name__}: {e}"))
+        return outs
+
+    def generate_shard(self, i: int) -> Dict[str, Any]:
+        """Generate a shard: 1. prepare every sample (image, masks, exemplar, requests);
+        2. run each pipeline once over all its requests of the shard (batched model calls);
+        3. assemble each sample: candidates, filter scores, the best as reference."""
+        from pipelines.base import PipelineError
+
         t0 = time.perf_counter()
         cache: Dict[int, Any] = {}
-        for row in self.ws.stage("prompts").read_shard(i).to_pylist():
+        rows_in = self.ws.stage("prompts").read_shard(i).to_pylist()
+        prepared: Dict[int, Dict[str, Any]] = {}
+        failed: Dict[int, Dict[str, Any]] = {}
+
+        def fail(k: int, row: Dict[str, Any], e: BaseException) -> None:
+            if isinstance(e, (SampleError, PipelineError, rle_mod.MaskError)):
+                failed[k] = quarantine_record("generate", row["sample_id"], e.reason, str(e))
+            else:  # the shard boundary: one sample's surprise never stops the run
+                failed[k] = quarantine_record("generate", row["sample_id"], "pipeline_error", f"{type(e).__name__}: {e}")
+
+        for k, row in enumerate(rows_in):  # 1
             try:
-                rows.append(self.generate_one(row, cache))
-            except (SampleError, PipelineError, rle_mod.MaskError) as e:
-                quarantine.append(quarantine_record("generate", row["sample_id"], e.reason, str(e)))
-            except Exception as e:  # the shard boundary: one sample's surprise never stops the run
-                quarantine.append(quarantine_record("generate", row["sample_id"], "pipeline_error",
-                                                    f"{type(e).__name__}: {e}"))
-        self.ws.stage("generate").write_shard(i, rows_to_table(rows), {"seconds": round(time.perf_counter() - t0, 3)},
-                                              quarantine)
+                prepared[k] = self._prepare_sample(row, cache)
+            except Exception as e:  # noqa: BLE001 - recorded per sample by fail()
+                fail(k, row, e)
+        jobs: Dict[str, List[Tuple[int, int, Any]]] = {}
+        for k, prep in prepared.items():
+            for name, c, req in prep["requests"]:
+                jobs.setdefault(name, []).append((k, c, req))
+        results: Dict[Tuple[int, str, int], Any] = {}
+        for name, items in jobs.items():  # 2
+            for (k, c, _), out in zip(items, self._run_pipeline(name, [r for _, _, r in items])):
+                results[(k, name, c)] = out
+        rows = []
+        cand_failures: Dict[str, int] = {}
+        for k, row in enumerate(rows_in):  # 3
+            if k not in prepared:
+                continue
+            try:
+                rows.append(self._assemble(prepared[k], results, k, cand_failures))
+            except Exception as e:  # noqa: BLE001 - recorded per sample by fail()
+                fail(k, row, e)
+        quarantine = [failed[k] for k in sorted(failed)]
+        stats: Dict[str, Any] = {"seconds": round(time.perf_counter() - t0, 3)}
+        if cand_failures:
+            stats["candidate_failures"] = dict(sorted(cand_failures.items()))
+        self.ws.stage("generate").write_shard(i, rows_to_table(rows), stats, quarantine)
         return self.ws.stage("generate").stats(i)
+
+    def _assemble(self, prep: Dict[str, Any], results: Dict[Tuple[int, str, int], Any], k: int,
+                  cand_failures: Dict[str, int]) -> Dict[str, Any]:
+        """The sample row: its candidates (failed ones left out), their filter scores, and the
+        best candidate as ``reference_image`` (the first one with the classical backend)."""
+        from pipelines.base import PipelineError
+
+        cfg = self.cfg
+        row, li, image = prep["row"], prep["li"], prep["li"].array
+        candidates, outputs, errors = [], [], []
+        exemplar_used = prep["exemplar"]
+        for name, c, req in prep["requests"]:
+            out = results[(k, name, c)]
+            if isinstance(out, Exception):
+                errors.append(out)
+                key = f"{name}/{getattr(out, 'reason', 'pipeline_error')}"
+                cand_failures[key] = cand_failures.get(key, 0) + 1
+                continue
+            if out.image.shape != image.shape or not np.array_equal(out.image[~out.edit_mask], image[~out.edit_mask]):
+                errors.append(PipelineError("pipeline_error", f"{name} changed pixels outside its edit mask"))
+                continue
+            if out.exemplar is not None:
+                exemplar_used = out.exemplar
+            outputs.append(out)
+            candidates.append({
+                "pipeline": name,
+                "params": json.dumps(out.params, sort_keys=True, default=str),
+                "seed": int(req.seed),
+                "image": {"bytes": _png(out.image, cfg.png_compress_level), "path": f"{row['sample_id']}-{name}-{c}.png"},
+                "edit_mask": rle_mod.encode(out.edit_mask),
+                "filter_scores": json.dumps({}),
+            })
+        if not candidates:
+            raise errors[0]
+        best = 0
+        if cfg.backend == "diffusion":
+            from pipelines.blended_latent import edit_text
+            from pipelines.filters import FilterItem, rank_candidates
+
+            req0 = prep["requests"][0][2]
+            items = [FilterItem(image, o.image, prep["mask"], o.edit_mask, row["edit_type"],
+                                edit_text(req0) if row["edit_type"] != "remove" else "", row["category"])
+                     for o in outputs]
+            scores = self.candidate_filter().score_many(items)
+            for cand, s in zip(candidates, scores):
+                cand["filter_scores"] = json.dumps(s, sort_keys=True)
+            best = rank_candidates(scores)
+        chosen = candidates[best]
+        source_rle = prep["source_rle"]
+        row.update(
+            source_image={"bytes": li.encoded, "path": row["source_image"]["path"]},
+            source_mask=source_rle,
+            bbox=rle_mod.to_bbox(source_rle),
+            distractor_masks=[rle_mod.encode(m) for m in prep["dmasks"]],
+            candidates=candidates,
+            reference_image={"bytes": chosen["image"]["bytes"], "path": f"{row['sample_id']}.png"},
+            edit_mask=chosen["edit_mask"],
+            exemplar_image=({"bytes": _png(exemplar_used, cfg.png_compress_level), "path": f"{row['sample_id']}-exemplar.png"}
+                            if exemplar_used is not None else None),
+            schema_version=SCHEMA_VERSION,
+        )
+        return row
 
     def _image(self, image_id: int, cache: Dict[int, Any]) -> Any:
         if image_id not in cache:
-            cache.clear()
             try:
                 cache[image_id] = self.refer.load_image(image_id, mode_policy=self.cfg.image_modes)
             except SampleError as e:
@@ -374,68 +669,91 @@ class Builder:
 
     def generate_one(self, row: Dict[str, Any], cache: Dict[int, Any]) -> Dict[str, Any]:
         """Make the candidates, reference and masks of one sample (upright frame)."""
-        from pipelines.base import EditRequest, PipelineError, pipelines_for
+        prep = self._prepare_sample(row, cache)
+        results = {}
+        for name, c, req in prep["requests"]:
+            results[(0, name, c)] = self._run_pipeline(name, [req])[0]
+        return self._assemble(prep, results, 0, {})
 
-        cfg = self.cfg
-        li = self._image(int(row["image_id"]), cache)
-        image = li.array
-        h, w = image.shape[:2]
-        mask = li.orient_mask(rle_mod.decode(row["source_mask"]))
-        if not mask.any():
-            raise SampleError("empty_mask", "the source mask is empty")
-        dmasks = [li.orient_mask(rle_mod.decode(r)) for r in row["distractor_masks"]]
-        sp = row["edit_span"]
-        exemplar = None
-        if row["edit_type"] == "replace":
-            exemplar, _ = self.bank.cut(row["edit_target"], int(row["image_id"]),
-                                        rng_for(cfg.seed, row["sample_id"], "exemplar"))
-        source_rle = rle_mod.encode(mask)
-        candidates = []
-        exemplar_used = exemplar
-        for name in pipelines_for(cfg.backend, row["edit_type"]):
-            pipe = self.pipeline(name)
-            for c in range(cfg.num_candidates):
-                seed = derive_seed(cfg.seed, row["sample_id"], name, c)
-                req = EditRequest(
-                    sample_id=row["sample_id"], edit_type=row["edit_type"], image=image, mask=mask,
-                    bbox=rle_mod.to_bbox(source_rle), prompt=row["prompt"], edit_phrase=row["prompt"][sp[0]:sp[1]],
-                    edit_target=row["edit_target"], seed=seed, category=row["category"], exemplar=exemplar,
-                    distractor_masks=dmasks,
-                )
-                out = pipe([req])[0]
-                if out.image.shape != image.shape or not np.array_equal(out.image[~out.edit_mask], image[~out.edit_mask]):
-                    raise PipelineError("pipeline_error", f"{name} changed pixels outside its edit mask")
-                if out.exemplar is not None:
-                    exemplar_used = out.exemplar
-                candidates.append({
-                    "pipeline": name,
-                    "params": json.dumps(out.params, sort_keys=True, default=str),
-                    "seed": int(seed),
-                    "image": {"bytes": _png(out.image, cfg.png_compress_level), "path": f"{row['sample_id']}-{name}-{c}.png"},
-                    "edit_mask": rle_mod.encode(out.edit_mask),
-                    "filter_scores": json.dumps({}),
-                })
-        if not candidates:
-            raise PipelineError("pipeline_error", f"backend {cfg.backend!r} has no pipeline for {row['edit_type']!r} edits")
-        best = candidates[0]
-        row.update(
-            source_image={"bytes": li.encoded, "path": row["source_image"]["path"]},
-            source_mask=source_rle,
-            bbox=rle_mod.to_bbox(source_rle),
-            distractor_masks=[rle_mod.encode(m) for m in dmasks],
-            candidates=candidates,
-            reference_image={"bytes": best["image"]["bytes"], "path": f"{row['sample_id']}.png"},
-            edit_mask=best["edit_mask"],
-            exemplar_image=({"bytes": _png(exemplar_used, cfg.png_compress_level), "path": f"{row['sample_id']}-exemplar.png"}
-                            if exemplar_used is not None else None),
-            schema_version=SCHEMA_VERSION,
-        )
-        return row
+
+def resolve_sam_checkpoint(cfg: "BuildConfig") -> Optional[str]:
+    """The SAM checkpoint to load, or None: ``none`` is off; ``auto`` is the official file of
+    ``--sam-type`` in the working folder when it is there (else off); anything else must exist
+    (checked up front: a missing explicit checkpoint stops the run)."""
+    from pipelines.masks import SAM_DEFAULT_CHECKPOINTS
+
+    spec = str(cfg.sam_checkpoint or "none").strip()
+    if spec.lower() in ("none", "off", ""):
+        return None
+    if spec.lower() == "auto":
+        p = Path(SAM_DEFAULT_CHECKPOINTS[cfg.sam_type])
+        return str(p) if p.is_file() else None
+    return spec
+
 
 
 # ----------------------------------------------------------------------------------------------
 # the whole build
 # ----------------------------------------------------------------------------------------------
+
+def diffusion_models(cfg: BuildConfig) -> List[Tuple[str, str, str]]:
+    """(model spec, kind, option) of every model the diffusion pipelines of this build need."""
+    from pipelines.base import pipelines_for
+
+    out: List[Tuple[str, str, str]] = []
+    for t in cfg.edit_types:
+        for name in pipelines_for("diffusion", t):
+            if cfg.pipelines and name not in cfg.pipelines:
+                continue
+            if name == "pbe-replace":
+                need = (cfg.pbe_model, "pbe", "--pbe-model")
+            elif name.startswith("bld-"):
+                need = ((cfg.inpaint_model, "sd-inpaint", "--inpaint-model") if cfg.bld_backbone == "inpaint"
+                        else (cfg.sd_model, "sd", "--sd-model"))
+            else:
+                need = (cfg.inpaint_model, "sd-inpaint", "--inpaint-model")
+            if need not in out:
+                out.append(need)
+    return out
+
+
+def check_diffusion_config(cfg: BuildConfig) -> None:
+    """The up-front checks of ``--backend diffusion`` (JSON configs only, no torch): the extra is
+    installed, the settings make sense, every model exists and is of the right kind, an explicit
+    SAM checkpoint exists, an explicit CLIP path is a CLIP model. Raises ``InputError``."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "diffusers", "transformers") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InputError(f"--backend diffusion needs {', '.join(missing)}: pip install 'refcoco-edit[diffusion]'")
+    from pipelines.base import BACKENDS
+
+    known = sorted({n for names in BACKENDS["diffusion"].values() for n in names})
+    bad = [n for n in (cfg.pipelines or []) if n not in known]
+    if bad:
+        raise InputError(f"--pipelines: unknown {', '.join(bad)}; the diffusion backend has {', '.join(known)}")
+    if cfg.resolution < 16 or cfg.resolution % 8:
+        raise InputError(f"--resolution must be a multiple of 8 and at least 16, got {cfg.resolution}")
+    if cfg.num_inference_steps < 1 or cfg.batch_size < 1 or cfg.num_candidates < 1:
+        raise InputError("--num-inference-steps, --batch-size and --num-candidates must be at least 1")
+    from pipelines.models import ModelError, ModelUnavailable, check_model
+
+    for spec, kind, option in diffusion_models(cfg):
+        try:
+            check_model(spec, kind, option, cfg.local_files_only)
+        except ModelError as e:
+            raise InputError(str(e)) from None
+    sam = resolve_sam_checkpoint(cfg)
+    if sam is not None and "replace" in cfg.edit_types and not Path(sam).is_file():
+        raise InputError(f"--sam-checkpoint {sam}: no such file")
+    if str(cfg.clip_model).lower() not in ("none", "off", ""):
+        try:
+            check_model(cfg.clip_model, "clip", "--clip-model", cfg.local_files_only)
+        except ModelUnavailable:
+            pass  # optional: the CLIP filters are skipped and every candidate says why
+        except ModelError as e:
+            raise InputError(str(e)) from None
+
 
 @dataclass
 class BuildResult:
@@ -456,7 +774,7 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = print) -> BuildResult:
 
     t0 = time.perf_counter()
     if cfg.backend == "diffusion":
-        raise InputError("--backend diffusion is not part of this version yet; use --backend classical")
+        check_diffusion_config(cfg)  # before anything is written: models, SAM, CLIP (no torch yet)
     bad = [t for t in cfg.edit_types if t not in ("replace", "remove", "attribute")]
     if bad:
         raise InputError(f"unknown edit type(s) {bad}; choose from replace, remove, attribute")
@@ -472,10 +790,17 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = print) -> BuildResult:
         settings["demo_version"] = DEMO_VERSION
     ws.prepare(settings, STAGES, overwrite=cfg.overwrite)
     builder = Builder(cfg, ws, data, refer)
+    workers = cfg.workers
+    if cfg.backend == "diffusion":
+        for note in builder.load_models():  # before any shard runs: a bad model is exit 2
+            log(note)
+        if workers > 1:
+            log("diffusion backend: --workers ignored (one process holds the models and batches their calls)")
+            workers = 1
     sel = builder.run_select()
     log(format_report(sel["report"]))
     n = builder.num_shards()
-    executor = get_executor(cfg.executor, workers=cfg.workers, progress=cfg.progress)
+    executor = get_executor(cfg.executor, workers=workers, progress=cfg.progress)
     counts: Dict[str, int] = {}
     for stage_name, method in (("prompts", "prompts_shard"), ("generate", "generate_shard")):
         stage = ws.stage(stage_name)

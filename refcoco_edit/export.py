@@ -27,12 +27,15 @@ from .workspace import Workspace, atomic_write_table
 
 EXPORT_MARKER = ".refcoco-edit-export.json"
 VIEWS = ("rie", "reference-based")
-# FreeBench-style triplets (source, exemplar, reference) for reference-based editing
+# FreeBench-style triplets (source, exemplar, reference) for reference-based editing: the replace
+# samples with an exemplar, plus *addition* samples made by reversing removals (see
+# ``reversed_removal``)
 REFERENCE_BASED_COLUMNS = (
     "sample_id", "split", "image_id", "ref_id", "category", "source_image", "source_mask", "bbox",
-    "exemplar_image", "edit_target", "prompt", "referring_span", "edit_span", "reference_image",
-    "edit_mask", "review", "schema_version",
+    "exemplar_image", "edit_type", "edit_target", "prompt", "referring_span", "edit_span", "prompt_source",
+    "reference_image", "edit_mask", "review", "schema_version",
 )
+ADDITION_SOURCE = "reversed-removal"
 REVIEW_FILE = Path("review") / "reviews.parquet"
 
 
@@ -58,6 +61,13 @@ def apply_review(row: Dict[str, Any], review: Optional[Dict[str, Any]]) -> Dict[
         return row
     row = dict(row)
     row["review"] = {k: review.get(k) for k in ("status", "reviewer", "chosen_candidate", "notes", "updated_at")}
+    if review.get("prompt_edit_invalid"):
+        # the reviewer's prompt edit lost its referring or edit phrase: nothing is folded in and the
+        # sample goes back to pending (never exported as accepted with the edit silently dropped)
+        note = f"prompt edit invalid: {review['prompt_edit_invalid']}"
+        row["review"]["status"] = "pending"
+        row["review"]["notes"] = f"{row['review']['notes']}\n{note}" if row["review"].get("notes") else note
+        return row
     chosen = review.get("chosen_candidate")
     if chosen is not None and 0 <= int(chosen) < len(row.get("candidates") or []):
         cand = row["candidates"][int(chosen)]
@@ -103,7 +113,7 @@ def write_export(rows: Sequence[Dict[str, Any]], out: Union[str, Path], view: st
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         if view == "reference-based":
-            rows = [r for r in rows if r.get("exemplar_image") is not None]
+            rows = reference_based_rows(rows)
         by_split: Dict[str, List[Dict[str, Any]]] = {}
         for r in rows:
             by_split.setdefault(str(r.get("split") or "train"), []).append(r)
@@ -138,6 +148,81 @@ def write_export(rows: Sequence[Dict[str, Any]], out: Union[str, Path], view: st
         raise
     summary["out"] = str(out)
     return summary
+
+
+def object_crop(row: Dict[str, Any]) -> Optional[bytes]:
+    """The referred object cut from the source image (RGBA PNG, alpha = its mask, cropped to the
+    mask's box): the exemplar of an addition sample."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from . import rle as rle_mod
+
+    src = row.get("source_image") or {}
+    if not src.get("bytes") or not row.get("source_mask"):
+        return None
+    with Image.open(io.BytesIO(src["bytes"])) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    mask = rle_mod.decode(row["source_mask"])
+    if mask.shape != rgb.shape[:2] or not mask.any():
+        return None
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    rgba = np.dstack([rgb[y0:y1, x0:x1], (mask[y0:y1, x0:x1] * 255).astype(np.uint8)])
+    buf = io.BytesIO()
+    Image.fromarray(rgba).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def reversed_removal(row: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """An *addition* sample from a removal: the removal's output is the before image, the original
+    photo the after image, the removed object's crop the exemplar, "add <a category>" the
+    instruction (its edit span is the whole prompt; there is no referring part: the object is
+    not in the before image). Source mask and M_e stay those of the removal; the review status
+    is the removal's. None when the removal has no reference image."""
+    from .prompts import render_target
+    from .schema import sample_id
+
+    ref = row.get("reference_image") or {}
+    if row.get("edit_type") != "remove" or not ref.get("bytes"):
+        return None
+    crop = object_crop(row)
+    if crop is None:
+        return None
+    category = str(row.get("category") or "object")
+    prompt = f"add {render_target(category)}"
+    sid = sample_id(str(row.get("dataset") or ""), int(row.get("ref_id") or 0), int(row.get("sent_id") or 0), "add", category)
+    out = dict(row)
+    out.update(
+        sample_id=sid,
+        edit_type="add",
+        edit_target=category,
+        prompt=prompt,
+        referring_span=[len(prompt), len(prompt)],
+        edit_span=[0, len(prompt)],
+        prompt_source=ADDITION_SOURCE,
+        source_image={"bytes": ref["bytes"], "path": f"{sid}-before.png"},
+        reference_image={"bytes": row["source_image"]["bytes"], "path": row["source_image"].get("path")},
+        exemplar_image={"bytes": crop, "path": f"{sid}-exemplar.png"},
+        candidates=[],
+    )
+    return out
+
+
+def reference_based_rows(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The rows of the reference-based view: samples with an exemplar (replacements), then an
+    addition sample for every removal (``reversed_removal``), in the order of ``rows``."""
+    out = []
+    for r in rows:
+        if r.get("exemplar_image") is not None:
+            out.append(r)
+        elif r.get("edit_type") == "remove":
+            add = reversed_removal(r)
+            if add is not None:
+                out.append(add)
+    return out
 
 
 def export_workspace(ws: Union[Workspace, str, Path], out: Optional[Union[str, Path]] = None, status: str = "all",

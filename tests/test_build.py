@@ -152,8 +152,10 @@ def test_export_status_view_and_import_back(built, tmp_path):
     finally:
         (built.workdir / "review" / "reviews.parquet").unlink()
     rb = export_workspace(built.workdir, out=tmp_path / "rb", view="reference-based")
-    n_replace = sum(1 for r in load_export(built.export_dir).to_pylist() if r["edit_type"] == "replace")
-    assert rb["rows"] == n_replace
+    rows = load_export(built.export_dir).to_pylist()
+    n_replace = sum(1 for r in rows if r["edit_type"] == "replace")
+    n_remove = sum(1 for r in rows if r["edit_type"] == "remove")
+    assert rb["rows"] == n_replace + n_remove  # plus an "add" triplet per reversed removal
     t = pq.read_table(sorted((tmp_path / "rb").glob("*.parquet"))[0])
     assert "exemplar_image" in t.column_names and "candidates" not in t.column_names
     info = import_export(built.export_dir, tmp_path / "imported", shard_size=7)

@@ -1,0 +1,239 @@
+"""Automatic quality checks of ground-truth candidates; the scores are stored on each candidate
+(``filter_scores``, a JSON object) and rank the candidates of a sample.
+
+Checks (thresholds in ``FilterConfig``, i.e. in the build config):
+
+* ``clip_target`` (replace, attribute): 100 · cos(CLIP(edited crop), CLIP("a photo of <target>")),
+  the crop being the box of M_e grown by ``crop_margin``; passes from ``min_clip_target``.
+* ``clip_directional`` (replace, attribute; InstructPix2Pix-style): cos(CLIP(edited crop) −
+  CLIP(source crop), CLIP(target text) − CLIP(source text)): the image moved the way the text
+  did; passes from ``min_clip_directional``.
+* removal (remove): ``removed_prob`` = softmax over 100 · cos of the edited crop with
+  "a photo of a <category>" and with "a photo of the background": the removed object's category
+  must no longer match the region (passes up to ``max_removed_prob``); ``clip_category_before`` /
+  ``clip_category_after`` are kept for reference.
+* ``bg_change`` (every edit, no weights): mean squared difference in [0, 1] over the pixels
+  outside the *allowed* region (the source box grown by ``bg_allowed_growth``): an edit mask that
+  spilled into the background; passes up to ``max_bg_change``. ``edit_area_ratio`` = |M_e| / box
+  area of the source, for the reviewer.
+
+Without CLIP weights the CLIP checks are skipped and every candidate records why under
+``"skipped"``; the background check still runs. ``score`` is what ranks candidates: passing
+candidates first, then the higher score (CLIP-based when available, else the smaller background
+change), ties to the earlier candidate. Steps of ``CandidateFilter.score_many``:
+
+1. crops: the box of M_e (grown) in the source and in each candidate;
+2. one batched CLIP call for all crops and one for all texts (when CLIP is loaded);
+3. per candidate: the scores above, ``passed`` and the names of the ``failed`` checks.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from pipelines.masks import grow_box, mask_box
+
+__all__ = ["FilterConfig", "ClipEmbedder", "CandidateFilter", "FilterItem", "rank_candidates", "DEFAULT_CLIP_MODEL"]
+
+DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
+
+
+@dataclass
+class FilterConfig:
+    """Thresholds and texts of the candidate filters."""
+
+    clip_model: Optional[str] = DEFAULT_CLIP_MODEL
+    min_clip_target: float = 20.0
+    min_clip_directional: float = 0.0
+    max_removed_prob: float = 0.5
+    max_bg_change: float = 0.002
+    bg_allowed_growth: float = 0.35
+    crop_margin: float = 0.1
+    text_template: str = "a photo of {text}"
+    background_text: str = "a photo of the empty background"
+
+
+@dataclass
+class FilterItem:
+    """One candidate to score, with what it was asked to be."""
+
+    source: np.ndarray  # HxWx3 uint8
+    edited: np.ndarray  # HxWx3 uint8
+    source_mask: np.ndarray  # HxW bool
+    edit_mask: np.ndarray  # HxW bool (M_e)
+    edit_type: str
+    target_text: str  # "giraffe", "red car"; "" for removals
+    category: str
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+class ClipEmbedder:
+    """L2-normalised CLIP image and text embeddings from a transformers ``CLIPModel``."""
+
+    def __init__(self, model: Any, processor: Any, device: Any = "cpu", name: str = "") -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.device = device
+        self.name = name
+
+    @classmethod
+    def load(cls, spec: str, runtime: Any = None) -> "ClipEmbedder":
+        """Load a CLIP model from a local path or a (cached) hub id; ``ModelError`` otherwise."""
+        from pipelines.models import ModelError, Runtime, check_model, resolve_device
+
+        runtime = runtime or Runtime()
+        src, _ = check_model(spec, "clip", "--clip-model", runtime.local_files_only)
+        from transformers import CLIPModel, CLIPProcessor
+
+        try:
+            model = CLIPModel.from_pretrained(src.load_arg, local_files_only=runtime.local_files_only)
+            proc = CLIPProcessor.from_pretrained(src.load_arg, local_files_only=runtime.local_files_only)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ModelError(f"--clip-model {spec}: cannot be loaded as a CLIP model: {first}") from None
+        device = resolve_device(runtime.device)
+        return cls(model.to(device), proc, device, str(spec))
+
+    @staticmethod
+    def _features(out: Any) -> Any:
+        return out.pooler_output if hasattr(out, "pooler_output") else out  # transformers 5 / 4
+
+    def images(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            inp = self.processor(images=list(crops), return_tensors="pt").to(self.device)
+            f = self._features(self.model.get_image_features(pixel_values=inp["pixel_values"]))
+            f = torch.nn.functional.normalize(f.float(), dim=-1)
+        return f.cpu().numpy()
+
+    def texts(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            inp = self.processor(text=list(texts), return_tensors="pt", padding=True, truncation=True).to(self.device)
+            f = self._features(self.model.get_text_features(input_ids=inp["input_ids"],
+                                                            attention_mask=inp.get("attention_mask")))
+            f = torch.nn.functional.normalize(f.float(), dim=-1)
+        return f.cpu().numpy()
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    n = float(np.linalg.norm(v))
+    return v / n if n > 1e-12 else v
+
+
+class CandidateFilter:
+    """Scores candidates (see the module docstring). ``clip`` may be any object with
+    ``images(crops) -> (n, d)`` and ``texts(texts) -> (n, d)`` returning unit vectors (tests
+    inject tiny models); ``skip_reason`` says why CLIP checks are off when ``clip`` is None."""
+
+    def __init__(self, config: Optional[FilterConfig] = None, clip: Any = None, skip_reason: Optional[str] = None) -> None:
+        self.config = config or FilterConfig()
+        self.clip = clip
+        self.skip_reason = skip_reason if clip is None else None
+        if clip is None and not self.skip_reason:
+            self.skip_reason = "no CLIP model configured (--clip-model)"
+
+    @classmethod
+    def from_config(cls, config: FilterConfig, runtime: Any = None) -> "CandidateFilter":
+        """Load CLIP when it is available locally; a hub id that is not cached (or no model)
+        switches the CLIP checks off with the reason. A local path that does not exist or is not
+        a CLIP model raises ``ModelError`` (a configuration mistake, not a missing optional)."""
+        from pipelines.models import ModelUnavailable
+
+        if not config.clip_model or str(config.clip_model).lower() in ("none", "off", ""):
+            return cls(config, None, "CLIP filters off (--clip-model none)")
+        try:
+            return cls(config, ClipEmbedder.load(config.clip_model, runtime))
+        except ModelUnavailable as e:
+            return cls(config, None, f"CLIP weights not available: {e}")
+
+    # 1 ---------------------------------------------------------------------------------------------
+    def crop_box(self, item: FilterItem) -> Any:
+        m = np.asarray(item.edit_mask).astype(bool)
+        if not m.any():
+            m = np.asarray(item.source_mask).astype(bool)
+        return grow_box(mask_box(m), self.config.crop_margin, item.source.shape, min_px=2)
+
+    def bg_scores(self, item: FilterItem) -> Dict[str, float]:
+        """The weight-free background check."""
+        src = np.asarray(item.source_mask).astype(bool)
+        box = mask_box(src)
+        allowed = np.zeros(src.shape, bool)
+        x0, y0, x1, y1 = grow_box(box, self.config.bg_allowed_growth, src.shape, min_px=8)
+        allowed[y0:y1, x0:x1] = True
+        outside = ~allowed
+        d = (item.source.astype(np.float32) - item.edited.astype(np.float32)) / 255.0
+        bg = float((d[outside] ** 2).mean()) if outside.any() else 0.0
+        area = max(1, (box[2] - box[0]) * (box[3] - box[1]))
+        return {"bg_change": round(bg, 6), "edit_area_ratio": round(float(np.count_nonzero(item.edit_mask)) / area, 4)}
+
+    # 2-3 -------------------------------------------------------------------------------------------
+    def score_many(self, items: Sequence[FilterItem]) -> List[Dict[str, Any]]:
+        """Scores, ``passed``, ``failed`` and ``skipped`` of each item (JSON-ready)."""
+        c = self.config
+        out: List[Dict[str, Any]] = []
+        for it in items:
+            s: Dict[str, Any] = self.bg_scores(it)
+            s["failed"] = [] if s["bg_change"] <= c.max_bg_change else ["bg_change"]
+            out.append(s)
+        if self.clip is None:
+            for s in out:
+                s["skipped"] = {"clip": self.skip_reason}
+                s["score"] = round(-s["bg_change"], 6)
+                s["passed"] = not s["failed"]
+            return out
+        # 2. batched CLIP: source and edited crops, and every text
+        crops, texts = [], []
+        for it in items:
+            x0, y0, x1, y1 = self.crop_box(it)
+            crops += [np.ascontiguousarray(it.source[y0:y1, x0:x1]), np.ascontiguousarray(it.edited[y0:y1, x0:x1])]
+            cat = it.category or "object"
+            src_text = c.text_template.format(text=f"a {cat}")
+            if it.edit_type == "remove":
+                texts += [src_text, c.background_text]
+            else:
+                texts += [src_text, c.text_template.format(text=it.target_text)]
+        img = self.clip.images(crops)
+        txt = self.clip.texts(texts)
+        # 3. per candidate
+        for k, (it, s) in enumerate(zip(items, out)):
+            e_src, e_edit = img[2 * k], img[2 * k + 1]
+            t_src, t_other = txt[2 * k], txt[2 * k + 1]
+            if it.edit_type == "remove":
+                before, after = 100.0 * float(e_src @ t_src), 100.0 * float(e_edit @ t_src)
+                bg_sim = 100.0 * float(e_edit @ t_other)
+                m = max(after, bg_sim)
+                p_cat = math.exp(after - m) / (math.exp(after - m) + math.exp(bg_sim - m))
+                s.update(clip_category_before=round(before, 4), clip_category_after=round(after, 4),
+                         removed_prob=round(p_cat, 6), score=round(-p_cat, 6))
+                if p_cat > c.max_removed_prob:
+                    s["failed"].append("removed_prob")
+            else:
+                target = 100.0 * float(e_edit @ t_other)
+                direc = float(_unit(e_edit - e_src) @ _unit(t_other - t_src))
+                s.update(clip_target=round(target, 4), clip_directional=round(direc, 6),
+                         score=round(target / 100.0 + direc, 6))
+                if target < c.min_clip_target:
+                    s["failed"].append("clip_target")
+                if direc < c.min_clip_directional:
+                    s["failed"].append("clip_directional")
+            s["clip_model"] = getattr(self.clip, "name", "") or "clip"
+            s["passed"] = not s["failed"]
+        return out
+
+
+def rank_candidates(scores: Sequence[Dict[str, Any]]) -> int:
+    """Index of the best candidate: passing ones first, then the highest ``score``; ties (and
+    candidates without scores) go to the earlier one."""
+    best, key = 0, None
+    for i, s in enumerate(scores):
+        k = (bool(s.get("passed", False)), float(s.get("score", float("-inf"))))
+        if key is None or k > key:
+            best, key = i, k
+    return best
+
