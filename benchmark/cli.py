@@ -45,8 +45,9 @@ def add_score_parser(subparsers: Any) -> argparse.ArgumentParser:
         "score", help="score an editor on a RefCOCO-Edit export or workspace",
         description="Run an editor over a dataset split (resumable: outputs are cached per sample) and write "
                     "RESULTS/results.json, samples.parquet, report.md, gallery.html and plots/*.png.",
-        epilog="--model: a registered name (identity, oracle, plug-ins of the refcoco_edit.editors entry-point "
-               "group), module:Class, dir:PATH (PATH/{sample_id}.png) or cmd:\"prog {input} {prompt} {output}\" "
+        epilog="--model: a registered name (identity, oracle; instruct-pix2pix, magicbrush, blended-latent, "
+               "inpaint-anything with --editor-arg model=PATH_OR_HUB_ID steps=N device=cuda ...; plug-ins of the "
+               "refcoco_edit.editors entry-point group), module:Class, dir:PATH (PATH/{sample_id}.png) or cmd:\"prog {input} {prompt} {output}\" "
                "(placeholders {input} {output} {prompt} {seed} {sample_id} {mask} {object_mask} {edit_phrase} "
                "{referring_phrase} {edit_type}, or {batch} for a JSON-lines batch file; run without a shell). "
                "Exit codes: 0 done (failed samples included), 2 bad usage or unusable input, 1 other errors.")
@@ -70,10 +71,24 @@ def add_score_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--cmd-timeout", type=float, default=None, help="cmd: time limit per call in seconds (default: 600)")
     p.add_argument("--cmd-shell", action="store_true",
                    help="cmd: run the template through /bin/sh (values shlex-quoted); only for pipes/redirections")
-    p.add_argument("--clip-model", default=None, help="CLIP model path or hub id (AP, CLIP-Sim_fg, CLIP-I/T, ...)")
-    p.add_argument("--aesthetic-weights", default=None, help="LAION aesthetic predictor v2 weights (AP)")
-    p.add_argument("--dino-model", default=None, help="DINO model path or hub id (MagicBrush DINO)")
-    p.add_argument("--lpips-weights", default=None, help="LPIPS weights (PIE-Bench LPIPS)")
+    p.add_argument("--clip-model", default=None,
+                   help="CLIP model folder or hub id, e.g. openai/clip-vit-large-patch14 (AP, CLIP-Sim_fg, CLIP "
+                        "whole/edited, CLIP-I, CLIP-T)")
+    p.add_argument("--aesthetic-weights", default=None,
+                   help="LAION aesthetic predictor v2 MLP (sac+logos+ava1-l14-linearMSE.pth; a file or "
+                        "owner/repo/file in the hub cache) for AP, with --clip-model ViT-L/14")
+    p.add_argument("--dino-model", default=None, help="DINO ViT model folder or hub id, e.g. facebook/dino-vits16 "
+                                                      "(MagicBrush DINO)")
+    p.add_argument("--lpips-weights", default=None,
+                   help="LPIPS weights (PIE-Bench LPIPS_bg): one file with the whole lpips.LPIPS state dict, or a "
+                        "folder with the lpips package's alex.pth and torchvision's alexnet weights")
+    p.add_argument("--device", default="auto", help="device of the metric models: auto (cuda when present), cpu, "
+                                                    "cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+                   help="dtype of the CLIP/DINO models: auto = fp16 on CUDA, fp32 elsewhere (default: auto)")
+    p.add_argument("--metric-batch-size", type=int, default=32, help="images per model forward pass (default: 32)")
+    p.add_argument("--local-files-only", action=argparse.BooleanOptionalAction, default=True,
+                   help="metric models: hub ids only from the local cache, never downloaded (default: on)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (default: 1000)")
     p.add_argument("--referring-eps", type=float, default=0.01, help="referring accuracy margin (default: 0.01)")
     p.add_argument("--preservation-tau", type=float, default=0.05, help="distractor preservation threshold (default: 0.05)")
@@ -117,6 +132,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed, overwrite=args.overwrite, editor_args=parse_editor_args(args.editor_arg),
         cmd_timeout=args.cmd_timeout, cmd_shell=args.cmd_shell, clip_model=args.clip_model,
         aesthetic_weights=args.aesthetic_weights, dino_model=args.dino_model, lpips_weights=args.lpips_weights,
+        device=args.device, dtype=args.dtype, metric_batch_size=args.metric_batch_size,
+        local_files_only=args.local_files_only,
         bootstrap=args.bootstrap, referring_eps=args.referring_eps, preservation_tau=args.preservation_tau,
         workers=args.workers, gallery=args.gallery, plots=args.plots, progress=args.progress,
     )
@@ -125,7 +142,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     print(f"scored {c['scored']} of {c['samples']} samples with {r['editor']['spec']} "
           f"({c['failed']} failed, {c['skipped']} skipped; {res.timing['outputs_reused']} outputs reused) "
           f"in {res.timing['total_s']:.1f}s -> {res.out}")
-    for name in ("l2_bg", "psnr_bg", "ssim_bg", "referring_accuracy"):
+    for name in ("ap", "l2_bg", "clip_sim_fg", "clip_sim_fg_pr", "psnr_bg", "ssim_bg", "lpips_bg", "referring_accuracy"):
         m = r["metrics"].get(name)
         if m and m["mean"] is not None:
             lo, hi = m["ci95"] or (m["mean"], m["mean"])

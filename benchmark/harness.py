@@ -4,7 +4,9 @@
 is what ``refcoco-edit score`` does:
 
 1. **plan** — resolve ``--metrics`` (names or families); metrics whose weights are not given are
-   "not computed" with the reason, everything else runs.
+   "not computed" with the reason, everything else runs. The model metrics that can run load
+   their backbones now (``benchmark.metrics.model_based.ModelMetrics``), before any editing, so
+   a bad ``--clip-model`` stops the run at once (exit 2).
 2. **data** — ``benchmark.data.load_dataset``: an export folder or a workspace, one split,
    ordered by ``sample_id``; unscorable rows are skipped with a reason.
 3. **editor** — ``benchmark.editors.get_editor(--model)``, loaded lazily: a run whose outputs
@@ -13,7 +15,8 @@ is what ``refcoco-edit score`` does:
    thread pool: PIL's decoders, numpy and OpenCV release the GIL), uncached samples are edited in batches of
    the editor's ``batch_size`` (the editor sees only what its protocol declares), every output is
    checked (``check_output``) and cached, then all metrics are computed from the same decoded
-   arrays (again in the pool).
+   arrays: the weight-free ones in the pool, the model-based ones batched over the chunk
+   (``--metric-batch-size`` images per forward pass, on ``--device``).
 5. **aggregate** — per metric: mean, std and a seeded percentile bootstrap 95% CI, overall and
    per edit type (``aggregate``).
 6. **report** — ``RESULTS/results.json`` (schema in ``benchmark.report``), ``samples.parquet``,
@@ -61,7 +64,7 @@ from refcoco_edit.workspace import atomic_write_bytes, fingerprint
 
 from .data import BenchSample, DecodedSample, decode_image, decode_sample, load_dataset
 from .editors.base import EditFailure, Editor, check_output
-from .metrics import MetricParams, SampleArrays, compute_sample, plan, select_metrics
+from .metrics import METRICS, MetricParams, SampleArrays, compute_sample, plan, select_metrics
 
 __all__ = ["ScoreConfig", "ScoreResult", "run_score", "aggregate", "bootstrap_ci", "editor_seed",
            "RUN_MANIFEST", "OUTPUTS_DIR"]
@@ -96,6 +99,10 @@ class ScoreConfig:
     aesthetic_weights: Optional[str] = None
     dino_model: Optional[str] = None
     lpips_weights: Optional[str] = None
+    device: str = "auto"
+    dtype: str = "auto"
+    metric_batch_size: int = 32
+    local_files_only: bool = True
     bootstrap: int = 1000
     referring_eps: float = MetricParams.referring_eps
     preservation_tau: float = MetricParams.preservation_tau
@@ -394,8 +401,11 @@ def _record(item: _Item) -> Dict[str, Any]:
     }
 
 
-def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[str], None] = print) -> ScoreResult:
-    """Score ``cfg.model`` (or an editor instance) on ``cfg.data``; see the module docstring."""
+def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[str], None] = print,
+              model_metrics: Any = None) -> ScoreResult:
+    """Score ``cfg.model`` (or an editor instance) on ``cfg.data``; see the module docstring.
+    ``model_metrics``: a ``ModelMetrics`` with injected backbones (tests, benchmarks); by default
+    one is built from the ``--clip-model`` etc. options for the model metrics that can run."""
     t_start = time.perf_counter()
     timer = _Timer()
     if cfg.bootstrap < 0:
@@ -426,6 +436,17 @@ def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[
         editor = get_editor(cfg.model, options)
     if cfg.batch_size is not None:
         editor.batch_size = int(cfg.batch_size)
+    # the metric models load now (the editor is only built): a bad --clip-model stops before editing
+    model_names = [n for n in computable if METRICS[n].needs]
+    mm = None
+    if model_names:
+        from .metrics.model_based import ModelMetrics
+
+        mm = model_metrics or ModelMetrics(model_names, cfg.models(), device=cfg.device, dtype=cfg.dtype,
+                                           batch_size=cfg.metric_batch_size, local_files_only=cfg.local_files_only)
+        t = time.perf_counter()
+        mm.load()
+        timer.add("metric_models_load_s", time.perf_counter() - t)
     desc = editor.describe()
     desc["spec"] = cfg.model
     out = Path(cfg.out or default_out(cfg.model))
@@ -483,6 +504,10 @@ def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[
             t = time.perf_counter()
             list(pool.map(lambda it: _score(it, computable, params), part))
             timer.add("metrics_s", time.perf_counter() - t)
+            if mm is not None:
+                t = time.perf_counter()
+                _score_models(mm, part)
+                timer.add("model_metrics_s", time.perf_counter() - t)
             if cfg.gallery:
                 t = time.perf_counter()
                 list(pool.map(lambda it: _thumbs(out, it), part))
@@ -506,7 +531,7 @@ def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[
 
     results = report.build_results(cfg=cfg, dataset=ds, editor=desc, records=records, names=names,
                                    computable=computable, not_computed=not_computed, aggregates=agg, params=params,
-                                   resize_rule=RESIZE_RULE)
+                                   resize_rule=RESIZE_RULE, model_metrics=mm)
     t = time.perf_counter()
     report.write_run(out, results, records, skipped=ds.skipped, gallery=cfg.gallery, plots=cfg.plots, log=log)
     timer.add("report_s", time.perf_counter() - t)
@@ -567,6 +592,24 @@ def _score(it: _Item, names: Sequence[str], params: MetricParams) -> None:
     arrays = SampleArrays(source=d.source, output=it.output, edit_mask=d.edit_mask, reference=d.reference,  # type: ignore[arg-type]
                           target_mask=d.target_mask, distractor_masks=d.distractor_masks)
     rec["metrics"] = compute_sample(arrays, names, params)
+
+
+def _score_models(mm: Any, items: Sequence[_Item]) -> None:
+    """The model metrics of a chunk's scored samples, one batched pass (same decoded arrays)."""
+    from .metrics.model_based import ModelSample, target_text
+
+    todo = [it for it in items if it.record is not None and it.record["status"] == "ok"]
+    if not todo:
+        return
+    batch = []
+    for it in todo:
+        s, d = it.sample, it.decoded
+        assert d is not None and it.output is not None
+        batch.append(ModelSample(output=it.output, source=d.source, edit_mask=d.edit_mask, reference=d.reference,
+                                 prompt=s.prompt, edit_phrase=s.edit_phrase, referring_phrase=s.referring_phrase,
+                                 target_text=target_text(s.edit_type, s.edit_target, s.category)))
+    for it, values in zip(todo, mm.compute(batch)):
+        it.record["metrics"].update(values)  # type: ignore[index]
 
 
 def _thumbs(out: Path, it: _Item) -> None:

@@ -20,9 +20,17 @@ same command on the same data give the same bytes: wall times and cache reuse go
                and ``metrics_computed``; ``image_size``, ``crop_rule``, ``resize_outputs``,
                ``resize_rule``; ``mask_protocol`` {background, target, distractors};
                ``metric_params`` (eps, tau, SSIM window, PSNR floor); ``models`` (clip_model,
-               aesthetic_weights, dino_model, lpips_weights: ids/paths or null); ``bootstrap``
-               {resamples, confidence, method, seed_rule}; ``aggregation`` (how failures count).
-``versions``   Python and package versions (numpy, pillow, opencv, pycocotools, pyarrow, pandas).
+               aesthetic_weights, dino_model, lpips_weights: ids/paths as given, or null);
+               ``model_details`` (one object per model actually loaded: ``spec``, ``hub_id``,
+               ``revision`` (the hub commit of a cached snapshot, else null), ``weights_sha256``
+               (of the weight file, or of a folder's config.json + weight files), architecture,
+               processor input size, device, dtype); ``model_metrics`` (``metrics``, ``device``,
+               ``dtype`` as asked, ``batch_size``, ``local_files_only``, ``rules``: the crop,
+               text, preprocessing and scale rules of every model metric) — both ``{}`` when no
+               model metric ran; ``bootstrap`` {resamples, confidence, method, seed_rule};
+               ``aggregation`` (how failures count).
+``versions``   Python and package versions (numpy, pillow, opencv, pycocotools, pyarrow, pandas;
+               torch, torchvision, transformers, diffusers, safetensors: null when absent).
 ``counts``     ``{rows, samples, scored, failed, skipped, resized, failed_by_reason,
                skipped_by_reason}``; ``skipped`` counts load-time and decode-time skips.
 ``failures``   ``[{sample_id, reason, error}]``: editor failures, sorted by sample_id.
@@ -119,6 +127,8 @@ RESULTS_SCHEMA: Dict[str, Any] = {
                        "metric_params": {"type": "object"},
                        "models": {"type": "object", "required": ["clip_model", "aesthetic_weights", "dino_model", "lpips_weights"],
                                   "additionalProperties": {"type": ["string", "null"]}},
+                       "model_details": {"type": "object", "additionalProperties": {"type": "object"}},
+                       "model_metrics": {"type": "object"},
                        "bootstrap": {"type": "object", "required": ["resamples", "confidence", "method", "seed_rule"]},
                        "aggregation": {"type": "string"}}},
         "versions": {"type": "object", "required": ["python"], "additionalProperties": {"type": ["string", "null"]}},
@@ -230,7 +240,9 @@ def package_versions() -> Dict[str, Optional[str]]:
 
     out: Dict[str, Optional[str]] = {"python": sys.version.split()[0]}
     for key, dist in (("numpy", "numpy"), ("pillow", "pillow"), ("opencv", "opencv-python-headless"),
-                      ("pycocotools", "pycocotools"), ("pyarrow", "pyarrow"), ("pandas", "pandas")):
+                      ("pycocotools", "pycocotools"), ("pyarrow", "pyarrow"), ("pandas", "pandas"),
+                      ("torch", "torch"), ("torchvision", "torchvision"), ("transformers", "transformers"),
+                      ("diffusers", "diffusers"), ("safetensors", "safetensors")):
         try:
             out[key] = version(dist)
         except PackageNotFoundError:
@@ -261,7 +273,7 @@ def dumps(doc: Any) -> bytes:
 
 def build_results(cfg: Any, dataset: Any, editor: Dict[str, Any], records: Sequence[Dict[str, Any]], names: Sequence[str],
                   computable: Sequence[str], not_computed: Dict[str, str], aggregates: Dict[str, Dict[str, Any]],
-                  params: Any, resize_rule: str) -> Dict[str, Any]:
+                  params: Any, resize_rule: str, model_metrics: Any = None) -> Dict[str, Any]:
     from refcoco_edit import __version__
 
     from .metrics import METRICS
@@ -290,8 +302,12 @@ def build_results(cfg: Any, dataset: Any, editor: Dict[str, Any], records: Seque
             "editor_seed_rule": "derive_seed(seed, 'editor', sample_id) mod (2**31 - 1) (refcoco_edit.seeds)",
             "metrics_requested": list(names),
             "metrics_computed": list(computable),
-            "image_size": "native: every metric at the source image's resolution",
-            "crop_rule": "none for the weight-free metrics (CLIP-Sim_fg, later, crops bbox(M_e))",
+            "image_size": "native: the weight-free metrics and LPIPS_bg at the source image's resolution; CLIP and "
+                          "DINO at their image processor's input size (model_details)",
+            "crop_rule": "none for the weight-free metrics; CLIP-Sim_fg (both texts): the output cropped to the tight "
+                         "box of M_e, then the CLIP processor (resize + center crop); CLIP edited: the output with "
+                         "the pixels outside M_e set to 0, full frame; AP, CLIP whole, CLIP-I/T, DINO: the whole "
+                         "image through the model's processor; LPIPS_bg: native resolution (model_metrics.rules)",
             "resize_outputs": bool(cfg.resize_outputs),
             "resize_rule": resize_rule,
             "mask_protocol": {
@@ -302,6 +318,8 @@ def build_results(cfg: Any, dataset: Any, editor: Dict[str, Any], records: Seque
             },
             "metric_params": params.to_json(),
             "models": cfg.models(),
+            "model_details": model_metrics.describe() if model_metrics is not None else {},
+            "model_metrics": model_metrics.settings() if model_metrics is not None else {},
             "bootstrap": {"resamples": int(cfg.bootstrap), "confidence": 0.95, "method": "percentile",
                           "seed_rule": "numpy default_rng(derive_seed(seed, 'bootstrap', metric, edit_type or 'all'))"},
             "aggregation": "mean over scored samples where the metric applies; failed and skipped samples are "
@@ -484,6 +502,10 @@ def render_markdown(runs: Sequence[Dict[str, Any]], labels: Optional[Sequence[st
               f"tau = {cfgs['metric_params'].get('preservation_tau')}; seed {cfgs['seed']}; "
               f"bootstrap {cfgs['bootstrap']['resamples']} resamples, {cfgs['bootstrap']['method']}",
               "- models: " + ", ".join(f"{k} = {_md(v) if v else 'none'}" for k, v in sorted(cfgs["models"].items())),
+              *[f"  - {_md(k)}: {_md(d.get('spec'))}" + (f" (revision {_md(d['revision'])})" if d.get("revision") else "")
+                + (f", sha256 {_md(str(d['weights_sha256'])[:16])}…" if d.get("weights_sha256") else "")
+                + (f", {_md(d.get('device'))}/{_md(d.get('dtype'))}" if d.get("device") else "")
+                for k, d in sorted((cfgs.get("model_details") or {}).items())],
               f"- refcoco-edit {_md(first['tool']['version'])}, git {_md(first['tool']['git_revision'] or 'unknown')}"
               + (" (dirty)" if first["tool"]["git_dirty"] else ""),
               ""]

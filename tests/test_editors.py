@@ -64,9 +64,8 @@ def test_aliases_and_did_you_mean():
     with pytest.raises(InputError, match="unknown editor 'zzz'"):
         get_editor("zzz")
     with pytest.raises(InputError, match="not available in this version yet"):
-        get_editor("magicbrush")
-    with pytest.raises(InputError, match="not available"):
-        get_editor("ip2p")  # alias of a planned editor
+        get_editor("referdiffusion")  # planned
+    assert get_editor("ip2p").name == "instruct-pix2pix"  # alias of a diffusion editor (built, not loaded)
 
 
 def test_module_class_spec():

@@ -98,7 +98,7 @@ def test_report_md_has_the_table1_layout(runs):
     md = (runs["oracle"].out / "report.md").read_text()
     table1 = md.split("## Table 1")[1].split("##")[0]
     header = [c.strip() for c in table1.strip().splitlines()[2].strip("|").split("|")]
-    assert header == ["Method", "Protocol", "AP ↑", "L2_bg x10^3 ↓", "CLIP-Sim_fg ↑"]
+    assert header == ["Method", "Protocol", "AP ↑", "L2_bg x10^3 ↓", "CLIP-Sim_fg (target) ↑", "CLIP-Sim_fg (P_r) ↑"]
     row = [c.strip() for c in table1.strip().splitlines()[4].strip("|").split("|")]
     assert row[0] == "oracle" and row[1] == "image+prompt+reference" and row[2] == "—" and row[3].startswith("0.000")
     for col in ("PSNR_bg ↑", "MSE_bg x10^4 ↓", "SSIM_bg x10^2 ↑", "LPIPS_bg x10^3 ↓", "L1 ↓", "L2 ↓", "CLIP-I ↑",

@@ -2,9 +2,10 @@
 
 A spec is one of:
 
-* a registered name or alias: ``identity``, ``oracle`` (built-in, weight-free); names of editors
-  planned for the diffusion extra (``instruct-pix2pix``, ``magicbrush``, ``blended-latent``,
-  ``inpaint-anything``, ``referdiffusion``) are known and say so when asked for;
+* a registered name or alias: ``identity``, ``oracle`` (built-in, weight-free); the diffusion
+  editors ``instruct-pix2pix``, ``magicbrush``, ``blended-latent``, ``inpaint-anything``
+  (``benchmark.editors.diffusion``: the diffusion extra, weights via ``--editor-arg model=...``);
+  names of planned editors (``referdiffusion``) are known and say so when asked for;
 * a plug-in name: any entry point in the ``refcoco_edit.editors`` group of an installed
   distribution (``my-editor = my_pkg.editors:MyEditor`` in its ``entry_points.txt``);
 * ``module:Class`` (``my_pkg.editors:MyEditor``), imported on demand;
@@ -31,14 +32,14 @@ ENTRY_POINT_GROUP = "refcoco_edit.editors"
 EDITORS: Dict[str, str] = {
     "identity": "benchmark.editors.builtin:IdentityEditor",
     "oracle": "benchmark.editors.builtin:OracleEditor",
+    "instruct-pix2pix": "benchmark.editors.diffusion:InstructPix2PixEditor",
+    "magicbrush": "benchmark.editors.diffusion:MagicBrushEditor",
+    "blended-latent": "benchmark.editors.diffusion:BlendedLatentEditor",
+    "inpaint-anything": "benchmark.editors.diffusion:InpaintAnythingEditor",
 }
 
 # names we know and will ship with the diffusion extra; asking for one says what is missing
 PLANNED: Dict[str, str] = {
-    "instruct-pix2pix": "InstructPix2Pix (diffusers StableDiffusionInstructPix2PixPipeline)",
-    "magicbrush": "MagicBrush (InstructPix2Pix fine-tuned on MagicBrush)",
-    "blended-latent": "Blended Latent Diffusion (sees the GT mask)",
-    "inpaint-anything": "Inpaint-Anything-style (referring segmentation + inpainting)",
     "referdiffusion": "ReferDiffusion, the paper's baseline",
 }
 
@@ -54,6 +55,8 @@ ALIASES: Dict[str, str] = {
     "blended-latent-diffusion": "blended-latent",
     "bld": "blended-latent",
     "inpaint_anything": "inpaint-anything",
+    "magic-brush": "magicbrush",
+    "blended_latent": "blended-latent",
 }
 
 
@@ -168,7 +171,7 @@ def get_editor(spec: str, options: Optional[Dict[str, Any]] = None) -> Editor:
     if canonical in PLANNED:
         raise UnknownEditorError(
             f"editor {canonical!r} ({PLANNED[canonical]}) is not available in this version yet; "
-            f"weight-free editors: {', '.join(sorted(EDITORS))}")
+            f"available editors: {', '.join(sorted(EDITORS))}")
     close = difflib.get_close_matches(name.lower(), _known_names(), n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise UnknownEditorError(

@@ -3,7 +3,8 @@
 =================  ==========  ============================================================
 family             file        metrics
 =================  ==========  ============================================================
-paper (Table 1)    background  ``l2_bg``; ``ap``, ``clip_sim_fg`` (model_based, need weights)
+paper (Table 1)    background  ``l2_bg``; ``ap``, ``clip_sim_fg``, ``clip_sim_fg_pr`` (model_based,
+                               need weights)
 pie (PIE-Bench)    background  ``psnr_bg``, ``mse_bg``, ``ssim_bg``; ``lpips_bg``, ``clip_whole``,
                                ``clip_edited`` (model_based)
 magicbrush         magicbrush  ``l1``, ``l2``; ``clip_i``, ``dino``, ``clip_t`` (model_based)
@@ -14,7 +15,8 @@ referring (ours)   referring   ``referring_accuracy``, ``distractor_preservation
 
 ``select_metrics("pie,l1")`` resolves names and family names; ``plan`` splits a selection into
 what can be computed and what cannot (with the reason, e.g. "needs --clip-model");
-``compute_sample`` computes the weight-free ones for one sample from its decoded arrays.
+``compute_sample`` computes the weight-free ones for one sample from its decoded arrays;
+``model_based.ModelMetrics`` computes the others, batched over a chunk of samples.
 Per-sample values are aggregated by the harness (mean + bootstrap CI), so a metric here is a
 pure function of one sample: the torchmetrics ``update``/``compute`` split becomes "per-sample
 value" / "aggregate over the samples table", which keeps every sample's value for the CI.
@@ -52,7 +54,7 @@ _WEIGHT_FREE = (
     MetricSpec("referring_margin", "referring", "Ref-margin", "change_target - change_distractor_max", True),
 )
 
-_ORDER = ("ap", "l2_bg", "clip_sim_fg",
+_ORDER = ("ap", "l2_bg", "clip_sim_fg", "clip_sim_fg_pr",
           "psnr_bg", "lpips_bg", "mse_bg", "ssim_bg", "clip_whole", "clip_edited",
           "l1", "l2", "clip_i", "dino", "clip_t",
           "referring_accuracy", "distractor_preservation", "change_target", "change_distractor_max",
