@@ -77,7 +77,9 @@ class BuildConfig:
     llm_batch_poll: float = _f(10.0, "seconds between Batch API polls", runtime=True)
     shard_size: int = _f(16, "samples per shard (the unit of work and of resume)")
     executor: str = _f("local", "where shards run", choices=("local", "ray"), runtime=True)
-    workers: int = _f(1, "local executor: worker processes", runtime=True)
+    workers: int = _f(1, "worker processes (local executor) or Ray actors (ray executor)", runtime=True)
+    ray_address: Optional[str] = _f(None, "ray executor: the cluster to attach to (auto, HOST:6379, ray://HOST:10001; default: a local Ray instance with --workers CPUs)", runtime=True)
+    num_gpus_per_worker: float = _f(0.0, "ray executor: GPUs reserved by each actor (fractions share a GPU)", runtime=True)
     overwrite: bool = _f(False, "redo every stage even if the workspace has done shards", runtime=True)
     export_status: str = _f("all", "which samples the final export holds", choices=("accepted", "all"), runtime=True)
     progress: Optional[bool] = _f(None, "progress bars (default: on a terminal only)", runtime=True)
@@ -693,6 +695,54 @@ def resolve_sam_checkpoint(cfg: "BuildConfig") -> Optional[str]:
 
 
 # ----------------------------------------------------------------------------------------------
+# shard functions for executors that run in other processes or machines (Ray)
+# ----------------------------------------------------------------------------------------------
+
+_PATH_FIELDS = ("out", "refcoco", "images", "exemplar_dir", "pbe_model", "sd_model", "inpaint_model", "clip_model")
+_WORKER_BUILDERS: Dict[str, "Builder"] = {}
+
+
+def _absolute_paths(cfg: BuildConfig) -> BuildConfig:
+    """The config with local paths made absolute (a worker's working folder may differ); a model
+    given as a hub id stays as it is. On a cluster these paths must mean the same on every node."""
+    changes: Dict[str, Any] = {}
+    for name in _PATH_FIELDS:
+        value = getattr(cfg, name)
+        if value and (name in ("out", "refcoco", "images", "exemplar_dir") or Path(value).exists()):
+            changes[name] = str(Path(value).expanduser().resolve())
+    if cfg.backend == "diffusion":
+        sam = resolve_sam_checkpoint(cfg)  # "auto" looks in the driver's working folder
+        changes["sam_checkpoint"] = str(Path(sam).resolve()) if sam else "none"
+    return dataclasses.replace(cfg, **changes)
+
+
+class ShardTask:
+    """A picklable shard-function factory: (build config, Builder method name).
+
+    Called inside a worker process (a Ray actor), it builds that process's ``Builder`` once (the
+    RefCOCO index, and with ``--backend diffusion`` every model, loaded up front so that a model
+    that cannot be loaded is an ``InputError``) and returns the bound stage method. Builders are
+    cached per config, so the stages of a build share them within a process."""
+
+    def __init__(self, cfg: BuildConfig, method: str):
+        if method not in ("prompts_shard", "generate_shard"):
+            raise ValueError(f"not a shard method: {method!r}")
+        self.cfg = _absolute_paths(cfg)
+        self.method = method
+
+    def __call__(self) -> Callable[[int], Dict[str, Any]]:
+        key = json.dumps(dataclasses.asdict(self.cfg), sort_keys=True, default=str)
+        builder = _WORKER_BUILDERS.get(key)
+        if builder is None:
+            builder = Builder(self.cfg, Workspace(self.cfg.out), resolve_data(self.cfg))
+            _WORKER_BUILDERS.clear()  # one build per worker process at a time
+            _WORKER_BUILDERS[key] = builder
+        if self.method == "generate_shard" and self.cfg.backend == "diffusion":
+            builder.load_models()  # idempotent: pipelines are cached in the Builder
+        return getattr(builder, self.method)
+
+
+# ----------------------------------------------------------------------------------------------
 # the whole build
 # ----------------------------------------------------------------------------------------------
 
@@ -791,7 +841,9 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = print) -> BuildResult:
     ws.prepare(settings, STAGES, overwrite=cfg.overwrite)
     builder = Builder(cfg, ws, data, refer)
     workers = cfg.workers
-    if cfg.backend == "diffusion":
+    if cfg.backend == "diffusion" and cfg.executor == "ray":
+        log("diffusion backend on Ray: each actor loads the models (on its GPU with --num-gpus-per-worker)")
+    elif cfg.backend == "diffusion":
         for note in builder.load_models():  # before any shard runs: a bad model is exit 2
             log(note)
         if workers > 1:
@@ -800,23 +852,27 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = print) -> BuildResult:
     sel = builder.run_select()
     log(format_report(sel["report"]))
     n = builder.num_shards()
-    executor = get_executor(cfg.executor, workers=workers, progress=cfg.progress)
+    executor = get_executor(cfg.executor, workers=workers, progress=cfg.progress, ray_address=cfg.ray_address,
+                            num_gpus_per_worker=cfg.num_gpus_per_worker)
     counts: Dict[str, int] = {}
-    for stage_name, method in (("prompts", "prompts_shard"), ("generate", "generate_shard")):
-        stage = ws.stage(stage_name)
-        todo = [i for i in range(n) if not stage.is_done(i)]
-        if todo and stage_name == "prompts" and cfg.llm_model and cfg.llm_batch:
-            log(f"llm batch mode: {builder.llm_batch(todo, log)}")
-        ran: List[Dict[str, Any]] = []
-        if todo:
-            def factory(method: str = method) -> Callable[[int], Dict[str, Any]]:
-                return getattr(builder, method)
+    with executor:  # Ray: the actors (and the pipelines they loaded) serve both stages, then go
+        for stage_name, method in (("prompts", "prompts_shard"), ("generate", "generate_shard")):
+            stage = ws.stage(stage_name)
+            todo = [i for i in range(n) if not stage.is_done(i)]
+            if todo and stage_name == "prompts" and cfg.llm_model and cfg.llm_batch:
+                log(f"llm batch mode: {builder.llm_batch(todo, log)}")
+            ran: List[Dict[str, Any]] = []
+            if todo:
+                def factory(method: str = method) -> Callable[[int], Dict[str, Any]]:
+                    return getattr(builder, method)
 
-            ran = executor.run(factory, todo, desc=stage_name)
-        counts[stage_name] = sum(stage.stats(i)["rows"] for i in range(n))
-        if stage_name == "prompts" and cfg.llm_model:  # requests made by this run
-            counts["llm_calls"] = sum(r.get("llm_calls", 0) for r in ran)
-            counts["llm_cache_hits"] = sum(r.get("llm_cache_hits", 0) for r in ran)
+                # Ray runs shards in other processes (other machines): a picklable factory that
+                # rebuilds the Builder there; the local executor reuses this process's (forked) one
+                ran = executor.run(ShardTask(cfg, method) if cfg.executor == "ray" else factory, todo, desc=stage_name)
+            counts[stage_name] = sum(stage.stats(i)["rows"] for i in range(n))
+            if stage_name == "prompts" and cfg.llm_model:  # requests made by this run
+                counts["llm_calls"] = sum(r.get("llm_calls", 0) for r in ran)
+                counts["llm_cache_hits"] = sum(r.get("llm_cache_hits", 0) for r in ran)
     quarantine = ws.quarantine().to_pylist()
     by_reason: Dict[str, Dict[str, int]] = {}
     for q in quarantine:

@@ -154,6 +154,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from benchmark.referdiffusion.train import main as train_main
+
+    return int(train_main(list(args.rest)) or 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .build import BuildConfig
 
@@ -184,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rie: every column; reference-based: (source, exemplar, reference) triplets")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("train", help="train ReferDiffusion (the reference baseline)", add_help=False,
+                       description="Train ReferDiffusion; see `refcoco-edit train --help`.")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_train)
+
     from annotation.cli import add_review_parser
     from benchmark.cli import add_report_parser, add_score_parser
 
@@ -196,8 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
+        if argv[:1] == ["train"]:  # the trainer parses its own options (YAML config + overrides)
+            args = argparse.Namespace(func=cmd_train, rest=argv[1:])
+        else:
+            args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: 2 on bad usage, 0 on --help
         return int(e.code or 0)
     try:

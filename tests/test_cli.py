@@ -88,3 +88,10 @@ def test_build_and_export_commands(demo_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "exported 6 samples" in r.stdout
     assert sorted(p.name for p in (tmp_path / "e").glob("*.parquet"))
+
+
+def test_train_command_reaches_the_trainer(tmp_path):
+    r = run_cli("train", "--config", str(tmp_path / "missing.yaml"))
+    assert r.returncode == 2 and "missing.yaml" in (r.stderr + r.stdout)
+    r = run_cli("train", "--help")
+    assert r.returncode == 0 and "--config" in r.stdout

@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -429,6 +429,7 @@ class ReferDiffusion(nn.Module):
         without a REM).
         """
         from diffusers import DDIMScheduler
+        from diffusers.utils.torch_utils import randn_tensor
 
         B, _, H, W = source_pixels.shape
         if len(prompts) != B:
@@ -447,7 +448,7 @@ class ReferDiffusion(nn.Module):
         enc = torch.cat([cond, null, null])
         src_in = self._unet_source(src_raw)
         img = torch.cat([src_in, src_in, torch.zeros_like(src_in)])
-        latents = torch.randn(src_raw.shape, generator=generator, device=dev, dtype=src_raw.dtype) * sched.init_noise_sigma
+        latents = randn_tensor(src_raw.shape, generator=generator, device=dev, dtype=src_raw.dtype) * sched.init_noise_sigma
         for t in sched.timesteps:
             x = sched.scale_model_input(torch.cat([latents] * 3), t)
             e_text, e_img, e_unc = self.unet(torch.cat([x, img], dim=1), t, encoder_hidden_states=enc).sample.chunk(3)

@@ -1,0 +1,316 @@
+"""ReferDiffusion trainer on accelerate: ``python -m benchmark.referdiffusion.train --config FILE.yaml``.
+
+* Stage 1 (``stage: stage1``): self-supervised samples made on the fly by :mod:`.synth` from any
+  RefCOCO-Edit export / workspace (the referring phrase of each prompt is the expression).
+  Stage 2 (``stage: stage2``): the dataset's own (source, prompt, reference, M, M_e), by default
+  reviewed-accepted samples only (``status: accepted``).
+* Mixed precision, gradient accumulation and multi-GPU come from accelerate (``accelerate launch``).
+* Exact resume: ``accelerator.save_state`` (model, optimizer, LR scheduler, RNG) every
+  ``checkpoint_every`` optimizer steps into ``output_dir/checkpoints/step-XXXXXXX`` +
+  ``trainer_state.json``. The data position needs no state: micro-batch ``k`` of the run is a pure
+  function of (seed, k, process index) - epoch ``e`` visits ``randperm(n, seed + e)``, each stage-1
+  sample is synthesised with seed (seed, e, index) - and so are the noise, timesteps and
+  condition dropout of every micro-batch (a ``torch.Generator`` seeded from (seed, k, process)).
+  ``resume: latest`` (or a checkpoint folder) continues bit-for-bit where the run stopped.
+* Every loss term goes to ``output_dir/log.jsonl`` (main process) and the progress bar.
+* The final model is written with ``ReferDiffusion.save_pretrained`` to ``output_dir/final``.
+
+Every option of the YAML config can be overridden on the command line: ``--lr 1e-4``,
+``--model.num_heads 4``, ``--loss.rcl 0`` (values parsed as YAML).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+
+@dataclass
+class TrainConfig:
+    pretrained: str = "timbrooks/instruct-pix2pix"  # InstructPix2Pix folder or hub id
+    local_files_only: bool = True
+    data: str = ""                # export folder or workspace
+    output_dir: str = "runs/referdiffusion"
+    stage: str = "stage2"         # stage1 | stage2
+    split: Optional[str] = None
+    status: str = "accepted"      # stage 2: accepted | all
+    limit: Optional[int] = None
+    resolution: int = 480
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    lr: float = 5e-5
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    adam_weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    max_steps: int = 10000
+    mixed_precision: str = "no"   # no | fp16 | bf16
+    checkpoint_every: int = 500
+    checkpoints_total_limit: Optional[int] = None
+    resume: Optional[str] = None  # None | latest | a checkpoint folder
+    seed: int = 0
+    num_workers: int = 0
+    synth: Dict[str, Any] = field(default_factory=dict)   # synth.synthesize options
+    model: Dict[str, Any] = field(default_factory=dict)   # ReferDiffusionConfig
+    loss: Dict[str, Any] = field(default_factory=dict)    # LossWeights
+
+    def __post_init__(self) -> None:
+        if self.stage not in ("stage1", "stage2"):
+            raise ValueError(f"stage must be stage1 or stage2, got {self.stage!r}")
+        if self.resolution % 8:
+            raise ValueError(f"resolution {self.resolution} is not a multiple of 8")
+
+
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _scalar(v: Any) -> Any:
+    """YAML 1.1 reads ``2e-4`` (no dot) as a string; take it as the float it means."""
+    return float(v) if isinstance(v, str) and _FLOAT.match(v) else v
+
+
+def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> TrainConfig:
+    """YAML file + ``--key value`` / ``--a.b value`` overrides (the command line wins)."""
+    import yaml
+
+    d: Dict[str, Any] = {}
+    if path:
+        d = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: a config must be a mapping")
+    it = iter(overrides)
+    for tok in it:
+        if not tok.startswith("--"):
+            raise ValueError(f"unexpected argument {tok!r}")
+        key = tok[2:]
+        if "=" in key:
+            key, raw = key.split("=", 1)
+        else:
+            try:
+                raw = next(it)
+            except StopIteration:
+                raise ValueError(f"{tok} needs a value") from None
+        cur = d
+        parts = key.replace("-", "_").split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = _scalar(yaml.safe_load(raw))
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"unknown config keys: {sorted(unknown)}")
+    return TrainConfig(**d)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: a deterministic micro-batch stream
+# ----------------------------------------------------------------------------------------------
+
+def _to_tensor(a: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1).float() / 127.5 - 1
+
+
+def _resize(a: np.ndarray, size: int, nearest: bool) -> np.ndarray:
+    import cv2
+
+    if a.shape[:2] == (size, size):
+        return a
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
+    return cv2.resize(a.astype(np.uint8), (size, size), interpolation=interp)
+
+
+class SampleSource:
+    """Index -> training example (dict of arrays + prompt) for stage 1 or 2."""
+
+    def __init__(self, samples: List[Any], cfg: TrainConfig):
+        if not samples:
+            raise ValueError("no training samples")
+        self.samples, self.cfg = samples, cfg
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def get(self, i: int, epoch: int) -> Dict[str, Any]:
+        from benchmark.data import decode_sample
+
+        from .synth import synthesize
+
+        s = self.samples[i]
+        R = self.cfg.resolution
+        if self.cfg.stage == "stage1":
+            d = decode_sample(s, reference=False)
+            if d.target_mask is None:
+                raise ValueError(f"{s.sample_id}: stage 1 needs the source mask")
+            a, b = s.referring_span
+            seed = int(np.random.SeedSequence([self.cfg.seed, epoch, i]).generate_state(1)[0])
+            x = synthesize(d.source, d.target_mask, s.prompt[a:b], s.category, seed=seed, size=(R, R),
+                           **self.cfg.synth)
+            return {"source": x.source, "target": x.target, "source_mask": x.source_mask, "edit_mask": x.edit_mask,
+                    "prompt": x.prompt.text, "edit_span": x.prompt.edit_span}
+        d = decode_sample(s, reference=True)
+        sm = d.target_mask if d.target_mask is not None else d.edit_mask
+        return {"source": _resize(d.source, R, False), "target": _resize(d.reference, R, False),
+                "source_mask": _resize(sm.astype(np.uint8), R, True).astype(bool),
+                "edit_mask": _resize(d.edit_mask.astype(np.uint8), R, True).astype(bool),
+                "prompt": s.prompt, "edit_span": tuple(s.edit_span)}
+
+
+def micro_batch_indices(k: int, n: int, batch_size: int, seed: int, process_index: int = 0,
+                        num_processes: int = 1) -> List[Tuple[int, int]]:
+    """(epoch, sample index) pairs of micro-batch ``k`` for one process: the global stream is the
+    concatenation of ``randperm(n)`` per epoch, cut into global batches of ``batch_size *
+    num_processes``, and each process takes its slice."""
+    import torch
+
+    gb = batch_size * num_processes
+    start = k * gb + process_index * batch_size
+    out = []
+    for pos in range(start, start + batch_size):
+        epoch, j = divmod(pos, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        out.append((epoch, perm[j]))
+    return out
+
+
+def collate(examples: List[Dict[str, Any]], model) -> Dict[str, Any]:
+    import torch
+
+    tok = model.tokenize([e["prompt"] for e in examples], [e["edit_span"] for e in examples])
+    return {
+        "source_pixels": torch.stack([_to_tensor(e["source"]) for e in examples]),
+        "target_pixels": torch.stack([_to_tensor(e["target"]) for e in examples]),
+        "input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"], "edit_token_mask": tok["span_mask"],
+        "source_mask": torch.stack([torch.from_numpy(e["source_mask"].astype(np.float32))[None] for e in examples]),
+        "edit_mask": torch.stack([torch.from_numpy(e["edit_mask"].astype(np.float32))[None] for e in examples]),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+def _checkpoints(out: Path) -> List[Path]:
+    d = out / "checkpoints"
+    return sorted(d.glob("step-*"), key=lambda p: int(p.name.split("-")[1])) if d.is_dir() else []
+
+
+def train(cfg: TrainConfig, samples: Optional[List[Any]] = None) -> Dict[str, Any]:
+    """Run (or resume) training; returns {"step", "output_dir", "final"}. ``samples``: BenchSamples
+    (default: ``benchmark.data.load_dataset(cfg.data)``)."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+    from diffusers.optimization import get_scheduler
+
+    from .losses import LossWeights, total_loss
+    from .model import ReferDiffusion, ReferDiffusionConfig
+
+    out = Path(cfg.output_dir)
+    acc = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                      mixed_precision=cfg.mixed_precision,
+                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    if samples is None:
+        from benchmark.data import load_dataset
+
+        status = cfg.status if cfg.stage == "stage2" else "all"
+        samples = load_dataset(cfg.data, split=cfg.split, status=status, limit=cfg.limit).samples
+    source = SampleSource(samples, cfg)
+    torch.manual_seed(cfg.seed)  # the REM's initialisation
+    model = ReferDiffusion.from_pretrained(cfg.pretrained, ReferDiffusionConfig.from_dict(dict(cfg.model)),
+                                           local_files_only=cfg.local_files_only)
+    weights = LossWeights(**cfg.loss)
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.adam_weight_decay)
+    sched = get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
+                          num_training_steps=cfg.max_steps * acc.num_processes)
+    model, opt, sched = acc.prepare(model, opt, sched)
+    core = acc.unwrap_model(model)
+
+    step = 0
+    if cfg.resume:
+        ck = _checkpoints(out)[-1] if cfg.resume == "latest" and _checkpoints(out) else (
+            None if cfg.resume == "latest" else Path(cfg.resume))
+        if ck is not None:
+            acc.load_state(str(ck))
+            step = int(json.loads((ck / "trainer_state.json").read_text())["step"])
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+    log = (out / "log.jsonl").open("a") if acc.is_main_process else None
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not acc.is_main_process, desc="train")
+    model.train()
+    G = cfg.gradient_accumulation_steps
+    while step < cfg.max_steps:
+        sums: Dict[str, float] = {}
+        for a in range(G):
+            k = step * G + a
+            idx = micro_batch_indices(k, len(source), cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes)
+            batch = collate([source.get(i, e) for e, i in idx], core)
+            batch = {n: v.to(acc.device) for n, v in batch.items()}
+            gen = torch.Generator(device=acc.device).manual_seed(
+                int(np.random.SeedSequence([cfg.seed, k, acc.process_index]).generate_state(1)[0]))
+            with acc.accumulate(model):
+                with acc.autocast():
+                    o = model(generator=gen, **batch)
+                    terms = total_loss(o, batch, core.scheduler, weights)
+                acc.backward(terms["loss"])
+                if acc.sync_gradients and cfg.max_grad_norm:
+                    acc.clip_grad_norm_(core.trainable_parameters(), cfg.max_grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad()
+            for n, v in terms.items():
+                sums[n] = sums.get(n, 0.0) + float(v.detach()) / G
+        step += 1
+        rec = {"step": step, "lr": sched.get_last_lr()[0], **sums}
+        if log is not None:
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        bar.update(1)
+        bar.set_postfix({n: f"{v:.4f}" for n, v in sums.items() if n in ("loss", "eps", "mask", "rcl")})
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            ck = out / "checkpoints" / f"step-{step:07d}"
+            acc.save_state(str(ck))
+            if acc.is_main_process:
+                (ck / "trainer_state.json").write_text(json.dumps({"step": step}))
+                if cfg.checkpoints_total_limit:
+                    import shutil
+
+                    for old in _checkpoints(out)[: -cfg.checkpoints_total_limit]:
+                        shutil.rmtree(old, ignore_errors=True)
+            acc.wait_for_everyone()
+    bar.close()
+    if log is not None:
+        log.close()
+    acc.wait_for_everyone()
+    final = out / "final"
+    if acc.is_main_process:
+        core.save_pretrained(final)
+    return {"step": step, "output_dir": str(out), "final": str(final)}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="referdiffusion-train", description=__doc__.split("\n")[0])
+    ap.add_argument("--config", help="YAML config (configs/referdiffusion/*.yaml)")
+    args, rest = ap.parse_known_args(argv)
+    try:
+        cfg = load_config(args.config, rest)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    train(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
