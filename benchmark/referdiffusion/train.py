@@ -217,11 +217,16 @@ def train(cfg: TrainConfig, samples: Optional[List[Any]] = None) -> Dict[str, An
     acc = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                       mixed_precision=cfg.mixed_precision,
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    status = cfg.status if cfg.stage == "stage2" else "all"
     if samples is None:
         from benchmark.data import load_dataset
 
-        status = cfg.status if cfg.stage == "stage2" else "all"
         samples = load_dataset(cfg.data, split=cfg.split, status=status, limit=cfg.limit).samples
+    if not samples:
+        from refcoco_edit.errors import InputError
+
+        raise InputError(f"{cfg.data} has no {status} samples for {cfg.stage}"
+                         + (" (review them first, or set status: all)" if status == "accepted" else ""))
     source = SampleSource(samples, cfg)
     torch.manual_seed(cfg.seed)  # the REM's initialisation
     model = ReferDiffusion.from_pretrained(cfg.pretrained, ReferDiffusionConfig.from_dict(dict(cfg.model)),
