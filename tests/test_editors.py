@@ -63,8 +63,8 @@ def test_aliases_and_did_you_mean():
         get_editor("identiy")
     with pytest.raises(InputError, match="unknown editor 'zzz'"):
         get_editor("zzz")
-    with pytest.raises(InputError, match="not available in this version yet"):
-        get_editor("referdiffusion")  # planned
+    with pytest.raises(InputError, match="needs a checkpoint"):
+        get_editor("referdiffusion")  # registered, but needs referdiffusion:CHECKPOINT
     assert get_editor("ip2p").name == "instruct-pix2pix"  # alias of a diffusion editor (built, not loaded)
 
 

@@ -5,7 +5,11 @@ A spec is one of:
 * a registered name or alias: ``identity``, ``oracle`` (built-in, weight-free); the diffusion
   editors ``instruct-pix2pix``, ``magicbrush``, ``blended-latent``, ``inpaint-anything``
   (``benchmark.editors.diffusion``: the diffusion extra, weights via ``--editor-arg model=...``);
-  names of planned editors (``referdiffusion``) are known and say so when asked for;
+  names of planned editors (``PLANNED``) are known and say so when asked for;
+* ``NAME:ARG``, a registered name (or alias) whose editor class declares ``spec_option``: ARG is
+  that constructor option, e.g. ``referdiffusion:CHECKPOINT`` = ``referdiffusion`` with
+  ``checkpoint=CHECKPOINT`` (``benchmark.referdiffusion.infer``). A ``module:Class`` whose module
+  part is not a registered name is imported as before;
 * a plug-in name: any entry point in the ``refcoco_edit.editors`` group of an installed
   distribution (``my-editor = my_pkg.editors:MyEditor`` in its ``entry_points.txt``);
 * ``module:Class`` (``my_pkg.editors:MyEditor``), imported on demand;
@@ -36,12 +40,11 @@ EDITORS: Dict[str, str] = {
     "magicbrush": "benchmark.editors.diffusion:MagicBrushEditor",
     "blended-latent": "benchmark.editors.diffusion:BlendedLatentEditor",
     "inpaint-anything": "benchmark.editors.diffusion:InpaintAnythingEditor",
+    "referdiffusion": "benchmark.referdiffusion.infer:ReferDiffusionEditor",
 }
 
 # names we know and will ship with the diffusion extra; asking for one says what is missing
-PLANNED: Dict[str, str] = {
-    "referdiffusion": "ReferDiffusion, the paper's baseline",
-}
+PLANNED: Dict[str, str] = {}
 
 ALIASES: Dict[str, str] = {
     "noop": "identity",
@@ -57,6 +60,7 @@ ALIASES: Dict[str, str] = {
     "inpaint_anything": "inpaint-anything",
     "magic-brush": "magicbrush",
     "blended_latent": "blended-latent",
+    "refer-diffusion": "referdiffusion",
 }
 
 
@@ -129,7 +133,8 @@ def _instantiate(cls: Any, what: str, options: Dict[str, Any]) -> Editor:
 
 
 def parse_spec(spec: str) -> Tuple[str, str]:
-    """``spec`` -> (kind, value): kind is dir | cmd | class | name."""
+    """``spec`` -> (kind, value): kind is dir | cmd | class | name | name_arg (value "NAME:ARG",
+    NAME a registered built-in name or alias)."""
     spec = str(spec).strip()
     if not spec:
         raise InputError("--model is empty; give a registered name, module:Class, dir:PATH or cmd:\"...\"")
@@ -138,6 +143,9 @@ def parse_spec(spec: str) -> Tuple[str, str]:
     if spec.startswith("cmd:"):
         return "cmd", spec[4:]
     if ":" in spec:
+        head = spec.partition(":")[0]
+        if ALIASES.get(head.lower(), head) in EDITORS:
+            return "name_arg", spec
         return "class", spec
     return "name", spec
 
@@ -159,6 +167,21 @@ def get_editor(spec: str, options: Optional[Dict[str, Any]] = None) -> Editor:
     if kind == "class":
         cls = _import_target(value, f"--model {spec}")
         return _instantiate(cls, f"--model {spec}", options)
+
+    if kind == "name_arg":
+        head, _, arg = value.partition(":")
+        canonical = ALIASES.get(head.lower(), head)
+        what = f"--model {spec}"
+        cls = _import_target(EDITORS[canonical], f"editor {canonical!r}")
+        opt = getattr(cls, "spec_option", None)
+        if not opt:
+            raise InputError(f"{what}: editor {canonical!r} takes no argument after ':' "
+                             f"(give its options with --editor-arg key=value)")
+        if not arg.strip():
+            raise InputError(f"{what}: nothing after ':' (expected {canonical}:{opt.upper()})")
+        if opt in options and str(options[opt]) != arg:
+            raise InputError(f"{what}: {opt} given twice ({arg!r} and --editor-arg {opt}={options[opt]!r})")
+        return _instantiate(cls, f"editor {canonical!r}", dict(options, **{opt: arg}))
 
     name = value
     canonical = ALIASES.get(name.lower(), name)

@@ -1,0 +1,153 @@
+"""ReferDiffusion as a benchmark editor: ``--model referdiffusion:CHECKPOINT``.
+
+``CHECKPOINT`` is a folder written by :meth:`ReferDiffusion.save_pretrained` (the trainer's
+``final/``): the InstructPix2Pix layout (``unet``, ``vae``, ``text_encoder``, ``tokenizer``,
+``scheduler``) plus ``referdiffusion_rem.pt`` / ``referdiffusion_config.json``. It can also be given
+as ``--editor-arg checkpoint=PATH``. A missing folder, or one that is not a ReferDiffusion
+checkpoint, is an ``InputError`` (exit 2) raised by ``load()``.
+
+Protocol: only the image and the full prompt P (plus the seed). The model finds the edit and the
+referring parts itself (the REM), so it declares no extra inputs.
+
+Options (``--editor-arg key=value``): ``steps`` (50), ``guidance_scale`` (text, 7.5),
+``image_guidance_scale`` (1.5), ``resolution`` (512: the longer side of the working size, each side
+rounded to a multiple of the model's size unit, as the InstructPix2Pix editor does), ``device``
+(auto | cpu | cuda[:N]), ``dtype`` (auto = fp16 on CUDA, fp32 elsewhere | fp32 | fp16 | bf16),
+``batch_size`` (4). The output is resized (PIL Lanczos) back to the exact source size.
+
+The predicted mask M_hat of the last batch is kept (resized to each source, as a float HxW array in
+[0, 1]) in ``last_masks`` (sample_id -> mask); the harness has no per-sample side channel yet, so it
+does not report mask IoU (see :func:`mask_iou` for the formula to use when it does).
+
+Seeds: one CPU ``torch.Generator`` per sample (its initial noise does not depend on the batch).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+from benchmark.editors.base import Editor, EditFailure
+from benchmark.editors.diffusion import DTYPES, working_size
+from refcoco_edit.errors import InputError
+
+__all__ = ["ReferDiffusionEditor", "mask_iou"]
+
+
+def mask_iou(pred: np.ndarray, gt: np.ndarray, threshold: float = 0.5) -> float:
+    """IoU of ``pred >= threshold`` with the boolean ``gt`` (1.0 when both are empty)."""
+    p = np.asarray(pred) >= threshold
+    g = np.asarray(gt).astype(bool)
+    union = np.logical_or(p, g).sum()
+    return 1.0 if union == 0 else float(np.logical_and(p, g).sum() / union)
+
+
+class ReferDiffusionEditor(Editor):
+    """ReferDiffusion (InstructPix2Pix UNet + Region-Embedder Module) on the whole image."""
+
+    name = "referdiffusion"
+    protocol = frozenset()
+    batch_size = 4
+    spec_option = "checkpoint"  # ``referdiffusion:PATH`` -> checkpoint=PATH (see the registry)
+
+    def __init__(self, checkpoint: Optional[str] = None, steps: int = 50, guidance_scale: float = 7.5,
+                 image_guidance_scale: float = 1.5, resolution: int = 512, device: str = "auto",
+                 dtype: str = "auto", batch_size: Optional[int] = None) -> None:
+        if not checkpoint or not str(checkpoint).strip():
+            raise ValueError("needs a checkpoint folder: --model referdiffusion:PATH "
+                             "(a folder written by ReferDiffusion.save_pretrained / the trainer's final/)")
+        if int(steps) < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        for k, v in (("guidance_scale", guidance_scale), ("image_guidance_scale", image_guidance_scale)):
+            if not math.isfinite(float(v)):
+                raise ValueError(f"{k} must be finite, got {v}")
+        if int(resolution) < 8 or int(resolution) % 8:
+            raise ValueError(f"resolution must be a positive multiple of 8, got {resolution}")
+        if str(dtype).lower() not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if batch_size is not None:
+            if int(batch_size) < 1:
+                raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            self.batch_size = int(batch_size)
+        super().__init__(checkpoint=str(checkpoint), steps=int(steps), guidance_scale=float(guidance_scale),
+                         image_guidance_scale=float(image_guidance_scale), resolution=int(resolution),
+                         device=str(device), dtype=str(dtype).lower(), batch_size=batch_size)
+        self._model: Any = None
+        self._device: Any = None
+        self._dtype: Any = None
+        self._unit = 64
+        self.last_masks: Dict[str, np.ndarray] = {}
+
+    def describe(self) -> Dict[str, Any]:
+        d = super().describe()
+        d["size_rule"] = ("resize (PIL Lanczos, no crop) to the longer side = resolution, each side rounded to a multiple "
+                          "of VAE factor x 2^(UNet down blocks - 1); the result resized back to the source size (Lanczos)")
+        return d
+
+    def load(self) -> None:
+        from pipelines.models import ModelError, resolve_device, resolve_dtype
+
+        from .model import REM_CONFIG, REM_WEIGHTS, ReferDiffusion
+
+        c = self.config
+        what = f"editor {self.name!r} checkpoint {c['checkpoint']}"
+        try:
+            self._device = resolve_device(c["device"])
+            self._dtype = resolve_dtype(c["dtype"], self._device)
+        except ModelError as e:
+            raise InputError(f"editor {self.name!r}: {e}") from None
+        path = Path(c["checkpoint"]).expanduser()
+        if not path.is_dir():
+            raise InputError(f"{what}: no such folder")
+        missing = [n for n in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", REM_CONFIG)
+                   if not (path / n).exists()]
+        if missing:
+            raise InputError(f"{what}: not a ReferDiffusion checkpoint (missing {', '.join(missing)}; expected a "
+                             "folder written by ReferDiffusion.save_pretrained)")
+        try:
+            model = ReferDiffusion.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError, AttributeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise InputError(f"{what}: cannot be loaded: {type(e).__name__}: {first}") from None
+        if model.rem is not None and not (path / REM_WEIGHTS).is_file():
+            raise InputError(f"{what}: missing {REM_WEIGHTS} (the trained Region-Embedder Module)")
+        model.eval().requires_grad_(False)
+        self._model = model.to(device=self._device, dtype=self._dtype)
+        self._unit = int(model.vae_scale_factor) * 2 ** (len(model.unet.config.block_out_channels) - 1)
+
+    def edit(self, images: List[np.ndarray], prompts: List[str], seeds: List[int],
+             extras: List[Dict[str, Any]]) -> List[Union[np.ndarray, EditFailure]]:
+        import torch
+        from PIL import Image
+
+        c = self.config
+        m = self._model
+        out: List[Any] = [None] * len(images)
+        self.last_masks = {}
+        groups: Dict[Tuple[int, int], List[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(working_size(im.shape[0], im.shape[1], c["resolution"], self._unit), []).append(i)
+        for (hh, ww), idx in groups.items():
+            src = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(images[i])).resize((ww, hh), Image.LANCZOS))
+                            for i in idx])
+            pixels = torch.from_numpy(src).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+            pixels = pixels.to(device=self._device, dtype=self._dtype)
+            # one CPU generator per sample (diffusers' randn_tensor draws row i from generator i): a
+            # sample's noise does not depend on its batch or the device
+            gens = [torch.Generator("cpu").manual_seed(int(seeds[i]) % (2 ** 63)) for i in idx]
+            with torch.inference_mode():
+                res = m.edit(pixels, [prompts[i] for i in idx], num_inference_steps=c["steps"],
+                             guidance_scale=c["guidance_scale"], image_guidance_scale=c["image_guidance_scale"],
+                             generator=gens)
+            imgs = res["images"].float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+            masks = res["mask"].float()[:, 0].cpu().numpy()
+            for j, i in enumerate(idx):
+                h, w = images[i].shape[:2]
+                g = np.clip(np.rint(imgs[j] * 255.0), 0, 255).astype(np.uint8)
+                out[i] = np.asarray(Image.fromarray(g).resize((w, h), Image.LANCZOS))
+                mk = np.asarray(Image.fromarray(masks[j].astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))
+                self.last_masks[str(extras[i].get("sample_id", i))] = np.clip(mk, 0.0, 1.0)
+        return out
+
