@@ -67,22 +67,15 @@ class ClipEncoder:
     def load(cls, spec: str, device: Any = "cpu", dtype: Any = None, batch_size: int = 32,
              local_files_only: bool = True) -> "ClipEncoder":
         """``CLIPModel`` + ``AutoImageProcessor`` + ``AutoTokenizer`` from a folder or hub id."""
-        import json
-
         import torch
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-        from .model_based import _input_error, model_details, resolve_model_dir
+        from .model_based import _input_error, model_details, read_model_config, resolve_model_dir
 
         what = "--clip-model"
         load_arg, folder, hub_id = resolve_model_dir(spec, what, local_files_only)
-        try:
-            cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise _input_error(f"{what} {spec}: unreadable config.json ({e})") from None
-        if cfg.get("model_type") != "clip":
-            raise _input_error(f"{what} {spec}: model_type is {cfg.get('model_type')!r}; expected a CLIP model "
-                               "(transformers layout, model_type clip), e.g. openai/clip-vit-large-patch14")
+        read_model_config(folder, spec, what, ("clip",), "a CLIP model (transformers layout, model_type clip), "
+                          "e.g. openai/clip-vit-large-patch14")
         dtype = dtype or torch.float32
         try:
             model = CLIPModel.from_pretrained(load_arg, local_files_only=local_files_only, dtype=dtype)

@@ -35,24 +35,16 @@ class DinoEncoder:
     @classmethod
     def load(cls, spec: str, device: Any = "cpu", dtype: Any = None, batch_size: int = 32,
              local_files_only: bool = True) -> "DinoEncoder":
-        import json
-
         import torch
         from transformers import AutoImageProcessor, AutoModel
 
         from .clip_metrics import _input_size
-        from .model_based import _input_error, model_details, resolve_model_dir
+        from .model_based import _input_error, model_details, read_model_config, resolve_model_dir
 
         what = "--dino-model"
         load_arg, folder, hub_id = resolve_model_dir(spec, what, local_files_only)
-        try:
-            cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise _input_error(f"{what} {spec}: unreadable config.json ({e})") from None
-        mt = cfg.get("model_type")
-        if mt not in MODEL_TYPES:
-            raise _input_error(f"{what} {spec}: model_type is {mt!r}; expected a ViT or DINOv2 model "
-                               f"({', '.join(MODEL_TYPES)}), e.g. facebook/dino-vits16")
+        mt = read_model_config(folder, spec, what, MODEL_TYPES, f"a ViT or DINOv2 model ({', '.join(MODEL_TYPES)}), "
+                               "e.g. facebook/dino-vits16")["model_type"]
         dtype = dtype or torch.float32
         kwargs: Dict[str, Any] = {"add_pooling_layer": False} if mt == "vit" else {}
         try:

@@ -200,6 +200,20 @@ def resolve_model_dir(spec: str, what: str, local_files_only: bool = True) -> Tu
     return src.load_arg, src.local, src.hub_id
 
 
+def read_model_config(folder: Path, spec: str, what: str, model_types: Sequence[str], expected: str) -> Dict[str, Any]:
+    """The ``config.json`` of a transformers model folder, checked to be one of ``model_types``
+    (``expected`` says in words what should have been given)."""
+    import json
+
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise _input_error(f"{what} {spec}: unreadable config.json ({e})") from None
+    if cfg.get("model_type") not in model_types:
+        raise _input_error(f"{what} {spec}: model_type is {cfg.get('model_type')!r}; expected {expected}")
+    return cfg
+
+
 def resolve_weights_file(spec: str, what: str, local_files_only: bool = True) -> Tuple[Path, Optional[str]]:
     """A weights file or folder from a local path, or a hub file ``owner/repo/path/in/repo.pth``
     (looked up in the local cache; downloaded only without ``local_files_only``)."""
