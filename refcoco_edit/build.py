@@ -235,6 +235,7 @@ class Builder:
         self._pipelines: Dict[str, Any] = {}
         self._llm: Any = None
         self._llm_pid = -1
+        self._plan: Any = None  # the select stage's table, once it is done
         self._sam: Any = False  # not resolved yet
         self._filter: Any = None
 
@@ -273,6 +274,7 @@ class Builder:
         available = self.bank.categories() if cfg.backend == "classical" else None
         result = Selector(self.refer, scfg, seed=cfg.seed, available_categories=available).run()
         stage.write_shard(0, rows_to_table(result.rows), {"report": result.report}, result.quarantine)
+        self._plan = None
         return stage.stats(0)
 
     def num_shards(self) -> int:
@@ -280,9 +282,10 @@ class Builder:
         return (n + self.cfg.shard_size - 1) // self.cfg.shard_size
 
     def _plan_rows(self, i: int) -> List[Dict[str, Any]]:
-        table = self.ws.stage("select").read_shard(0)
+        if self._plan is None:  # read the selection once per process, not once per shard
+            self._plan = self.ws.stage("select").read_shard(0)
         s = self.cfg.shard_size
-        return table.slice(i * s, s).to_pylist()
+        return self._plan.slice(i * s, s).to_pylist()
 
     # -- prompts -----------------------------------------------------------------------------
     def llm(self) -> Any:
