@@ -7,17 +7,20 @@ calls run; outputs are identical whichever runs them, because every random choic
 
 * ``local`` (default): in this process, one shard after the other (``workers=1``), or in a pool
   of worker processes (``workers>1``; each worker sets up its own state once).
-* ``ray``: on a Ray cluster (or a local Ray instance): ``workers`` actors, each building its shard
-  function once (pipelines stay loaded), fed one shard at a time from a work queue. The factory
-  must be picklable (``refcoco_edit.build.ShardTask``); the workspace, the data and the images
-  must be on storage every node sees under the same path.
+* ``ray``: on a Ray cluster (or a private local Ray instance, listening on 127.0.0.1 only):
+  ``workers`` actors, each building its shard function once (pipelines stay loaded), fed one
+  shard at a time from a work queue. The factory must be picklable
+  (``refcoco_edit.build.ShardTask``); the workspace, the data and the images must be on storage
+  every node sees under the same path.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
+import os
 import signal
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 ShardFn = Callable[[int], Dict[str, Any]]
 
@@ -153,13 +156,64 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
                          "`ray start --head --port=6379`, or leave --ray-address out for a local instance") from None
 
 
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _ray_init_kwargs() -> Dict[str, Any]:
+    import logging
+
+    return dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, namespace="refcoco-edit")
+
+
+@contextlib.contextmanager
+def _loopback_only(ray: Any) -> Iterator[None]:
+    """While Ray starts a local instance: make it listen on 127.0.0.1 only.
+
+    Ray (2.x on Linux) replaces a loopback ``_node_ip_address`` by the machine's network address
+    (``services.resolve_ip_for_localhost``), so its servers are reachable from the network. Its
+    single-machine mode (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, the default on Windows/macOS)
+    keeps 127.0.0.1. That switch is read when ``ray`` is imported (the driver) and from the
+    environment by every process Ray spawns (GCS, raylet, workers, agents), so both are set here
+    for the start and restored afterwards (the spawned processes keep their copy): a later
+    ``ray.init(address=CLUSTER)`` in this process is unaffected. A value the user set in the
+    environment is respected."""
+    if LOOPBACK_ENV in os.environ:
+        yield
+        return
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    had = hasattr(constants, "ENABLE_RAY_CLUSTER")
+    old = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[LOOPBACK_ENV] = "0"
+    if had:
+        constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        os.environ.pop(LOOPBACK_ENV, None)
+        if had:
+            constants.ENABLE_RAY_CLUSTER = old
+
+
+def init_private_ray(num_cpus: int, object_store_memory: int = 200 * 1024 * 1024, ray: Any = None,
+                     **kwargs: Any) -> None:
+    """Start a private local Ray instance in this process (``address="local"``: even when a
+    cluster runs on this machine) with ``num_cpus`` CPUs, no dashboard, listening on 127.0.0.1
+    only (``_loopback_only``). Extra ``kwargs`` go to ``ray.init``."""
+    ray = ray if ray is not None else _import_ray()
+    kw = {**_ray_init_kwargs(), **kwargs}
+    with _loopback_only(ray):
+        ray.init(address="local", num_cpus=int(num_cpus), _node_ip_address="127.0.0.1",
+                 object_store_memory=int(object_store_memory), **kw)
+
+
 class RayExecutor:
     """Run shard functions on Ray actors (``workers`` of them, ``num_gpus_per_worker`` GPUs each).
 
     Ray is started lazily on the first ``run``: attached to ``address`` (``auto``, ``HOST:6379``,
-    ``ray://...``) when given, else a private local instance with ``workers`` CPUs (node address
-    127.0.0.1, no dashboard; Ray's servers still listen on every interface, guarded by Ray's
-    token authentication, on by default for local instances since Ray 2.59). A Ray already
+    ``ray://...``) when given, else a private local instance with ``workers`` CPUs
+    (``init_private_ray``: no dashboard, every Ray server listening on 127.0.0.1 only, so not
+    reachable from the network; Ray's token authentication, on by default for local instances
+    since Ray 2.59, still guards it against other users of the machine). A Ray already
     initialised in this process (``ray.init`` by the caller) is used as it is and left running.
     ``run`` dispatches shard ids dynamically to the actors (one shard in flight per actor; a free
     actor takes the next shard). The actors live from the first ``run`` to ``close()`` (or the end
@@ -183,23 +237,17 @@ class RayExecutor:
 
     def _start(self, ray: Any) -> bool:
         """Initialise Ray unless it already is. Returns True when this call started it."""
-        import logging
-
         from .errors import InputError
 
         if ray.is_initialized():
             return False
-        kw: Dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                                  namespace="refcoco-edit")
         if self.address and self.address != "auto" and "://" not in self.address:
             _check_reachable(self.address)  # ray.init would retry an unreachable GCS for minutes
         try:
             if self.address:
-                ray.init(address=self.address, **kw)
+                ray.init(address=self.address, **_ray_init_kwargs())
             else:
-                # address="local": a private instance, even when a cluster runs on this machine
-                ray.init(address="local", num_cpus=self.workers, _node_ip_address="127.0.0.1",
-                         object_store_memory=200 * 1024 * 1024, **kw)
+                init_private_ray(self.workers, ray=ray)
         except (ConnectionError, RuntimeError, ValueError) as e:
             where = f"at {self.address}" if self.address else "(a local instance)"
             raise InputError(f"cannot start or reach Ray {where}: {e}") from None

@@ -29,3 +29,6 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
         e.update(env)
     return subprocess.run([sys.executable, "-m", "refcoco_edit", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=e)
+
+
+from ray_instance import ray_local  # noqa: E402,F401 - one local Ray (loopback only) shared by the Ray test modules

@@ -1,6 +1,7 @@
-"""The Ray executor on a local Ray instance with 2 CPUs (started once for this module): the same
-export as the local executor (rows, bytes per cell, dataset card), the same quarantine, dynamic
-dispatch with one factory call per actor, and shard errors raised on the driver as their own type."""
+"""The Ray executor on the session's local Ray instance (2 CPUs, loopback only; see
+tests/ray_instance.py): the same export as the local executor (rows, bytes per cell, dataset
+card), the same quarantine, dynamic dispatch with one factory call per actor, shard errors raised
+on the driver as their own type, and no Ray server reachable from the network."""
 from __future__ import annotations
 
 import os
@@ -11,31 +12,20 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-# Ray 2.60 binds its local servers to the machine's network address, not to 127.0.0.1 (it ignores
-# _node_ip_address), and our test rules allow test servers on loopback only. So these tests run
-# only where that is allowed: REFCOCO_EDIT_TEST_RAY=1 python -m pytest tests/test_ray_executor.py
-pytestmark = pytest.mark.skipif(
-    os.environ.get("REFCOCO_EDIT_TEST_RAY") != "1",
-    reason="Ray binds to the machine's non-loopback address; set REFCOCO_EDIT_TEST_RAY=1 to run",
-)
 ray = pytest.importorskip("ray")
 
+from ray_instance import LOOPBACK, listening_sockets, ray_processes  # noqa: E402
 from refcoco_edit.build import BuildConfig, ShardTask, build  # noqa: E402
 from refcoco_edit.errors import InputError, RunError  # noqa: E402
-from refcoco_edit.executors import LocalExecutor, RayExecutor, get_executor  # noqa: E402
+from refcoco_edit.executors import LOOPBACK_ENV, LocalExecutor, RayExecutor, get_executor  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_instance():
-    """One local Ray instance for the module (its start costs seconds): the executor attaches to
-    it and leaves it running. Test-local factories travel by value (workers cannot import tests/)."""
-    import logging
-
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-             _node_ip_address="127.0.0.1", object_store_memory=100 * 1024 * 1024)
-    yield
-    ray.shutdown()
+def ray_instance(ray_local):
+    """The session's Ray: executors attach to it and leave it running. Test-local factories
+    travel by value (workers cannot import tests/)."""
+    ray_local.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield ray_local
 
 
 def _cfg(demo_dir: Path, out: Path, **kw) -> BuildConfig:
@@ -207,3 +197,35 @@ def test_shard_task_is_picklable_with_absolute_paths(demo_dir, tmp_path, monkeyp
     assert back.cfg.out == str((tmp_path / "rel-work").resolve()) and back.method == "generate_shard"
     with pytest.raises(ValueError):
         ShardTask(BuildConfig(), "run_select")
+
+
+# -- network exposure --------------------------------------------------------------------------
+
+def test_private_ray_listens_on_loopback_only(parity):
+    """Every socket the Ray processes listen on (GCS, raylet, agents, the actors that ran the
+    build above, the driver's core worker) is bound to 127.0.0.1, not to the machine's address."""
+    procs = ray_processes()
+    names = {p.name() for p in procs}
+    assert {"gcs_server", "raylet"} <= names, names
+    socks = listening_sockets(procs)
+    assert len(socks) >= 4, socks  # GCS, raylet, the driver and the actors listen
+    exposed = [s for s in socks if s[2] not in LOOPBACK]
+    assert exposed == [], f"Ray listens beyond loopback: {exposed}"
+
+
+def test_loopback_switch_is_restored_after_start(monkeypatch):
+    """The single-machine switch is set only while a private instance starts: a later
+    ``ray.init(address=CLUSTER)`` in the same process sees Ray's own default; a value the user
+    exported is left alone."""
+    from ray._private import ray_constants
+
+    from refcoco_edit.executors import _loopback_only
+
+    monkeypatch.delenv(LOOPBACK_ENV, raising=False)
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    with _loopback_only(ray):
+        assert os.environ[LOOPBACK_ENV] == "0" and ray_constants.ENABLE_RAY_CLUSTER is False
+    assert LOOPBACK_ENV not in os.environ and ray_constants.ENABLE_RAY_CLUSTER == before
+    monkeypatch.setenv(LOOPBACK_ENV, "1")
+    with _loopback_only(ray):
+        assert os.environ[LOOPBACK_ENV] == "1" and ray_constants.ENABLE_RAY_CLUSTER == before
