@@ -81,6 +81,9 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> TrainConf
 
     d: Dict[str, Any] = {}
     if path:
+        from .configs import resolve as resolve_config
+
+        path = str(resolve_config(path))  # a file, or a shipped config's name (3_rem_rcl, builtin:3_rem_rcl)
         d = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(d, dict):
             raise ValueError(f"{path}: a config must be a mapping")
@@ -306,7 +309,8 @@ def train(cfg: TrainConfig, samples: Optional[List[Any]] = None) -> Dict[str, An
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="referdiffusion-train", description=__doc__.split("\n")[0])
-    ap.add_argument("--config", help="YAML config (configs/referdiffusion/*.yaml)")
+    ap.add_argument("--config", help="YAML config: a file, or a shipped config's name (1_finetune, 2_rem, 3_rem_rcl, "
+                                       "4_selfsup; also builtin:NAME)")
     args, rest = ap.parse_known_args(argv)
     try:
         cfg = load_config(args.config, rest)
