@@ -28,8 +28,11 @@ Output cache and resume (``RESULTS/outputs/``)::
     run.json                 at RESULTS/: the fingerprint of (editor, its config and protocol,
                              seed, --resize-outputs); a different one is refused without --overwrite
     outputs/{sample_id}.png  the checked output, lossless PNG (written atomically)
-    outputs/{sample_id}.json {status: ok|failed, reason, error, resized, output_hw, input_sha256};
-                             written after the PNG, so its presence marks the sample done
+    outputs/{sample_id}.mask.png  the predicted mask M_hat of an editor with ``returns_mask``
+                             (grey levels round(255 * p)); ``mask_iou`` is computed from it
+    outputs/{sample_id}.json {status: ok|failed, reason, error, resized, output_hw, input_sha256
+                             [, mask: true]}; written after the PNGs, so its presence marks the
+                             sample done
 
 A rerun (after a kill, or to add metrics) skips done samples and edits only the rest; failed
 samples are kept as failed unless ``--retry-failed``. ``input_sha256`` hashes what the editor saw
@@ -63,7 +66,7 @@ from refcoco_edit.seeds import derive_seed
 from refcoco_edit.workspace import atomic_write_bytes, fingerprint
 
 from .data import BenchSample, DecodedSample, decode_image, decode_sample, load_dataset
-from .editors.base import EditFailure, Editor, check_output
+from .editors.base import EditFailure, Editor, check_mask, check_output, split_output
 from .metrics import METRICS, MetricParams, SampleArrays, compute_sample, plan, select_metrics
 
 __all__ = ["ScoreConfig", "ScoreResult", "run_score", "aggregate", "bootstrap_ci", "editor_seed",
@@ -277,6 +280,8 @@ def _read_meta(out: Path, sid: str, key: Optional[str] = None) -> Optional[Dict[
         return None  # made from other inputs: edit again
     if meta.get("status") == "ok" and not (out / OUTPUTS_DIR / f"{sid}.png").exists():
         return None
+    if meta.get("mask") and not (out / OUTPUTS_DIR / f"{sid}.mask.png").exists():
+        return None
     return meta
 
 
@@ -292,6 +297,7 @@ class _Item:
     meta: Optional[Dict[str, Any]] = None
     decoded: Optional[DecodedSample] = None
     output: Optional[np.ndarray] = None
+    pred_mask: Optional[np.ndarray] = None
     skip: Optional[Tuple[str, str]] = None
     record: Optional[Dict[str, Any]] = None
 
@@ -349,12 +355,42 @@ def _call_editor(editor: Editor, items: List[_Item]) -> List[Any]:
     return out
 
 
-def _write_output(out: Path, sid: str, array: Optional[np.ndarray], meta: Dict[str, Any]) -> None:
+def _write_output(out: Path, sid: str, array: Optional[np.ndarray], meta: Dict[str, Any],
+                  mask: Optional[np.ndarray] = None) -> None:
     from refcoco_edit.imageio import encode_png
 
     if array is not None:
         atomic_write_bytes(out / OUTPUTS_DIR / f"{sid}.png", encode_png(array))
+    if mask is not None:
+        atomic_write_bytes(out / OUTPUTS_DIR / f"{sid}.mask.png", encode_png(mask))
     atomic_write_bytes(out / OUTPUTS_DIR / f"{sid}.json", (json.dumps(meta, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def finish_output(out: Path, it: _Item, output: Any, resize: bool, wants_mask: bool) -> None:
+    """Check one editor output (and, for a ``returns_mask`` editor, its predicted mask), cache it
+    under ``out/outputs`` and set ``it.meta`` / ``it.output`` / ``it.pred_mask``. Called once per
+    edited sample, wherever the editing ran."""
+    assert it.decoded is not None
+    image, mask = split_output(output)
+    arr, fail, resized = check_output(image, it.decoded.hw, resize)
+    levels = None
+    if fail is None and wants_mask:
+        levels, fail = check_mask(mask, it.decoded.hw, resize)
+        if fail is not None:
+            arr, resized = None, False
+    if fail is not None:
+        meta: Dict[str, Any] = {"status": "failed", "reason": fail.reason, "error": fail.message, "resized": False}
+    else:
+        meta = {"status": "ok", "reason": None, "error": None, "resized": resized,
+                "output_hw": list(np.shape(image)[:2])}
+        if levels is not None:
+            meta["mask"] = True
+        it.output = arr
+        it.pred_mask = levels
+    meta["cache_version"] = CACHE_VERSION
+    meta["input_sha256"] = it.key
+    _write_output(out, it.sample.sample_id, arr, meta, levels)
+    it.meta = meta
 
 
 def _thumbnail(out: Path, sid: str, kind: str, array: np.ndarray, size: int = 256) -> None:
@@ -436,6 +472,10 @@ def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[
         editor = get_editor(cfg.model, options)
     if cfg.batch_size is not None:
         editor.batch_size = int(cfg.batch_size)
+    wants_mask = bool(getattr(editor, "returns_mask", False))
+    if "mask_iou" in computable and not wants_mask:
+        computable.remove("mask_iou")
+        not_computed["mask_iou"] = "the editor returns no predicted mask (Editor.returns_mask)"
     # the metric models load now (the editor is only built): a bad --clip-model stops before editing
     model_names = [n for n in computable if METRICS[n].needs]
     mm = None
@@ -468,6 +508,8 @@ def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[
                 it.meta = _read_meta(out, it.sample.sample_id, it.key)
                 if it.meta is not None and it.meta["status"] == "failed" and cfg.retry_failed:
                     it.meta = None
+                if it.meta is not None and it.meta["status"] == "ok" and wants_mask and not it.meta.get("mask"):
+                    it.meta = None  # cached without the predicted mask: edit again
             t = time.perf_counter()
             list(pool.map(lambda it: _decode(out, it), part))
             timer.add("decode_s", time.perf_counter() - t)
@@ -484,21 +526,8 @@ def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[
                 timer.add("edit_s", time.perf_counter() - t)
                 t = time.perf_counter()
 
-                def finish(pair: Tuple[_Item, Any]) -> None:
-                    it, o = pair
-                    arr, fail, resized = check_output(o, it.decoded.hw, cfg.resize_outputs)  # type: ignore[union-attr]
-                    if fail is not None:
-                        meta = {"status": "failed", "reason": fail.reason, "error": fail.message, "resized": False}
-                    else:
-                        raw_hw = list(np.shape(o)[:2]) if not isinstance(o, EditFailure) else None
-                        meta = {"status": "ok", "reason": None, "error": None, "resized": resized, "output_hw": raw_hw}
-                        it.output = arr
-                    meta["cache_version"] = CACHE_VERSION
-                    meta["input_sha256"] = it.key
-                    _write_output(out, it.sample.sample_id, arr, meta)
-                    it.meta = meta
-
-                list(pool.map(finish, results))
+                list(pool.map(lambda pair: finish_output(out, pair[0], pair[1], cfg.resize_outputs, wants_mask),
+                              results))
                 counts["edited"] += len(results)
                 timer.add("write_outputs_s", time.perf_counter() - t)
             t = time.perf_counter()
@@ -515,6 +544,7 @@ def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[
             for it in part:  # free the arrays of this chunk
                 it.decoded = None
                 it.output = None
+                it.pred_mask = None
             if bar is not None:
                 bar.update(len(part))
     if bar is not None:
@@ -573,6 +603,18 @@ def _decode(out: Path, it: _Item) -> None:
             it.meta = None
             return
         it.output = arr
+        if it.meta.get("mask"):
+            try:
+                from PIL import Image
+
+                with Image.open(out / OUTPUTS_DIR / f"{it.sample.sample_id}.mask.png") as im:
+                    mask = np.asarray(im.convert("L"))
+            except (OSError, ValueError):
+                mask = None
+            if mask is None or mask.shape != it.decoded.hw:
+                it.meta, it.output = None, None  # a damaged cached mask: edit again
+                return
+            it.pred_mask = mask
 
 
 def _score(it: _Item, names: Sequence[str], params: MetricParams) -> None:
@@ -590,7 +632,7 @@ def _score(it: _Item, names: Sequence[str], params: MetricParams) -> None:
     rec["resized"] = bool(meta.get("resized"))
     rec["output"] = f"{OUTPUTS_DIR}/{it.sample.sample_id}.png"
     arrays = SampleArrays(source=d.source, output=it.output, edit_mask=d.edit_mask, reference=d.reference,  # type: ignore[arg-type]
-                          target_mask=d.target_mask, distractor_masks=d.distractor_masks)
+                          target_mask=d.target_mask, distractor_masks=d.distractor_masks, pred_mask=it.pred_mask)
     rec["metrics"] = compute_sample(arrays, names, params)
 
 

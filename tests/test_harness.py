@@ -76,7 +76,7 @@ def test_identity_scores(identity_run):
     assert m["change_target"]["mean"] == 0.0 and m["distractor_preservation"]["mean"] == 1.0
     assert m["l1"]["mean"] > 0  # the reference differs from the source
     assert set(r["not_computed"]) == {"ap", "clip_sim_fg", "clip_sim_fg_pr", "lpips_bg", "clip_whole", "clip_edited",
-                                      "clip_i", "dino", "clip_t"}
+                                      "clip_i", "dino", "clip_t", "mask_iou"}
     assert r["not_computed"]["ap"]["reason"] == "needs --clip-model and --aesthetic-weights"
     assert r["editor"]["protocol"] == []
     assert set(r["metrics"]["l2_bg"]["by_edit_type"]) == {"replace", "remove", "attribute"}
@@ -402,7 +402,7 @@ def test_metric_selection(export, tmp_path):
     assert set(res.results["metrics"]) == {"referring_accuracy", "distractor_preservation", "change_target",
                                            "change_distractor_max", "change_distractor_mean", "referring_margin",
                                            "psnr_bg", "mse_bg", "ssim_bg"}
-    assert set(res.results["not_computed"]) == {"lpips_bg", "clip_whole", "clip_edited"}
+    assert set(res.results["not_computed"]) == {"lpips_bg", "clip_whole", "clip_edited", "mask_iou"}
     with pytest.raises(InputError, match="did you mean"):
         _score(export, tmp_path / "m2", metrics=["refering"])
 
@@ -495,3 +495,92 @@ def test_cli_module_imports_nothing_heavy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# predicted masks (Editor.returns_mask) and mask IoU
+# ----------------------------------------------------------------------------------------------
+
+
+class MaskingEditor(Editor):
+    """Returns the source and a predicted mask: the object mask itself, its left half, or a
+    malformed one, per sample (``plan``: sample_id -> kind)."""
+
+    name = "masking"
+    protocol = frozenset({"object_mask"})
+    returns_mask = True
+    batch_size = 3
+    plan: dict = {}
+    calls: list = []
+
+    def edit(self, images, prompts, seeds, extras):
+        from benchmark.editors.base import EditOutput
+
+        outs = []
+        for img, e in zip(images, extras):
+            MaskingEditor.calls.append(e["sample_id"])
+            m = e["object_mask"]
+            kind = self.plan.get(e["sample_id"])
+            if kind == "left_half":
+                cols = np.nonzero(m.any(axis=0))[0]
+                mid = (cols.min() + cols.max() + 1) // 2
+                half = m.copy()
+                half[:, mid:] = False
+                outs.append(EditOutput(np.array(img), half.astype(np.float32) * 0.9))
+            elif kind == "no_mask":
+                outs.append(np.array(img))  # a bare image from an editor that promised masks
+            elif kind == "small_mask":
+                outs.append(EditOutput(np.array(img), m[::2, ::2]))
+            elif kind == "nan_mask":
+                outs.append(EditOutput(np.array(img), np.full(m.shape, np.nan, np.float32)))
+            else:
+                outs.append(EditOutput(np.array(img), m))
+        return outs
+
+
+def test_predicted_masks_are_cached_and_scored_as_mask_iou(export, tmp_path):
+    from benchmark.metrics.referring import mask_iou
+
+    samples = load_dataset(export).samples
+    ids = [s.sample_id for s in samples]
+    MaskingEditor.plan = {ids[0]: "left_half", ids[1]: "no_mask", ids[2]: "small_mask", ids[3]: "nan_mask"}
+    MaskingEditor.calls = []
+    cfg = dict(model="masking", data=str(export), out=str(tmp_path / "m"), plots=False, bootstrap=50,
+               metrics=["mask_iou", "l2_bg"])
+    res = run_score(ScoreConfig(**cfg), editor=MaskingEditor(), log=lambda s: None)
+    r = res.results
+    assert r["not_computed"] == {} and r["editor"]["returns_mask"] is True
+    assert r["counts"]["failed_by_reason"] == {"bad_mask": 3}
+    rows = {x["sample_id"]: x for x in _rows(res.out)}
+    assert rows[ids[1]]["reason"] == "bad_mask" and "gave no mask" in rows[ids[1]]["error"]
+    assert "is " in rows[ids[2]]["error"] and "NaN" in rows[ids[3]]["error"]
+    # IoU against M computed independently: 1.0 for the exact mask, |left half| / |M| for the half
+    from benchmark.data import decode_sample
+
+    d0 = decode_sample(samples[0])
+    m = d0.target_mask
+    cols = np.nonzero(m.any(axis=0))[0]
+    half = m.copy()
+    half[:, (cols.min() + cols.max() + 1) // 2:] = False
+    assert rows[ids[0]]["mask_iou"] == pytest.approx(half.sum() / m.sum())
+    assert rows[ids[0]]["mask_iou"] == pytest.approx(mask_iou(half * 0.9, m))
+    for sid in ids[4:]:
+        assert rows[sid]["mask_iou"] == 1.0
+        assert (res.out / "outputs" / f"{sid}.mask.png").exists()
+    assert not (res.out / "outputs" / f"{ids[1]}.mask.png").exists()
+    n_ok = len(ids) - 3
+    assert r["metrics"]["mask_iou"]["n"] == n_ok
+    assert r["metrics"]["mask_iou"]["mean"] == pytest.approx((n_ok - 1 + rows[ids[0]]["mask_iou"]) / n_ok)
+    # a rerun reads the cached masks (no editing); a lost mask file re-edits only its sample
+    MaskingEditor.calls = []
+    again = run_score(ScoreConfig(**cfg), editor=MaskingEditor(), log=lambda s: None)
+    assert MaskingEditor.calls == [] and again.results == r
+    (res.out / "outputs" / f"{ids[5]}.mask.png").unlink()
+    third = run_score(ScoreConfig(**cfg), editor=MaskingEditor(), log=lambda s: None)
+    assert MaskingEditor.calls == [ids[5]] and third.results == r
+
+
+def test_mask_iou_is_not_computed_for_editors_without_masks(export, tmp_path):
+    res = _score(export, tmp_path / "i", metrics=["mask_iou", "l1"], limit=2)
+    assert "mask_iou" not in res.results["metrics"]
+    assert "returns no predicted mask" in res.results["not_computed"]["mask_iou"]["reason"]

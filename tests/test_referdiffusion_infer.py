@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -19,6 +20,7 @@ pytest.importorskip("transformers")
 
 from benchmark.editors import get_editor  # noqa: E402
 from benchmark.editors.registry import EDITORS, PLANNED, parse_spec  # noqa: E402
+from benchmark.metrics.referring import mask_iou  # noqa: E402
 from conftest import run_cli  # noqa: E402
 from refcoco_edit.errors import InputError  # noqa: E402
 
@@ -70,7 +72,7 @@ def _image(h=50, w=70, seed=0):
 
 
 def _edit(e, img, prompt, seed):
-    return e.edit([img], [prompt], [seed], [{"sample_id": "s"}])[0]
+    return e.edit([img], [prompt], [seed], [{"sample_id": "s"}])[0].image
 
 
 def test_spec_registered_and_parsed(tiny_ckpt):
@@ -113,12 +115,12 @@ def test_output_size_seed_and_prompt_dependence(editor):
     assert np.array_equal(a, _edit(editor, img, "turn the dog on the left into a cat", 1))  # deterministic
     assert not np.array_equal(a, _edit(editor, img, "turn the dog on the left into a cat", 2))  # seed
     assert not np.array_equal(a, _edit(editor, img, "paint the red car blue", 1))  # prompt
-    m = editor.last_masks["s"]
-    assert m.shape == img.shape[:2] and 0.0 <= m.min() <= m.max() <= 1.0
+    m = editor.edit([img], ["turn the dog on the left into a cat"], [1], [{"sample_id": "s"}])[0].mask
+    assert editor.returns_mask and m.shape == img.shape[:2] and 0.0 <= m.min() <= m.max() <= 1.0
     # a sample's output does not depend on its batch
     b = editor.edit([_image(seed=5), img], ["x", "turn the dog on the left into a cat"], [9, 1],
                     [{"sample_id": "t"}, {"sample_id": "s"}])
-    assert np.abs(b[1].astype(int) - a.astype(int)).max() <= 1
+    assert np.abs(b[1].image.astype(int) - a.astype(int)).max() <= 1
 
 
 def test_score_cli_on_demo_export(demo_dir, tiny_ckpt, tmp_path):
@@ -132,16 +134,22 @@ def test_score_cli_on_demo_export(demo_dir, tiny_ckpt, tmp_path):
     out = tmp_path / "rd"
     r = run_cli("score", "--model", f"referdiffusion:{tiny_ckpt}", "--editor-arg", "steps=2",
                 "--editor-arg", "resolution=32", "--editor-arg", "device=cpu", "--data", str(export), "--out", str(out),
-                "--metrics", "l2_bg,l1", "--device", "cpu", "--no-plots", "--bootstrap", "20", env={**OFFLINE, **ONE_THREAD})
+                "--metrics", "l2_bg,l1,mask_iou", "--device", "cpu", "--no-plots", "--bootstrap", "20", env={**OFFLINE, **ONE_THREAD})
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     samples = load_dataset(str(export)).samples
     assert res["counts"]["scored"] == len(samples) and res["counts"]["failed"] == 0
     ed = res["editor"]
     assert ed["name"] == "referdiffusion" and ed["protocol"] == [] and ed["config"]["checkpoint"] == str(tiny_ckpt)
+    # the predicted masks are cached next to the outputs and mask IoU vs M is reported per sample
+    assert res["not_computed"] == {} and res["metrics"]["mask_iou"]["n"] == len(samples)
+    rows = {r["sample_id"]: r for r in pq.read_table(out / "samples.parquet").to_pylist()}
     for s in samples:
         d = decode_sample(s)
         assert Image.open(out / "outputs" / f"{s.sample_id}.png").size == (d.hw[1], d.hw[0])
+        levels = np.asarray(Image.open(out / "outputs" / f"{s.sample_id}.mask.png"))
+        assert levels.shape == d.hw and levels.dtype == np.uint8
+        assert rows[s.sample_id]["mask_iou"] == pytest.approx(mask_iou(levels / 255.0, d.target_mask))
     bad = run_cli("score", "--model", f"referdiffusion:{tmp_path / 'missing'}", "--data", str(export),
                   "--out", str(tmp_path / "bad"), "--metrics", "l1", "--no-plots", env={**OFFLINE, **ONE_THREAD})
     assert bad.returncode == 2, bad.stderr[-2000:]

@@ -27,6 +27,13 @@ or an ``EditFailure`` for a sample it could not edit (the run records it and goe
 harness checks every output (``check_output``): a wrong size, dtype, channel count, NaN or
 infinity is a per-sample failure with a reason code, never silently fixed. Floating outputs are
 accepted only when finite and within [0, 1] (they are converted with ``round(255 * x)``).
+
+An editor that also predicts *where* the referred object is (ReferDiffusion's M_hat) sets
+``returns_mask = True`` and returns ``EditOutput(image, mask)``: ``mask`` is HxW, bool or
+floating in [0, 1] (a probability), at the source's size. The harness checks it
+(``check_mask``), caches it next to the output and reports ``mask_iou`` against the source mask
+M. The mask is the editor's answer to "which object did the sentence refer to", so a missing or
+malformed mask fails the sample (``bad_mask``) like a malformed image.
 """
 from __future__ import annotations
 
@@ -36,7 +43,8 @@ from typing import Any, Dict, FrozenSet, List, Optional, Tuple, Union
 import numpy as np
 
 __all__ = [
-    "PROTOCOL_KEYS", "FAILURE_REASONS", "Editor", "EditFailure", "check_output", "check_protocol",
+    "PROTOCOL_KEYS", "FAILURE_REASONS", "Editor", "EditFailure", "EditOutput", "check_output", "check_mask",
+    "split_output", "check_protocol",
 ]
 
 # What an editor may declare in ``protocol``: extra inputs beyond (image, prompt, seed).
@@ -63,6 +71,7 @@ FAILURE_REASONS: Dict[str, str] = {
     "corrupt_output": "the output file cannot be decoded as an image",
     "cmd_failed": "the external command exited with a non-zero status",
     "cmd_timeout": "the external command ran past its time limit",
+    "bad_mask": "an editor that returns a predicted mask gave none, or one of the wrong size, type or range",
 }
 
 
@@ -82,6 +91,30 @@ class EditFailure:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, EditFailure) and (self.reason, self.message) == (other.reason, other.message)
+
+
+class EditOutput:
+    """An edited image plus the editor's predicted mask of the referred object (``returns_mask``).
+
+    ``image``: what ``edit`` would otherwise return (HxWx3 array or PIL image). ``mask``: HxW, bool
+    or floating in [0, 1]; ``mask >= 0.5`` is the predicted region."""
+
+    __slots__ = ("image", "mask")
+
+    def __init__(self, image: Any, mask: Any = None):
+        self.image = image
+        self.mask = mask
+
+    def __repr__(self) -> str:
+        shape = getattr(self.mask, "shape", None)
+        return f"EditOutput(image={type(self.image).__name__}, mask={shape})"
+
+
+def split_output(out: Any) -> Tuple[Any, Any]:
+    """``(image_or_failure, mask_or_None)`` of one item returned by ``edit``."""
+    if isinstance(out, EditOutput):
+        return out.image, out.mask
+    return out, None
 
 
 def check_protocol(protocol: Any, where: str = "editor") -> FrozenSet[str]:
@@ -106,6 +139,9 @@ class Editor(abc.ABC):
     name: str = ""
     protocol: FrozenSet[str] = frozenset()
     batch_size: int = 1
+    returns_mask: bool = False
+    """True: ``edit`` returns ``EditOutput(image, mask)`` with the predicted mask of the referred
+    object; the harness caches it and reports ``mask_iou``."""
     version: str = "1"
     """Bump when outputs change for the same configuration: it invalidates cached outputs."""
 
@@ -136,6 +172,7 @@ class Editor(abc.ABC):
             "config": {k: self.config[k] for k in sorted(self.config)},
             "batch_size": int(self.batch_size),
             "version": str(self.version),
+            "returns_mask": bool(self.returns_mask),
         }
 
 
@@ -181,3 +218,44 @@ def check_output(out: Any, hw: Tuple[int, int], resize: bool = False
         a = np.asarray(Image.fromarray(np.ascontiguousarray(a)).resize((int(hw[1]), int(hw[0])), Image.BICUBIC))
         resized = True
     return np.ascontiguousarray(a), None, resized
+
+
+def check_mask(mask: Any, hw: Tuple[int, int], resize: bool = False
+               ) -> Tuple[Optional[np.ndarray], Optional[EditFailure]]:
+    """Validate a predicted mask against the source size ``hw``; ``(levels, None)`` with an HxW
+    uint8 array of ``round(255 * p)`` (what is cached as a grey PNG: ``p >= 0.5`` <=> ``levels >= 128``,
+    exactly), or ``(None, failure)``. With ``resize`` a mask of another size is resized bilinearly,
+    as outputs are."""
+    if mask is None:
+        return None, EditFailure("bad_mask", "the editor declares returns_mask but gave no mask for this sample")
+    if hasattr(mask, "mode") and hasattr(mask, "size") and not isinstance(mask, np.ndarray):
+        mask = np.asarray(mask)
+    if not isinstance(mask, np.ndarray):
+        return None, EditFailure("bad_mask", f"expected a numpy mask, got {type(mask).__name__}")
+    m = mask
+    if m.ndim == 3 and m.shape[2] == 1:
+        m = m[:, :, 0]
+    if m.ndim != 2:
+        return None, EditFailure("bad_mask", f"expected an HxW mask, got {_describe_array(m)}")
+    if m.dtype == bool:
+        p = m.astype(np.float64)
+    elif m.dtype.kind == "f":
+        if not np.isfinite(m).all():
+            return None, EditFailure("bad_mask", f"mask has NaN or infinite values ({_describe_array(m)})")
+        p = m.astype(np.float64)
+    elif m.dtype.kind in "iu":
+        p = m.astype(np.float64)  # 0/1 integer masks
+    else:
+        return None, EditFailure("bad_mask", f"expected a bool or floating mask, got {_describe_array(m)}")
+    lo, hi = (float(p.min()), float(p.max())) if p.size else (0.0, 0.0)
+    if lo < 0.0 or hi > 1.0:
+        return None, EditFailure("bad_mask", f"mask values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]")
+    if (p.shape[0], p.shape[1]) != (int(hw[0]), int(hw[1])):
+        if not resize:
+            return None, EditFailure(
+                "bad_mask", f"mask is {p.shape[0]}x{p.shape[1]} (h x w), the source is {hw[0]}x{hw[1]}")
+        from PIL import Image
+
+        p = np.asarray(Image.fromarray(p.astype(np.float32)).resize((int(hw[1]), int(hw[0])), Image.BILINEAR),
+                       dtype=np.float64).clip(0.0, 1.0)
+    return np.ascontiguousarray(np.round(p * 255.0).astype(np.uint8)), None

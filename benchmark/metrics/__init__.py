@@ -10,7 +10,7 @@ pie (PIE-Bench)    background  ``psnr_bg``, ``mse_bg``, ``ssim_bg``; ``lpips_bg`
 magicbrush         magicbrush  ``l1``, ``l2``; ``clip_i``, ``dino``, ``clip_t`` (model_based)
 referring (ours)   referring   ``referring_accuracy``, ``distractor_preservation``,
                                ``change_target``, ``change_distractor_max``,
-                               ``change_distractor_mean``, ``referring_margin``
+                               ``change_distractor_mean``, ``referring_margin``, ``mask_iou``
 =================  ==========  ============================================================
 
 ``select_metrics("pie,l1")`` resolves names and family names; ``plan`` splits a selection into
@@ -52,13 +52,16 @@ _WEIGHT_FREE = (
     MetricSpec("change_distractor_max", "referring", "Chg-distr-max", "largest mean change inside a same-category distractor", None),
     MetricSpec("change_distractor_mean", "referring", "Chg-distr-mean", "mean over distractors of their mean change", None),
     MetricSpec("referring_margin", "referring", "Ref-margin", "change_target - change_distractor_max", True),
+    MetricSpec("mask_iou", "referring", "Mask-IoU",
+               "IoU of the editor's predicted mask (>= 0.5) with the referred object's mask M; editors that "
+               "return one (returns_mask, e.g. referdiffusion)", True),
 )
 
 _ORDER = ("ap", "l2_bg", "clip_sim_fg", "clip_sim_fg_pr",
           "psnr_bg", "lpips_bg", "mse_bg", "ssim_bg", "clip_whole", "clip_edited",
           "l1", "l2", "clip_i", "dino", "clip_t",
           "referring_accuracy", "distractor_preservation", "change_target", "change_distractor_max",
-          "change_distractor_mean", "referring_margin")
+          "change_distractor_mean", "referring_margin", "mask_iou")
 _BY_NAME = {s.name: s for s in _WEIGHT_FREE + _MODEL_SPECS}
 assert set(_BY_NAME) == set(_ORDER)
 METRICS: "OrderedDict[str, MetricSpec]" = OrderedDict((n, _BY_NAME[n]) for n in _ORDER)

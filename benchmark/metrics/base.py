@@ -94,6 +94,9 @@ class SampleArrays:
     reference: Optional[np.ndarray] = None
     target_mask: Optional[np.ndarray] = None
     distractor_masks: List[np.ndarray] = field(default_factory=list)
+    pred_mask: Optional[np.ndarray] = None
+    """the editor's predicted mask M_hat of the referred object (``Editor.returns_mask``): HxW
+    uint8 levels ``round(255 * p)``, as cached; ``>= 128`` (p >= 0.5) is the predicted region"""
 
     def check(self) -> None:
         hw = self.source.shape[:2]
@@ -101,7 +104,8 @@ class SampleArrays:
             a = getattr(self, name)
             if a is not None and (a.dtype != np.uint8 or a.shape != self.source.shape):
                 raise ValueError(f"{name} is {a.shape} {a.dtype}, the source is {self.source.shape} uint8")
-        for name, m in [("edit_mask", self.edit_mask), ("target_mask", self.target_mask)] + \
+        for name, m in [("edit_mask", self.edit_mask), ("target_mask", self.target_mask),
+                        ("pred_mask", self.pred_mask)] + \
                 [("distractor_mask", m) for m in self.distractor_masks]:
             if m is not None and m.shape != hw:
                 raise ValueError(f"{name} is {m.shape}, the image is {hw}")

@@ -22,6 +22,10 @@ Reported per sample:
 
 The distractor-based metrics are NaN for a sample without a same-category distractor (and all
 of them when M is missing or empty); results.json counts those samples.
+
+* ``mask_iou`` = IoU(M_hat >= 0.5, M) for editors that also predict where the referred object is
+  (``Editor.returns_mask``, e.g. ReferDiffusion's mask head): did the model find the right
+  object, whatever it then painted. 1.0 when both are empty; NaN without a predicted mask or M.
 """
 from __future__ import annotations
 
@@ -33,7 +37,17 @@ import numpy as np
 from .base import MetricContext, masked_sum
 
 NAMES = ("referring_accuracy", "distractor_preservation", "change_target", "change_distractor_max",
-         "change_distractor_mean", "referring_margin")
+         "change_distractor_mean", "referring_margin", "mask_iou")
+
+
+def mask_iou(pred: np.ndarray, gt: np.ndarray, threshold: float = 0.5) -> float:
+    """IoU of ``pred >= threshold`` with the boolean ``gt`` (1.0 when both are empty). ``pred`` is
+    a probability in [0, 1]; uint8 levels (the cached form) are read as ``level / 255``."""
+    p = np.asarray(pred)
+    p = (p >= 128) if p.dtype == np.uint8 else (p >= threshold)
+    g = np.asarray(gt).astype(bool)
+    union = int(np.logical_or(p, g).sum())
+    return 1.0 if union == 0 else float(np.logical_and(p, g).sum() / union)
 
 
 def _change(abs_px: np.ndarray, mask: np.ndarray, n: int) -> float:
@@ -48,6 +62,8 @@ def compute(ctx: MetricContext, names: Iterable[str]) -> Dict[str, float]:
     target = ctx.a.target_mask
     if target is None:
         return out
+    if "mask_iou" in names and ctx.a.pred_mask is not None:
+        out["mask_iou"] = mask_iou(ctx.a.pred_mask, target)
     n_t = int(np.count_nonzero(target))
     if n_t == 0:
         return out

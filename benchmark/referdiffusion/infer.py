@@ -15,9 +15,10 @@ rounded to a multiple of the model's size unit, as the InstructPix2Pix editor do
 (auto | cpu | cuda[:N]), ``dtype`` (auto = fp16 on CUDA, fp32 elsewhere | fp32 | fp16 | bf16),
 ``batch_size`` (4). The output is resized (PIL Lanczos) back to the exact source size.
 
-The predicted mask M_hat of the last batch is kept (resized to each source, as a float HxW array in
-[0, 1]) in ``last_masks`` (sample_id -> mask); the harness has no per-sample side channel yet, so it
-does not report mask IoU (see :func:`mask_iou` for the formula to use when it does).
+Each output is an ``EditOutput(image, mask)`` (``returns_mask = True``): ``mask`` is the REM's
+predicted mask M_hat of the referred object, resized (bilinear) to the source, a float HxW array in
+[0, 1]. The harness caches it next to the output (``outputs/{sample_id}.mask.png``) and reports
+``mask_iou`` = IoU(M_hat >= 0.5, M) against the source mask M.
 
 Seeds: one CPU ``torch.Generator`` per sample (its initial noise does not depend on the batch).
 """
@@ -29,19 +30,12 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from benchmark.editors.base import Editor, EditFailure
+from benchmark.editors.base import Editor, EditFailure, EditOutput
+from benchmark.metrics.referring import mask_iou
 from benchmark.editors.diffusion import DTYPES, working_size
 from refcoco_edit.errors import InputError
 
 __all__ = ["ReferDiffusionEditor", "mask_iou"]
-
-
-def mask_iou(pred: np.ndarray, gt: np.ndarray, threshold: float = 0.5) -> float:
-    """IoU of ``pred >= threshold`` with the boolean ``gt`` (1.0 when both are empty)."""
-    p = np.asarray(pred) >= threshold
-    g = np.asarray(gt).astype(bool)
-    union = np.logical_or(p, g).sum()
-    return 1.0 if union == 0 else float(np.logical_and(p, g).sum() / union)
 
 
 class ReferDiffusionEditor(Editor):
@@ -50,6 +44,8 @@ class ReferDiffusionEditor(Editor):
     name = "referdiffusion"
     protocol = frozenset()
     batch_size = 4
+    returns_mask = True
+    version = "2"  # 2: outputs carry the predicted mask
     spec_option = "checkpoint"  # ``referdiffusion:PATH`` -> checkpoint=PATH (see the registry)
 
     def __init__(self, checkpoint: Optional[str] = None, steps: int = 50, guidance_scale: float = 7.5,
@@ -78,7 +74,6 @@ class ReferDiffusionEditor(Editor):
         self._device: Any = None
         self._dtype: Any = None
         self._unit = 64
-        self.last_masks: Dict[str, np.ndarray] = {}
 
     def describe(self) -> Dict[str, Any]:
         d = super().describe()
@@ -118,14 +113,13 @@ class ReferDiffusionEditor(Editor):
         self._unit = int(model.vae_scale_factor) * 2 ** (len(model.unet.config.block_out_channels) - 1)
 
     def edit(self, images: List[np.ndarray], prompts: List[str], seeds: List[int],
-             extras: List[Dict[str, Any]]) -> List[Union[np.ndarray, EditFailure]]:
+             extras: List[Dict[str, Any]]) -> List[Union[EditOutput, EditFailure]]:
         import torch
         from PIL import Image
 
         c = self.config
         m = self._model
         out: List[Any] = [None] * len(images)
-        self.last_masks = {}
         groups: Dict[Tuple[int, int], List[int]] = {}
         for i, im in enumerate(images):
             groups.setdefault(working_size(im.shape[0], im.shape[1], c["resolution"], self._unit), []).append(i)
@@ -146,8 +140,8 @@ class ReferDiffusionEditor(Editor):
             for j, i in enumerate(idx):
                 h, w = images[i].shape[:2]
                 g = np.clip(np.rint(imgs[j] * 255.0), 0, 255).astype(np.uint8)
-                out[i] = np.asarray(Image.fromarray(g).resize((w, h), Image.LANCZOS))
-                mk = np.asarray(Image.fromarray(masks[j].astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))
-                self.last_masks[str(extras[i].get("sample_id", i))] = np.clip(mk, 0.0, 1.0)
+                img = np.asarray(Image.fromarray(g).resize((w, h), Image.LANCZOS))
+                mk = np.asarray(Image.fromarray(masks[j].astype(np.float32)).resize((w, h), Image.BILINEAR))
+                out[i] = EditOutput(img, np.clip(mk, 0.0, 1.0))
         return out
 
