@@ -137,6 +137,12 @@ class SampleSource:
         if not samples:
             raise ValueError("no training samples")
         self.samples, self.cfg = samples, cfg
+        self.synth = dict(cfg.synth)
+        if cfg.stage == "stage1" and self.synth.get("llm_rephrase"):
+            from .synth import prepare_llm_rephrase  # every (subject, colour) is asked before training starts
+
+            self.synth["llm_rephrase"] = prepare_llm_rephrase(self.synth["llm_rephrase"], samples, cfg.output_dir,
+                                                              self.synth.get("colours"))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -155,7 +161,7 @@ class SampleSource:
             a, b = s.referring_span
             seed = int(np.random.SeedSequence([self.cfg.seed, epoch, i]).generate_state(1)[0])
             x = synthesize(d.source, d.target_mask, s.prompt[a:b], s.category, seed=seed, size=(R, R),
-                           **self.cfg.synth)
+                           **self.synth)
             return {"source": x.source, "target": x.target, "source_mask": x.source_mask, "edit_mask": x.edit_mask,
                     "prompt": x.prompt.text, "edit_span": x.prompt.edit_span}
         d = decode_sample(s, reference=True)
