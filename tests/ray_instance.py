@@ -68,8 +68,15 @@ def ray_local() -> Iterator[Any]:
     if started:
         procs = ray_processes(driver=False)
         ray.shutdown()
-        _gone, alive = psutil.wait_procs(procs, timeout=15)
-        for p in alive:  # none expected: say so rather than leave them silently
-            print(f"ray_local: {p.pid} still running after ray.shutdown(); killing it", file=sys.stderr)
-            p.kill()
+        # workers that loaded torch can take a minute to notice their raylet is gone: after a
+        # short grace period, end them (they belong to this session's instance only)
+        _gone, alive = psutil.wait_procs(procs, timeout=3)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        _gone, alive = psutil.wait_procs(alive, timeout=5)
+        for p in alive:
+            print(f"ray_local: process {p.pid} survived SIGKILL", file=sys.stderr)
         _ROOTS.clear()
