@@ -92,7 +92,21 @@ def add_score_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (default: 1000)")
     p.add_argument("--referring-eps", type=float, default=0.01, help="referring accuracy margin (default: 0.01)")
     p.add_argument("--preservation-tau", type=float, default=0.05, help="distractor preservation threshold (default: 0.05)")
-    p.add_argument("--workers", type=int, default=2, help="threads decoding images and computing metrics (default: 2)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="threads decoding images and computing metrics; with --executor ray also the number of Ray "
+                        "actors editing (default: 2)")
+    p.add_argument("--chunk-size", type=int, default=32,
+                   help="samples decoded, edited and scored together; with --executor ray the unit of work of an "
+                        "actor (default: 32)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where editing runs: local (this process) or ray (--workers actors, each loading the editor "
+                        "once; RESULTS must be on storage every node sees); metrics and reports run here (default: local)")
+    p.add_argument("--ray-address", default=None,
+                   help="ray executor: the cluster to attach to (auto, HOST:6379, ray://HOST:10001; default: a private "
+                        "local Ray instance with --workers CPUs, listening on 127.0.0.1 only)")
+    p.add_argument("--num-gpus-per-worker", type=float, default=0.0,
+                   help="ray executor: GPUs reserved by each actor (fractions share a GPU; Ray sets each actor's "
+                        "CUDA_VISIBLE_DEVICES, the editor picks its device as it does locally)")
     p.add_argument("--no-gallery", dest="gallery", action="store_false", help="skip gallery.html and thumbnails")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip plots/*.png")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -136,6 +150,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         local_files_only=args.local_files_only,
         bootstrap=args.bootstrap, referring_eps=args.referring_eps, preservation_tau=args.preservation_tau,
         workers=args.workers, gallery=args.gallery, plots=args.plots, progress=args.progress,
+        chunk_size=args.chunk_size, executor=args.executor, ray_address=args.ray_address,
+        num_gpus_per_worker=args.num_gpus_per_worker,
     )
     res = run_score(cfg)
     r, c = res.results, res.results["counts"]

@@ -17,6 +17,9 @@ is what ``refcoco-edit score`` does:
    checked (``check_output``) and cached, then all metrics are computed from the same decoded
    arrays: the weight-free ones in the pool, the model-based ones batched over the chunk
    (``--metric-batch-size`` images per forward pass, on ``--device``).
+   With ``--executor ray`` (``edit_on_ray``) the editing runs first, on Ray actors that each load
+   the editor once, one chunk at a time, writing the checked outputs into the output cache; the
+   pass then finds them cached, so results equal a local run's.
 5. **aggregate** — per metric: mean, std and a seeded percentile bootstrap 95% CI, overall and
    per edit type (``aggregate``).
 6. **report** — ``RESULTS/results.json`` (schema in ``benchmark.report``), ``samples.parquet``,
@@ -111,6 +114,10 @@ class ScoreConfig:
     preservation_tau: float = MetricParams.preservation_tau
     workers: int = 2
     chunk_size: int = 32
+    executor: str = "local"
+    """where editing runs: local (this process) or ray (``workers`` Ray actors; see ``edit_on_ray``)"""
+    ray_address: Optional[str] = None
+    num_gpus_per_worker: float = 0.0
     gallery: bool = True
     plots: bool = True
     progress: Optional[bool] = None
@@ -310,6 +317,16 @@ class _Timer:
         self.t[key] = self.t.get(key, 0.0) + seconds
 
 
+def _lookup_cache(out: Path, it: _Item, editor: Editor, retry_failed: bool, wants_mask: bool) -> None:
+    """Set ``it.key`` and ``it.meta`` (the cached output's marker, or None: edit this sample)."""
+    it.key = input_key(it.sample, it.seed, editor.protocol)
+    it.meta = _read_meta(out, it.sample.sample_id, it.key)
+    if it.meta is not None and it.meta["status"] == "failed" and retry_failed:
+        it.meta = None
+    if it.meta is not None and it.meta["status"] == "ok" and wants_mask and not it.meta.get("mask"):
+        it.meta = None  # cached without the predicted mask: edit again
+
+
 def _extras(editor: Editor, item: _Item) -> Dict[str, Any]:
     s, d = item.sample, item.decoded
     assert d is not None
@@ -393,6 +410,110 @@ def finish_output(out: Path, it: _Item, output: Any, resize: bool, wants_mask: b
     it.meta = meta
 
 
+# ----------------------------------------------------------------------------------------------
+# editing on Ray (--executor ray)
+# ----------------------------------------------------------------------------------------------
+
+def edit_items(editor: Editor, out: Path, items: Sequence[_Item], resize: bool, wants_mask: bool) -> Dict[str, Any]:
+    """Decode, edit (in batches of ``editor.batch_size``), check and cache the outputs of
+    ``items`` (samples with no usable cached output), as one chunk of the local pass does; the
+    editor must be loaded. Used by the Ray actors; returns counts and seconds."""
+    t0 = time.perf_counter()
+    for it in items:
+        _decode(out, it)
+    todo = [it for it in items if it.skip is None]
+    t1 = time.perf_counter()
+    results: List[Tuple[_Item, Any]] = []
+    for batch in _chunks(todo, int(editor.batch_size)):
+        results.extend(zip(batch, _call_editor(editor, list(batch))))
+    t2 = time.perf_counter()
+    for it, o in results:
+        finish_output(out, it, o, resize, wants_mask)
+    stats = {"edited": len(results), "failed": sum(1 for it in todo if it.meta and it.meta["status"] != "ok"),
+             "skipped": len(items) - len(todo), "decode_s": t1 - t0, "edit_s": t2 - t1,
+             "write_outputs_s": time.perf_counter() - t2}
+    for it in items:
+        it.decoded = it.output = it.pred_mask = None
+    return stats
+
+
+class EditChunks:
+    """A picklable shard-function factory for ``refcoco_edit.executors.RayExecutor``: shard ``i``
+    = the samples of chunk ``i`` of the pass that have no usable cached output, as Ray object
+    references (each actor fetches only the chunks it runs). Called in an actor, it loads its copy
+    of the editor once (a load error reaches the driver as that error) and returns the function
+    that edits a chunk and writes its outputs into ``out`` (shared storage)."""
+
+    def __init__(self, editor: Editor, out: Path, chunks: List[Any], resize: bool, wants_mask: bool):
+        self.editor, self.out, self.chunks = editor, Path(out).resolve(), chunks
+        self.resize, self.wants_mask = bool(resize), bool(wants_mask)
+
+    def __call__(self) -> Callable[[int], Dict[str, Any]]:
+        import ray
+
+        editor = self.editor
+        t = time.perf_counter()
+        editor.ensure_loaded()
+        load_s = time.perf_counter() - t
+
+        def run(i: int) -> Dict[str, Any]:
+            items = [_Item(sample=s, seed=seed, key=key) for s, seed, key in ray.get(self.chunks[i])]
+            stats = edit_items(editor, self.out, items, self.resize, self.wants_mask)
+            stats.update(chunk=i, pid=os.getpid(), editor_load_s=load_s)
+            return stats
+
+        return run
+
+
+def edit_on_ray(cfg: ScoreConfig, editor: Editor, items: Sequence[_Item], chunk: int, out: Path,
+                wants_mask: bool, log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Edit every sample of ``items`` with no usable cached output on Ray actors, before the
+    local pass (which then finds every output cached, and computes the metrics and the report).
+
+    The unit of work is a chunk of the local pass (``--chunk-size`` samples): an actor decodes a
+    chunk's uncached samples, edits them in the same batches a clean local run forms, runs the
+    same output checks (``finish_output``) and writes the same files, so the results equal the
+    local executor's. ``cfg.workers`` actors (``cfg.num_gpus_per_worker`` GPUs each) each load
+    their copy of the editor (pickled on the driver, not loaded) once. ``out`` must be on storage
+    every node sees under the same path. Returns counts and timings (for timing.json)."""
+    from refcoco_edit.executors import RayExecutor, _import_ray
+
+    t0 = time.perf_counter()
+    pending: List[List[_Item]] = []
+    for part in _chunks(items, chunk):
+        for it in part:
+            _lookup_cache(out, it, editor, cfg.retry_failed, wants_mask)
+        todo = [it for it in part if it.meta is None]
+        if todo:
+            pending.append(todo)
+    stats: Dict[str, Any] = {"workers": int(cfg.workers), "chunks": len(pending), "edited": 0, "failed": 0,
+                             "actors": 0}
+    for it in items:
+        it.meta = None
+    if not pending:
+        return stats
+    with RayExecutor(workers=cfg.workers, address=cfg.ray_address, num_gpus_per_worker=cfg.num_gpus_per_worker,
+                     progress=cfg.progress) as ex:
+        t = time.perf_counter()
+        ex.start()  # timed apart from the editing
+        stats["ray_start_s"] = time.perf_counter() - t
+        ray = _import_ray()
+        refs = [ray.put([(it.sample, it.seed, it.key) for it in todo]) for todo in pending]
+        task = EditChunks(editor, out, refs, cfg.resize_outputs, wants_mask)
+        log(f"editing {sum(len(p) for p in pending)} samples in {len(pending)} chunks on "
+            f"{min(cfg.workers, len(pending))} Ray actor(s)")
+        ran = ex.run(task, range(len(pending)), desc="edit (ray)")
+    for key in ("edited", "failed", "skipped"):
+        stats[key] = sum(r[key] for r in ran)
+    for key in ("decode_s", "edit_s", "write_outputs_s", "editor_load_s"):
+        stats[key] = round(sum(r[key] for r in ran) if key != "editor_load_s"
+                           else sum({r["pid"]: r[key] for r in ran}.values()), 4)
+    stats["actors"] = len({r["pid"] for r in ran})
+    stats["total_s"] = round(time.perf_counter() - t0, 4)
+    stats["ray_start_s"] = round(stats["ray_start_s"], 4)
+    return stats
+
+
 def _thumbnail(out: Path, sid: str, kind: str, array: np.ndarray, size: int = 256) -> None:
     from PIL import Image
 
@@ -450,6 +571,10 @@ def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[
         raise InputError("--workers must be >= 1")
     if cfg.batch_size is not None and cfg.batch_size < 1:
         raise InputError("--batch-size must be >= 1")
+    if cfg.executor not in ("local", "ray"):
+        raise InputError(f"--executor must be local or ray, got {cfg.executor!r}")
+    if cfg.chunk_size < 1:
+        raise InputError("--chunk-size must be >= 1")
     params = cfg.params()
     # 1. plan
     names = select_metrics(cfg.metrics)
@@ -501,15 +626,13 @@ def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[
     bar = _progress(cfg, len(items))
     workers = int(cfg.workers)
     chunk = max(int(cfg.chunk_size), int(editor.batch_size))
+    ray_stats: Optional[Dict[str, Any]] = None
+    if cfg.executor == "ray":  # edit on Ray actors first; the pass below then reuses their outputs
+        ray_stats = edit_on_ray(cfg, editor, items, chunk, out, wants_mask, log)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for part in _chunks(items, chunk):
             for it in part:
-                it.key = input_key(it.sample, it.seed, editor.protocol)
-                it.meta = _read_meta(out, it.sample.sample_id, it.key)
-                if it.meta is not None and it.meta["status"] == "failed" and cfg.retry_failed:
-                    it.meta = None
-                if it.meta is not None and it.meta["status"] == "ok" and wants_mask and not it.meta.get("mask"):
-                    it.meta = None  # cached without the predicted mask: edit again
+                _lookup_cache(out, it, editor, cfg.retry_failed, wants_mask)
             t = time.perf_counter()
             list(pool.map(lambda it: _decode(out, it), part))
             timer.add("decode_s", time.perf_counter() - t)
@@ -567,10 +690,15 @@ def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[
     timer.add("report_s", time.perf_counter() - t)
     n = len(items)
     total = time.perf_counter() - t_start
+    if ray_stats is not None:  # outputs the actors made were "reused" by the pass: count them as edited
+        counts["edited"] += ray_stats["edited"]
+        counts["reused"] -= ray_stats["edited"]
     timing = {"total_s": round(total, 4), **{k: round(v, 4) for k, v in sorted(timer.t.items())},
               "samples": n, "outputs_reused": counts["reused"], "outputs_edited": counts["edited"],
               "samples_per_s": round(n / total, 3) if total > 0 else None, "workers": workers,
-              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "executor": cfg.executor}
+    if ray_stats is not None:
+        timing["ray"] = ray_stats
     atomic_write_bytes(out / "timing.json", (json.dumps(timing, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     return ScoreResult(out=out, results=results, timing=timing, records=records)
 

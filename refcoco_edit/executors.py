@@ -253,6 +253,11 @@ class RayExecutor:
             raise InputError(f"cannot start or reach Ray {where}: {e}") from None
         return True
 
+    def start(self) -> None:
+        """Start (or attach to) Ray now rather than on the first ``run`` (to time it apart)."""
+        if self._ray_started is None:
+            self._ray_started = self._start(_import_ray())
+
     def _actors(self, ray: Any, n: int) -> List[Any]:
         """``n`` actors, reusing those of earlier runs (their processes keep what they loaded)."""
         if self._ray_started is None:
