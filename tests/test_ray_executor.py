@@ -229,3 +229,53 @@ def test_loopback_switch_is_restored_after_start(monkeypatch):
     monkeypatch.setenv(LOOPBACK_ENV, "1")
     with _loopback_only(ray):
         assert os.environ[LOOPBACK_ENV] == "1" and ray_constants.ENABLE_RAY_CLUSTER == before
+
+
+_PRIVATE_SCRIPT = r'''
+import json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+import psutil
+from ray_instance import LOOPBACK, listening_sockets
+from refcoco_edit.executors import RayExecutor
+
+class Factory:
+    def __call__(self):
+        return lambda i: {"shard": i, "pid": os.getpid()}
+
+me = psutil.Process()
+ex = RayExecutor(workers=2, progress=False)
+t = time.perf_counter()
+stats = ex.run(Factory(), [0, 1, 2])
+procs = [me, *me.children(recursive=True)]
+socks = listening_sockets(procs)
+names = sorted({p.name() for p in procs[1:]})
+import ray
+up = ray.is_initialized()
+ex.close()
+_, alive = psutil.wait_procs(procs[1:], timeout=20)
+print(json.dumps({"shards": [s["shard"] for s in stats], "up": up, "down": not ray.is_initialized(),
+                  "names": names, "exposed": [s for s in socks if s[2] not in LOOPBACK], "n_socks": len(socks),
+                  "alive": [p.pid for p in alive]}))
+'''
+
+
+def test_executor_starts_a_private_loopback_instance_and_shuts_it_down(tmp_path):
+    """Without a running Ray (a fresh process, as `refcoco-edit build --executor ray`), the
+    executor starts its own instance, loopback only, and ``close()`` leaves no Ray process."""
+    import json
+    import subprocess
+
+    from conftest import REPO
+
+    script = tmp_path / "private.py"
+    script.write_text(_PRIVATE_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != LOOPBACK_ENV}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, str(script), str(REPO / "tests")], capture_output=True, text=True,
+                          timeout=240, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["shards"] == [0, 1, 2] and got["up"] and got["down"]
+    assert {"gcs_server", "raylet"} <= set(got["names"]), got["names"]
+    assert got["n_socks"] >= 4 and got["exposed"] == [], got
+    assert got["alive"] == [], f"Ray processes left after close(): {got['alive']}"
