@@ -478,6 +478,8 @@ def pull(workdir: str | Path, url: str, token: Optional[str] = None, title: Opti
         if row is not None:
             new_rows[sid] = row
     path = ws.root / REVIEW_FILE
+    for stale in path.parent.glob(path.name + ".tmp-*"):  # left by a pull killed while writing it
+        stale.unlink()
     kept: List[Dict[str, Any]] = []
     if path.exists():
         import pyarrow.parquet as pq

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .errors import InputError, RunError
+from .errors import InputError, RunError, disk_error_message, is_disk_error
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -226,11 +226,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("refcoco-edit: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001 - the outermost boundary: one line, exit 1
-        print(f"refcoco-edit: error: {type(e).__name__}: {e}", file=sys.stderr)
+    except OSError as e:
+        if not is_disk_error(e):  # any other OSError: the generic one-line message below
+            return _other_error(e)
+        print(f"refcoco-edit: error: {disk_error_message(e)}", file=sys.stderr)
         if os.environ.get("REFCOCO_EDIT_DEBUG"):
             raise
         return EXIT_ERROR
+    except Exception as e:  # noqa: BLE001 - the outermost boundary: one line, exit 1
+        return _other_error(e)
+
+
+def _other_error(e: BaseException) -> int:
+    print(f"refcoco-edit: error: {type(e).__name__}: {e}", file=sys.stderr)
+    if os.environ.get("REFCOCO_EDIT_DEBUG"):
+        raise e
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -30,3 +30,47 @@ class RunError(Exception):
     The CLI stops with exit code 1 and this one-line message; finished shards and cache entries
     are kept, so the same command resumes once the service is back.
     """
+
+
+# errno values that mean "the storage cannot take this write" (not a bug of the input or of the
+# code): the run stops with exit code 1 and one line, and the same command resumes once fixed
+_DISK_ERRNOS = {
+    "ENOSPC": "no space left on device (the disk is full)",
+    "EDQUOT": "disk quota exceeded",
+    "EROFS": "the file system is read-only",
+    "EIO": "input/output error (a failing disk or network file system)",
+}
+
+
+def disk_errnos() -> frozenset:
+    import errno
+
+    return frozenset(getattr(errno, n) for n in _DISK_ERRNOS if hasattr(errno, n))
+
+
+def is_disk_error(e: BaseException) -> bool:
+    """True for an ``OSError`` saying the storage refused a write (full, over quota, read-only, I/O)."""
+    return isinstance(e, OSError) and e.errno in disk_errnos()
+
+
+def with_path(e: OSError, path: object) -> OSError:
+    """``e`` with ``filename`` set to ``path`` when it has none (``f.write`` errors carry no path)."""
+    if e.filename is None and e.errno is not None:
+        out = OSError(e.errno, e.strerror or str(e), str(path))  # the errno picks the subclass
+        out.__cause__ = e
+        return out
+    return e
+
+
+RERUN = "re-run the same command: finished work is kept and it resumes where it stopped"
+
+
+def disk_error_message(e: OSError, rerun: str = RERUN) -> str:
+    """One line for a disk error: what happened, where, and that re-running resumes."""
+    import errno as errno_mod
+
+    name = errno_mod.errorcode.get(e.errno or 0, "")
+    what = _DISK_ERRNOS.get(name, e.strerror or str(e))
+    where = f" writing {e.filename}" if e.filename else ""
+    fix = {"EROFS": "make it writable"}.get(name, "free some space")
+    return f"{what}{where}; {fix} and {rerun}"

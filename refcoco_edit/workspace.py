@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-from .errors import InputError
+from .errors import InputError, is_disk_error, with_path
 from .schema import SCHEMA_VERSION
 
 QUARANTINE_DIR = "quarantine"
@@ -60,11 +60,13 @@ def atomic_write(path: Path, writer: Callable[[str], None]) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give files the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if is_disk_error(e):  # a full disk: say which file (f.write errors carry no path)
+            raise with_path(e, path) from None  # type: ignore[arg-type]
         raise
     _fsync_dir(path.parent)
 

@@ -7,13 +7,19 @@
 * Mixed precision, gradient accumulation and multi-GPU come from accelerate (``accelerate launch``).
 * Exact resume: ``accelerator.save_state`` (model, optimizer, LR scheduler, RNG) every
   ``checkpoint_every`` optimizer steps into ``output_dir/checkpoints/step-XXXXXXX`` +
-  ``trainer_state.json``. The data position needs no state: micro-batch ``k`` of the run is a pure
-  function of (seed, k, process index) - epoch ``e`` visits ``randperm(n, seed + e)``, each stage-1
+  ``trainer_state.json``. A checkpoint is written into ``.step-XXXXXXX.tmp`` and renamed when
+  complete, and only folders holding ``trainer_state.json`` count, so a kill (or a full disk)
+  during a save never leaves a half checkpoint that ``resume`` would take. The data position
+  needs no state: micro-batch ``k`` of the run is a pure function of (seed, k, process index) -
+  epoch ``e`` visits ``randperm(n, seed + e)``, each stage-1
   sample is synthesised with seed (seed, e, index) - and so are the noise, timesteps and
   condition dropout of every micro-batch (a ``torch.Generator`` seeded from (seed, k, process)).
   ``resume: latest`` (or a checkpoint folder) continues bit-for-bit where the run stopped.
-* Every loss term goes to ``output_dir/log.jsonl`` (main process) and the progress bar.
-* The final model is written with ``ReferDiffusion.save_pretrained`` to ``output_dir/final``.
+* Every loss term goes to ``output_dir/log.jsonl`` (main process) and the progress bar. A run
+  starting at step ``s`` (0, or the resumed checkpoint's) first drops the records after ``s``
+  (written by a run that was killed past its last checkpoint): every step is logged once.
+* The final model is written with ``ReferDiffusion.save_pretrained`` to ``output_dir/.final.tmp``
+  and renamed to ``output_dir/final``: a ``final/`` folder is always complete.
 
 Every option of the YAML config can be overridden on the command line: ``--lr 1e-4``,
 ``--model.num_heads 4``, ``--loss.rcl 0`` (values parsed as YAML).
@@ -21,8 +27,11 @@ Every option of the YAML config can be overridden on the command line: ``--lr 1e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -206,9 +215,68 @@ def collate(examples: List[Dict[str, Any]], model) -> Dict[str, Any]:
 # The loop
 # ----------------------------------------------------------------------------------------------
 
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+STATE_FILE = "trainer_state.json"
+
+
 def _checkpoints(out: Path) -> List[Path]:
+    """The complete checkpoints (``step-N`` folders holding ``trainer_state.json``), oldest first."""
     d = out / "checkpoints"
-    return sorted(d.glob("step-*"), key=lambda p: int(p.name.split("-")[1])) if d.is_dir() else []
+    if not d.is_dir():
+        return []
+    done = [p for p in d.iterdir() if _STEP_DIR.match(p.name) and (p / STATE_FILE).is_file()]
+    return sorted(done, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))  # type: ignore[union-attr]
+
+
+@contextlib.contextmanager
+def _writing(path: Path):
+    """A full disk while writing ``path``: the error names it (``f.write`` errors carry no path)."""
+    from refcoco_edit.errors import is_disk_error, with_path
+
+    try:
+        yield
+    except OSError as e:
+        if is_disk_error(e):
+            raise with_path(e, path) from None
+        raise
+
+
+def _publish_dir(tmp: Path, final: Path) -> None:
+    """Put the complete folder ``tmp`` in place of ``final`` (renames on one file system)."""
+    old = final.with_name(f".{final.name}.old")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Keep the records of steps <= ``step`` (a killed run may have logged past its checkpoint,
+    and its last line may be cut): each step appears once, in order."""
+    from refcoco_edit.workspace import atomic_write_bytes
+
+    if not path.exists():
+        return
+    raw = path.read_bytes()
+    keep = []
+    for line in raw.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+            keep.append(line + b"\n")
+    data = b"".join(keep)
+    if data != raw:
+        with _writing(path):
+            atomic_write_bytes(path, data)
+
+
+def _stale(out: Path) -> None:
+    """Remove what a killed run left half written (temp checkpoint / final folders)."""
+    for p in list((out / "checkpoints").glob(".step-*")) + [out / ".final.tmp", out / ".final.old"]:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def train(cfg: TrainConfig, samples: Optional[List[Any]] = None) -> Dict[str, Any]:
@@ -219,7 +287,7 @@ def train(cfg: TrainConfig, samples: Optional[List[Any]] = None) -> Dict[str, An
     from accelerate.utils import DistributedDataParallelKwargs
     from diffusers.optimization import get_scheduler
 
-    from .losses import LossWeights, total_loss
+    from .losses import LossWeights
     from .model import ReferDiffusion, ReferDiffusionConfig
 
     out = Path(cfg.output_dir)
@@ -255,13 +323,48 @@ def train(cfg: TrainConfig, samples: Optional[List[Any]] = None) -> Dict[str, An
             acc.load_state(str(ck))
             step = int(json.loads((ck / "trainer_state.json").read_text())["step"])
     if acc.is_main_process:
+        from refcoco_edit.workspace import atomic_write_bytes
+
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
-    log = (out / "log.jsonl").open("a") if acc.is_main_process else None
+        _stale(out)
+        with _writing(out / "config.json"):
+            atomic_write_bytes(out / "config.json", json.dumps(asdict(cfg), indent=2, default=str).encode("utf-8"))
+        _trim_log(out / "log.jsonl", step)
+    acc.wait_for_everyone()
+    log_path = out / "log.jsonl"
+    log = log_path.open("a") if acc.is_main_process else None
 
     from tqdm.auto import tqdm
 
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not acc.is_main_process, desc="train")
+    try:
+        step = _loop(cfg, acc, model, core, opt, sched, weights, source, out, step, bar, log, log_path)
+    finally:  # an error (a full disk) is reported after the bar, not above a half bar
+        bar.close()
+        if log is not None:
+            log.close()
+    acc.wait_for_everyone()
+    final = out / "final"
+    if acc.is_main_process:
+        tmp = out / ".final.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            with _writing(tmp):
+                core.save_pretrained(tmp)
+            _publish_dir(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return {"step": step, "output_dir": str(out), "final": str(final)}
+
+
+def _loop(cfg: TrainConfig, acc: Any, model: Any, core: Any, opt: Any, sched: Any, weights: Any, source: SampleSource,
+          out: Path, step: int, bar: Any, log: Any, log_path: Path) -> int:
+    """Optimizer steps from ``step`` to ``cfg.max_steps``, logging and checkpointing; returns the last step."""
+    import torch
+
+    from .losses import total_loss
+
     model.train()
     G = cfg.gradient_accumulation_steps
     while step < cfg.max_steps:
@@ -288,32 +391,38 @@ def train(cfg: TrainConfig, samples: Optional[List[Any]] = None) -> Dict[str, An
         step += 1
         rec = {"step": step, "lr": sched.get_last_lr()[0], **sums}
         if log is not None:
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
+            with _writing(log_path):
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
         bar.update(1)
         bar.set_postfix({n: f"{v:.4f}" for n, v in sums.items() if n in ("loss", "eps", "mask", "rcl")})
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             ck = out / "checkpoints" / f"step-{step:07d}"
-            acc.save_state(str(ck))
+            tmp = ck.with_name(f".{ck.name}.tmp")
             if acc.is_main_process:
-                (ck / "trainer_state.json").write_text(json.dumps({"step": step}))
-                if cfg.checkpoints_total_limit:
-                    import shutil
-
-                    for old in _checkpoints(out)[: -cfg.checkpoints_total_limit]:
-                        shutil.rmtree(old, ignore_errors=True)
+                shutil.rmtree(tmp, ignore_errors=True)
             acc.wait_for_everyone()
-    bar.close()
-    if log is not None:
-        log.close()
-    acc.wait_for_everyone()
-    final = out / "final"
-    if acc.is_main_process:
-        core.save_pretrained(final)
-    return {"step": step, "output_dir": str(out), "final": str(final)}
+            try:
+                with _writing(tmp):
+                    acc.save_state(str(tmp))
+                    acc.wait_for_everyone()
+                    if acc.is_main_process:
+                        (tmp / STATE_FILE).write_text(json.dumps({"step": step}))
+                        _publish_dir(tmp, ck)  # complete: now resume may take it
+            except BaseException:
+                if acc.is_main_process:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            if acc.is_main_process and cfg.checkpoints_total_limit:
+                for old in _checkpoints(out)[: -cfg.checkpoints_total_limit]:
+                    shutil.rmtree(old, ignore_errors=True)
+            acc.wait_for_everyone()
+    return step
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from refcoco_edit.errors import disk_error_message, is_disk_error
+
     ap = argparse.ArgumentParser(prog="referdiffusion-train", description=__doc__.split("\n")[0])
     ap.add_argument("--config", help="YAML config: a file, or a shipped config's name (1_finetune, 2_rem, 3_rem_rcl, "
                                        "4_selfsup; also builtin:NAME)")
@@ -323,7 +432,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    train(cfg)
+    try:
+        train(cfg)
+    except OSError as e:
+        if not is_disk_error(e):
+            raise
+        rerun = None if cfg.resume else "re-run with --resume latest: it continues from the last checkpoint"
+        print(f"error: {disk_error_message(e, *([rerun] if rerun else []))}", file=sys.stderr)  # one line
+        return 1
     return 0
 
 
