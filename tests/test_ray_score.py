@@ -66,8 +66,8 @@ def _assert_same_run(a: Path, b: Path) -> None:
 
 
 class Flaky(Editor):
-    """Returns the source, except on chosen samples: raises, NaN, a wrong size. Reports the pid
-    of the process that edited each sample (``pids``, local runs only)."""
+    """Returns the source, except on chosen samples (``plan``: sample_id -> fault): raises, NaN,
+    a wrong size. The plan is an instance attribute: it travels to the actors with the editor."""
 
     name = "flaky"
     batch_size = 3
@@ -75,10 +75,6 @@ class Flaky(Editor):
     def __init__(self, plan: dict):
         super().__init__()
         self.plan = dict(plan)
-        self.loads = 0
-
-    def load(self) -> None:
-        self.loads += 1
 
     def edit(self, images, prompts, seeds, extras):
         outs = []
