@@ -41,6 +41,7 @@ import numpy as np
 from refcoco_edit import rle as rle_mod
 from refcoco_edit.errors import InputError
 from refcoco_edit.export import REVIEW_FILE
+from refcoco_edit.schema import is_safe_name
 from refcoco_edit.workspace import Workspace, atomic_write_bytes, atomic_write_json
 
 from . import config as cfg
@@ -80,7 +81,12 @@ def load_samples(ws: Workspace) -> List[Dict[str, Any]]:
     table = ws.stage("generate").read_all()
     if table is None or table.num_rows == 0:
         raise InputError(f"{ws.root} has no generated samples; run `refcoco-edit build --out {ws.root}` first")
-    return table.to_pylist()
+    rows = table.to_pylist()
+    bad = [r["sample_id"] for r in rows if not is_safe_name(r["sample_id"])]
+    if bad:  # a sample id names the sample's media folder: never a path
+        raise InputError(f"{ws.root}: {len(bad)} sample_id(s) are not plain names ([A-Za-z0-9_.-], at most 128 "
+                         f"characters), e.g. {bad[0]!r}; refusing to write review media for them")
+    return rows
 
 
 def read_reviews(ws: Workspace) -> Dict[str, Dict[str, Any]]:

@@ -401,7 +401,11 @@ def service_error(e: Exception, cfg: RephraseConfig) -> Exception:
         return RunError(f"the LLM server at {where} kept answering 429 (rate limit) after {cfg.max_retries} retries; "
                         "finished work is kept: re-run later to resume")
     if isinstance(e, (openai.BadRequestError, openai.UnprocessableEntityError)):
-        return RephraseRejected("llm_bad_request", f"the LLM server refused this request (HTTP {e.status_code}): {str(e)[:200]}")
+        detail = str(e)
+        key = os.environ.get(cfg.api_key_env) or ""
+        if key:  # a server may echo the key back in its error; this text is stored in the quarantine table
+            detail = detail.replace(key, "***")
+        return RephraseRejected("llm_bad_request", f"the LLM server refused this request (HTTP {e.status_code}): {detail[:200]}")
     if isinstance(e, openai.APIStatusError):
         return RunError(f"the LLM server at {where} answered HTTP {e.status_code} after {cfg.max_retries} retries; "
                         "finished work is kept: re-run the same command to resume")

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from . import rle as rle_mod
-from .errors import InputError, SampleError
+from .errors import InputError, SampleError, is_disk_error
 from .schema import SCHEMA_VERSION, rows_to_table
 from .seeds import derive_seed, rng_for
 from .workspace import Workspace, quarantine_record
@@ -476,6 +476,8 @@ class Builder:
         for art in ("a ", "an ", "the "):
             if name.startswith(art):
                 name = name[len(art):]
+        if not name or name.startswith(".") or any(c in name for c in "/\\\0:"):
+            return None  # a target is a folder/file name under --exemplar-dir, never a path out of it
         exts = (".png", ".jpg", ".jpeg", ".webp")
         files = sorted(p for p in (root / name).glob("*") if p.suffix.lower() in exts) if (root / name).is_dir() else []
         files += [root / f"{name}{e}" for e in exts if (root / f"{name}{e}").is_file()]
@@ -540,6 +542,8 @@ class Builder:
             try:
                 return list(pipe.generate_batch(requests))
             except Exception as e:  # the batch's model call failed: each of its samples records it
+                if is_disk_error(e):  # a full disk is not the samples' fault: stop, resume later
+                    raise
                 err = PipelineError("pipeline_error", f"{name}: {type(e).__name__}: {e}")
                 return [err] * len(requests)
         outs: List[Any] = []
@@ -549,6 +553,8 @@ class Builder:
             except PipelineError as e:
                 outs.append(e)
             except Exception as e:  # one sample's surprise never stops the run
+                if is_disk_error(e):
+                    raise
                 outs.append(PipelineError("pipeline_error", f"{type(e).__name__}: {e}"))
         return outs
 
@@ -565,6 +571,8 @@ class Builder:
         failed: Dict[int, Dict[str, Any]] = {}
 
         def fail(k: int, row: Dict[str, Any], e: BaseException) -> None:
+            if is_disk_error(e):  # not the sample's fault: quarantined, it would never be redone
+                raise e
             if isinstance(e, (SampleError, PipelineError, rle_mod.MaskError)):
                 failed[k] = quarantine_record("generate", row["sample_id"], e.reason, str(e))
             else:  # the shard boundary: one sample's surprise never stops the run

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from .errors import InputError
-from .schema import SCHEMA_VERSION, arrow_schema, check_table, column_names, rows_to_table, sample_fields
+from .schema import SCHEMA_VERSION, arrow_schema, check_table, column_names, is_safe_name, rows_to_table, sample_fields
 from .workspace import Workspace, atomic_write_table
 
 EXPORT_MARKER = ".refcoco-edit-export.json"
@@ -106,6 +106,10 @@ def write_export(rows: Sequence[Dict[str, Any]], out: Union[str, Path], view: st
         raise InputError(f"unknown view {view!r}; choose from {', '.join(VIEWS)}")
     out = Path(out)
     _check_target(out)
+    bad = sorted({str(r.get("split")) for r in rows if r.get("split") and not is_safe_name(r.get("split"))})
+    if bad:  # split names become file names: never a path
+        raise InputError(f"split name(s) {', '.join(repr(b) for b in bad[:3])} are not plain names ([A-Za-z0-9_.-]); "
+                         "refusing to export")
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in list(out.parent.glob(f".{out.name}.tmp-*")) + list(out.parent.glob(f"{out.name}.old-*")):
         shutil.rmtree(stale, ignore_errors=True)  # left by an export that was killed
@@ -265,6 +269,10 @@ def load_export(path: Union[str, Path]) -> Any:
 def import_export(export_dir: Union[str, Path], workdir: Union[str, Path], shard_size: int = 16) -> Dict[str, Any]:
     """Read an export back into a workspace as its ``generate`` stage (for review or re-export)."""
     table = load_export(export_dir)
+    bad = [v for v in table.column("sample_id").to_pylist() if not is_safe_name(v)]
+    if bad:  # sample ids become file names (review media, score outputs): never a path
+        raise InputError(f"{export_dir}: {len(bad)} sample_id(s) are not plain names ([A-Za-z0-9_.-], at most 128 "
+                         f"characters), e.g. {bad[0]!r}; refusing to import")
     ws = Workspace(workdir)
     ws.root.mkdir(parents=True, exist_ok=True)
     stage = ws.stage("generate")

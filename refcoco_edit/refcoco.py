@@ -36,6 +36,7 @@ import numpy as np
 from . import rle as rle_mod
 from .errors import InputError, SampleError, UnsafePickleError
 from .imageio import LoadedImage, load_image as _load_image
+from .schema import is_safe_name
 
 try:  # optional: about 2x faster than the stdlib for a 300 MB instances.json
     import orjson as _orjson
@@ -342,6 +343,9 @@ class RefCOCO:
                 iid = ref["image_id"]
                 split = ref["split"]
                 sentences = ref["sentences"]
+                if split not in split_refs and not is_safe_name(split):
+                    raise InputError(f"{self.refs_path}: ref {rid} has the split {split!r}, which is not a plain "
+                                     "name ([A-Za-z0-9_.-]); split names become export file names")
                 refs_by_id[rid] = ref
                 image_to_refs[iid].append(rid)
                 cat_to_refs[ref["category_id"]].append(rid)

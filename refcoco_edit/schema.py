@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any, Dict, List, Optional, Sequence
 
 SCHEMA_VERSION = "1.0"
@@ -33,6 +34,17 @@ REASONS = {
     "pipeline_error": "the generation pipeline raised an error",
     "prompt_error": "a prompt could not be composed",
 }
+
+
+# What a value from the data must look like before it becomes part of a file name (a sample id in
+# review media and score outputs, a split in export file names): no separators, no "..".
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+def is_safe_name(value: Any) -> bool:
+    """True when ``value`` can be used as one file-name component as it is (``[A-Za-z0-9_.-]``,
+    starting with a letter or digit, at most 128 characters)."""
+    return isinstance(value, str) and bool(_SAFE_NAME.match(value))
 
 
 def sample_id(dataset: str, ref_id: int, sent_id: int, edit_type: str, edit_target: str) -> str:

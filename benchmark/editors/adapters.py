@@ -95,6 +95,10 @@ class DirEditor(Editor):
         self.protocol = _parse_protocol(protocol)
 
     def _find(self, sample_id: str) -> Optional[Path]:
+        from refcoco_edit.schema import is_safe_name
+
+        if not is_safe_name(sample_id):  # the harness skips such rows; never look outside PATH
+            return None
         for ext in DIR_EXTENSIONS:
             p = self.path / f"{sample_id}{ext}"
             if p.is_file():
