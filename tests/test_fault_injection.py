@@ -356,6 +356,39 @@ def test_build_disk_full_then_resume(built, demo_dir, tmp_path, monkeypatch):
     _report("build disk full", writes=n, failed_writes=[f for f, _ in faults])
 
 
+def test_build_disk_full_inside_a_sample_stops_instead_of_quarantining(built, demo_dir, tmp_path, monkeypatch):
+    """A pipeline whose own write hits a full disk (a model cache, a temp file): the sample is not
+    quarantined as broken (a done shard is never redone: the sample would be lost for good); the
+    build stops, and the re-run makes it."""
+    from pipelines.classical import Recolor
+
+    wd = tmp_path / "work"
+    argv = ["build", "--out", str(wd), "--refcoco", str(demo_dir), "--images", str(demo_dir / "images"), *BUILD_ARGS]
+    real, calls = Recolor.generate, []
+    cache = tmp_path / "cache" / "scratch.bin"
+
+    def generate(self: Any, request: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(cache))
+        return real(self, request)
+
+    monkeypatch.setattr(Recolor, "generate", generate)
+    code, out, err = cli(argv)
+    _assert_disk_full_message(code, out, err, cache)
+    quarantined = [q for q in _quarantine(wd) if "No space" in (q.get("error") or "")]
+    assert not quarantined, quarantined
+    monkeypatch.undo()
+    code, out, err = cli(argv)
+    assert code == 0, err
+    got, want = _export_files(wd / "export"), _export_files(built["export"])
+    assert got == want
+
+
+def _quarantine(wd: Path) -> List[Dict[str, Any]]:
+    return [r for p in sorted((wd / "quarantine").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+
+
 def test_export_disk_full_then_rerun(built, tmp_path, monkeypatch):
     argv = ["export", "--workdir", str(built["workdir"])]
     code, out, err = cli([*argv, "--out", str(tmp_path / "clean")])
