@@ -250,6 +250,10 @@ def run(quick: bool = False) -> Dict[str, Any]:
     main = per[amps[0][0]]
     out: Dict[str, Any] = {
         "name": "train",
+        "baseline": "plain InstructPix2Pix fine-tune step (no REM, eps loss only)",
+        "unit": "s/step",
+        "notes": (f"ReferDiffusion step (REM + all losses): overhead {main['rem_rcl_overhead_pct']:.1f}%"
+                  + ("" if cuda else "; tiny CPU models (the <15% goal is about full size on a GPU)")),
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "size": "full (SD 1.5 UNet in=8, SD VAE, CLIP-L text)" if full else "tiny (CPU code-path check; full size needs a GPU)",
         "resolution": size, "batch": main["batch"],
