@@ -29,6 +29,7 @@ change), ties to the earlier candidate. Steps of ``CandidateFilter.score_many``:
 from __future__ import annotations
 
 import math
+import pickle
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -91,7 +92,7 @@ class ClipEmbedder:
         try:
             model = CLIPModel.from_pretrained(src.load_arg, local_files_only=runtime.local_files_only)
             proc = CLIPProcessor.from_pretrained(src.load_arg, local_files_only=runtime.local_files_only)
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ModelError(f"--clip-model {spec}: cannot be loaded as a CLIP model: {first}") from None
         device = resolve_device(runtime.device)

@@ -189,8 +189,9 @@ def test_transformers_bin_payload_is_refused(tmp_path):
     _torch_evil(folder / "pytorch_model.bin", marker)
     from benchmark.metrics.model_based import ModelMetrics
 
-    with pytest.raises(Exception):
+    with pytest.raises(InputError, match="cannot be loaded") as info:  # exit 2, one line
         ModelMetrics(["clip_t"], {"clip_model": str(folder)}, device="cpu").load()
+    assert "\n" not in str(info.value)
     assert not marker.exists()
 
 
@@ -217,6 +218,13 @@ def test_referdiffusion_rem_weights_payload_is_refused(tmp_path, ip2p):
     _torch_evil(ck / REM_WEIGHTS, marker)
     with pytest.raises(Exception):
         ReferDiffusion.from_pretrained(ck)
+    assert not marker.exists()
+    # the score editor `referdiffusion:CHECKPOINT` says so as bad input (exit 2, one line)
+    from benchmark.referdiffusion.infer import ReferDiffusionEditor
+
+    with pytest.raises(InputError, match="cannot be loaded") as info:
+        ReferDiffusionEditor(checkpoint=str(ck), device="cpu").load()
+    assert "\n" not in str(info.value)
     assert not marker.exists()
 
 

@@ -16,6 +16,7 @@ The view rules (what the model sees of a sample):
 """
 from __future__ import annotations
 
+import pickle
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -81,7 +82,7 @@ class ClipEncoder:
             model = CLIPModel.from_pretrained(load_arg, local_files_only=local_files_only, dtype=dtype)
             proc = AutoImageProcessor.from_pretrained(load_arg, local_files_only=local_files_only)
             tok = AutoTokenizer.from_pretrained(load_arg, local_files_only=local_files_only)
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise _input_error(f"{what} {spec}: cannot be loaded as a CLIP model: {type(e).__name__}: {first}") from None
         model.to(device)

@@ -9,6 +9,7 @@ device, in batches.
 """
 from __future__ import annotations
 
+import pickle
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -50,7 +51,7 @@ class DinoEncoder:
         try:
             model = AutoModel.from_pretrained(load_arg, local_files_only=local_files_only, dtype=dtype, **kwargs)
             proc = AutoImageProcessor.from_pretrained(load_arg, local_files_only=local_files_only)
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise _input_error(f"{what} {spec}: cannot be loaded: {type(e).__name__}: {first}") from None
         model.to(device)

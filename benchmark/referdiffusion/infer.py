@@ -25,6 +25,7 @@ Seeds: one CPU ``torch.Generator`` per sample (its initial noise does not depend
 from __future__ import annotations
 
 import math
+import pickle
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -103,7 +104,7 @@ class ReferDiffusionEditor(Editor):
                              "folder written by ReferDiffusion.save_pretrained)")
         try:
             model = ReferDiffusion.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError, AttributeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError, ImportError, AttributeError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise InputError(f"{what}: cannot be loaded: {type(e).__name__}: {first}") from None
         if model.rem is not None and not (path / REM_WEIGHTS).is_file():
