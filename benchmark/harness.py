@@ -64,7 +64,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from refcoco_edit.errors import InputError, SampleError
+from refcoco_edit.errors import InputError, SampleError, is_disk_error
 from refcoco_edit.seeds import derive_seed
 from refcoco_edit.workspace import atomic_write_bytes, fingerprint
 
@@ -361,6 +361,8 @@ def _call_editor(editor: Editor, items: List[_Item]) -> List[Any]:
     try:
         return call(items)
     except Exception as e:  # noqa: BLE001 - the per-sample boundary: an editor error fails samples, not the run
+        if is_disk_error(e):  # a full disk is no fault of the samples: stop (cached as failed, never redone)
+            raise
         if len(items) == 1:
             return [EditFailure("editor_error", f"{type(e).__name__}: {e}"[:2000])]
     out: List[Any] = []
@@ -368,6 +370,8 @@ def _call_editor(editor: Editor, items: List[_Item]) -> List[Any]:
         try:
             out.extend(call([it]))
         except Exception as e:  # noqa: BLE001 - same boundary, one sample
+            if is_disk_error(e):
+                raise
             out.append(EditFailure("editor_error", f"{type(e).__name__}: {e}"[:2000]))
     return out
 

@@ -218,12 +218,19 @@ SLOW_EDITOR = textwrap.dedent("""
     import numpy as np
     from benchmark.editors import Editor
 
+    FULL_AT = None  # the test sets it: that call's scratch write finds the disk full
+    CALLS = []
+
     class SlowFlip(Editor):
         '''Flips the photo upside down (a real change to score), slowly in killed runs.'''
         name = "slow-flip"
         batch_size = 1
 
         def edit(self, images, prompts, seeds, extras):
+            CALLS.append(1)
+            if len(CALLS) == FULL_AT:
+                import errno
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/scratch/slow-flip.tmp")
             time.sleep(float(os.environ.get("FI_EDIT_SLEEP", "0")))
             return [np.array(img[::-1], copy=True) for img in images]
 """)
@@ -322,6 +329,25 @@ def test_score_disk_full_then_resume(score_setup, monkeypatch):
     assert code == 0, err
     _assert_same_score(out, s["clean"], f"disk full at write {fail_at} of {counter.calls}")
     _report("score disk full", failed_write=f"{fail_at}/{counter.calls}", path=faulty.failed_path.name)
+
+
+def test_score_disk_full_inside_the_editor_stops_instead_of_failing_the_sample(score_setup, monkeypatch):
+    """An editor whose own write hits a full disk: the sample is not cached as failed (a failed
+    sample is never edited again without --retry-failed); the run stops and the re-run edits it."""
+    s = score_setup
+    monkeypatch.syspath_prepend(str(s["root"]))
+    import fi_slow_editor
+
+    out = s["root"] / "editor-disk-full"
+    monkeypatch.setattr(fi_slow_editor, "FULL_AT", len(fi_slow_editor.CALLS) + 5)
+    code, stdout, err = cli([*s["argv"], "--out", str(out)])
+    _assert_disk_full_message(code, stdout, err, Path("/scratch/slow-flip.tmp"))
+    failed = [p.name for p in (out / "outputs").glob("*.json") if json.loads(p.read_text())["status"] != "ok"]
+    assert not failed, failed
+    monkeypatch.setattr(fi_slow_editor, "FULL_AT", None)
+    code, _, err = cli([*s["argv"], "--out", str(out)])
+    assert code == 0, err
+    _assert_same_score(out, s["clean"], "disk full inside the editor")
 
 
 # ----------------------------------------------------------------------------------------------
