@@ -463,3 +463,20 @@ def test_score_planted_editor_faults_fail_their_samples_and_the_rest_equals_a_cl
                 assert _same_number(samples[sid][k], clean_samples[sid][k]), (adapter, sid, k)
         for sid in plan:
             assert not (out / "outputs" / f"{sid}.png").exists()
+
+
+def test_no_token_in_any_file_the_stages_wrote(flow):
+    """The OpenAI key and the Label Studio token were in the environment of every stage: neither
+    is in any file of the workspace, the accepted export or the score results."""
+    toks = (OPENAI_KEY.encode(), flow["ls_token"].encode())
+    n = 0
+    for root in (flow["w"], flow["tmp"]):
+        for p in sorted(root.rglob("*")):
+            if not p.is_file():
+                continue
+            data = p.read_bytes()
+            if p.suffix == ".parquet":  # pages may be compressed: look at the decoded rows too
+                data += json.dumps(pq.read_table(p).to_pylist(), default=repr).encode()
+            assert not any(t in data for t in toks), p
+            n += 1
+    assert n > 100
