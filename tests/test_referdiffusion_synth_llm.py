@@ -185,3 +185,25 @@ def test_trainer_asks_every_prompt_up_front_and_uses_them(srv, tmp_path):
                               "--synth.llm_rephrase.max_retries", "0", "--synth.llm_rephrase.timeout", "5"])
     src2 = SampleSource(samples, cfg2)
     assert srv.count() == 4 and [src2.get(i, 0)["prompt"] for i in range(3)] == [src.get(i, 0)["prompt"] for i in range(3)]
+
+
+def test_server_down_stops_training_before_anything_is_loaded_or_trained(tmp_path):
+    pytest.importorskip("accelerate")
+    import socket
+
+    from benchmark.referdiffusion.train import TrainConfig, train
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    os.environ.setdefault("OPENAI_API_KEY", "sk-test-stage1")
+    out = tmp_path / "run"
+    cfg = TrainConfig(pretrained=str(tmp_path / "no-such-model"), output_dir=str(out), stage="stage1", resolution=32,
+                      mixed_precision=False,  # as YAML reads `mixed_precision: no`
+                      synth={"llm_rephrase": {"model": "m", "base_url": f"http://127.0.0.1:{port}/v1",
+                                              "max_retries": 0, "timeout": 2.0}})
+    assert cfg.mixed_precision == "no"
+    with pytest.raises(RunError, match="cannot reach the LLM server"):
+        train(cfg, _bench_samples())  # the model path does not exist: it was never loaded
+    assert not (out / "log.jsonl").exists()

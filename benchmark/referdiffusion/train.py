@@ -70,6 +70,8 @@ class TrainConfig:
     loss: Dict[str, Any] = field(default_factory=dict)    # LossWeights
 
     def __post_init__(self) -> None:
+        if self.mixed_precision is False:  # YAML 1.1 reads `mixed_precision: no` (and `--mixed_precision no`) as false
+            self.mixed_precision = "no"
         if self.stage not in ("stage1", "stage2"):
             raise ValueError(f"stage must be stage1 or stage2, got {self.stage!r}")
         if self.resolution % 8:
