@@ -31,6 +31,8 @@ def refuse_giraffes(body):
     u = _user(body)
     if "giraffe" in u["edit_phrase"]:
         return Reply(content="I'm sorry, I can't help with that.")
+    if "horse" in u["edit_phrase"]:
+        return Reply(content="<<< not json at all")
     if "zebra" in u["edit_phrase"]:  # drops the subject: not a valid rephrase
         text = f"Paint an animal on {u['referring_phrase']}."
         return Reply(content=json.dumps({"prompt": text, "referring_phrase": u["referring_phrase"],
@@ -105,11 +107,14 @@ def test_refusal_and_lost_subject_fall_back_to_the_template_with_a_reason(srv, t
     assert g.prompt_fallback.startswith("llm_refusal")
     z = synthesize(img, m, "zebra in back", "zebra", seed=1, llm_rephrase=rp)
     assert z.prompt == stage1_prompt("zebra", z.colour) and z.prompt_fallback.startswith("llm_target_changed")
+    h = synthesize(img, m, "horse", "horse", seed=1, llm_rephrase=rp)
+    assert h.prompt == stage1_prompt("horse", h.colour) and h.prompt_fallback.startswith("llm_bad_json")
     d = synthesize(img, m, "dog", "dog", seed=1, llm_rephrase=rp)
     assert d.prompt.source == "llm:m"
     summary = rp.summary()
-    assert summary["fallback"] == 2 and summary["llm"] == 1
-    assert summary["fallback_reasons"] == {"llm_refusal": 1, "llm_target_changed": 1}
+    assert summary["fallback"] == 3 and summary["llm"] == 1
+    assert summary["fallback_reasons"] == {"llm_refusal": 1, "llm_target_changed": 1, "llm_bad_json": 1}
+    assert srv.count() == 1 + 2 + 2 + 2  # dog once; each rejected answer asked `attempts` (2) times
     recs = {r["subject"]: r for r in rp.records()}
     assert recs["giraffe"]["fallback"].startswith("llm_refusal") and recs["dog"]["fallback"] is None
 
