@@ -4,7 +4,10 @@
   RefCOCO-Edit export / workspace (the referring phrase of each prompt is the expression).
   Stage 2 (``stage: stage2``): the dataset's own (source, prompt, reference, M, M_e), by default
   reviewed-accepted samples only (``status: accepted``).
-* Mixed precision, gradient accumulation and multi-GPU come from accelerate (``accelerate launch``).
+* Mixed precision, gradient accumulation and multi-GPU come from accelerate (``accelerate launch
+  --multi_gpu --num_processes N``). On CPU, ``ACCELERATE_USE_CPU=true torchrun --nproc_per_node N -m
+  benchmark.referdiffusion.train ...`` runs N gloo processes (``accelerate launch --cpu`` starts
+  one); tests/test_referdiffusion_ddp.py uses that to test the multi-process path.
 * Exact resume: ``accelerator.save_state`` (model, optimizer, LR scheduler, RNG) every
   ``checkpoint_every`` optimizer steps into ``output_dir/checkpoints/step-XXXXXXX`` +
   ``trainer_state.json``. A checkpoint is written into ``.step-XXXXXXX.tmp`` and renamed when
@@ -15,9 +18,10 @@
   sample is synthesised with seed (seed, e, index) - and so are the noise, timesteps and
   condition dropout of every micro-batch (a ``torch.Generator`` seeded from (seed, k, process)).
   ``resume: latest`` (or a checkpoint folder) continues bit-for-bit where the run stopped.
-* Every loss term goes to ``output_dir/log.jsonl`` (main process) and the progress bar. A run
-  starting at step ``s`` (0, or the resumed checkpoint's) first drops the records after ``s``
-  (written by a run that was killed past its last checkpoint): every step is logged once.
+* Every loss term (the mean over the processes) goes to ``output_dir/log.jsonl`` (main process)
+  and the progress bar. A run starting at step ``s`` (0, or the resumed checkpoint's) first
+  drops the records after ``s`` (written by a run that was killed past its last checkpoint):
+  every step is logged once.
 * The final model is written with ``ReferDiffusion.save_pretrained`` to ``output_dir/.final.tmp``
   and renamed to ``output_dir/final``: a ``final/`` folder is always complete.
 
@@ -390,6 +394,10 @@ def _loop(cfg: TrainConfig, acc: Any, model: Any, core: Any, opt: Any, sched: An
                 opt.zero_grad()
             for n, v in terms.items():
                 sums[n] = sums.get(n, 0.0) + float(v.detach()) / G
+        if acc.num_processes > 1:  # log the mean over the processes, not the main process's slice
+            names = list(sums)
+            t = acc.reduce(torch.tensor([sums[n] for n in names], dtype=torch.float64, device=acc.device), "mean")
+            sums = dict(zip(names, t.tolist()))
         step += 1
         rec = {"step": step, "lr": sched.get_last_lr()[0], **sums}
         if log is not None:
