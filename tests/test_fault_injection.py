@@ -385,6 +385,32 @@ def test_build_disk_full_then_resume(built, demo_dir, tmp_path, monkeypatch):
     _report("build disk full", writes=n, failed_writes=[f for f, _ in faults])
 
 
+def test_build_disk_full_in_a_worker_process_then_resume(built, demo_dir, tmp_path, monkeypatch):
+    """--workers 2: the full disk is met in a forked worker (its copy of the patched write); the
+    error crosses the process pool with its errno and file name, and the message is the same."""
+    wd = tmp_path / "work"
+    argv = ["build", "--out", str(wd), "--refcoco", str(demo_dir), "--images", str(demo_dir / "images"), *BUILD_ARGS,
+            "--workers", "2"]
+    faulty = DiskFull(monkeypatch, 2, lambda p: p.parent.name == "generate")  # each worker's 2nd shard write
+    code, out, err = cli(argv)
+    assert code == 1 and "Traceback" not in err and len(_messages(err)) == 1, err
+    assert "no space left on device" in err and f"{wd / 'generate'}{os.sep}shard-" in err, err
+    assert faulty.calls == 0  # it happened in the workers, not here
+    # the other worker is terminated wherever it was: a temp file may stay (the next run removes
+    # it), but every shard marked done reads whole
+    from refcoco_edit.workspace import Workspace
+
+    for name in ("select", "prompts", "generate"):
+        stage = Workspace(wd).stage(name)
+        for i in stage.done_shards():
+            assert stage.read_shard(i).num_rows == stage.stats(i)["rows"]
+    monkeypatch.undo()
+    code, out, err = cli(argv)
+    assert code == 0, err
+    assert _export_files(wd / "export") == _export_files(built["export"])
+    assert not _leftovers(wd), _leftovers(wd)
+
+
 def test_build_disk_full_inside_a_sample_stops_instead_of_quarantining(built, demo_dir, tmp_path, monkeypatch):
     """A pipeline whose own write hits a full disk (a model cache, a temp file): the sample is not
     quarantined as broken (a done shard is never redone: the sample would be lost for good); the
