@@ -32,3 +32,4 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
 
 
 from ray_instance import ray_local  # noqa: E402,F401 - one local Ray (loopback only) shared by the Ray test modules
+from labelstudio import label_studio  # noqa: E402,F401 - one Label Studio server for the session (modules that import it themselves get their own)

@@ -32,7 +32,6 @@ import pytest
 
 from conftest import REPO, run_cli
 from fake_openai import running
-from labelstudio import label_studio  # noqa: F401  (the session fixture)
 from make_bad_corpus import editor_plans, llm_handler, make_bad_corpus, samples_of_image, write_dir_outputs
 from test_rephrase import good_rephrase
 

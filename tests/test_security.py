@@ -37,7 +37,6 @@ import pytest
 
 from conftest import REPO, run_cli
 from fake_openai import Reply, running
-from labelstudio import label_studio  # noqa: F401  (the session fixture)
 
 from refcoco_edit.errors import InputError
 
@@ -328,7 +327,7 @@ def _plant_sample_id(w: Path, sid: str) -> Path:
 def test_review_push_refuses_a_sample_id_that_is_a_path(tmp_path, label_studio, demo_dir, monkeypatch):  # noqa: F811
     from refcoco_edit.build import BuildConfig, build
 
-    w = label_studio.files_root / "sec-push" / "W"
+    w = label_studio.files_root / "sec-push" / "sec-push-W"
     build(BuildConfig(out=str(w), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=1,
                       progress=False), log=lambda s: None)
     _plant_sample_id(w, "../../../sec-escaped")
@@ -346,7 +345,7 @@ def test_review_pull_ignores_a_task_whose_sample_id_is_a_path(tmp_path, label_st
     from refcoco_edit.build import BuildConfig, build
 
     ls = label_studio
-    w = ls.files_root / "sec-pull" / "W"
+    w = ls.files_root / "sec-pull" / "sec-pull-W"
     build(BuildConfig(out=str(w), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=1,
                       progress=False), log=lambda s: None)
     env = {"LABEL_STUDIO_API_KEY": ls.token}
@@ -546,7 +545,7 @@ def test_label_studio_token_never_shows_in_output_or_files(tmp_path, label_studi
                                                            monkeypatch):
     import shutil
 
-    w = label_studio.files_root / f"sec-token-{failure}" / "W"
+    w = label_studio.files_root / f"sec-token-{failure}" / f"sec-token-{failure}-W"
     if not w.exists():
         shutil.copytree(small_build, w)
     srv = None
