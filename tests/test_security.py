@@ -580,3 +580,18 @@ def test_tokens_in_the_environment_never_reach_build_or_score_outputs(tmp_path, 
                    "--num-images", "2", env=TOKEN_ENV, timeout=180)
     assert proc.returncode == 0, proc.stderr
     _assert_no_token("build", proc.stdout, proc.stderr, roots=[w])
+
+
+def test_tokens_in_the_environment_never_reach_a_ray_build(tmp_path, demo_dir, ray_local, monkeypatch):
+    """A build on the session's Ray instance with every token in the environment of the driver:
+    none is in its log or in any file of the workspace."""
+    from refcoco_edit.build import BuildConfig, build
+
+    for k, v in TOKEN_ENV.items():
+        monkeypatch.setenv(k, v)
+    lines: List[str] = []
+    w = tmp_path / "W"
+    res = build(BuildConfig(out=str(w), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=2,
+                            shard_size=2, executor="ray", workers=1, progress=False), log=lines.append)
+    assert res.export["rows"] > 0
+    _assert_no_token("ray build", *lines, roots=[w])
