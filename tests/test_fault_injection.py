@@ -40,8 +40,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO
-from labelstudio import label_studio  # noqa: F401  (the session fixture)
+from conftest import REPO  # (conftest also gives the session's Label Studio server: label_studio)
 
 SEED = 8_03  # issue #8, item 3
 BUILD_ARGS = ("--num-images", "6", "--shard-size", "3", "--no-progress")
@@ -474,7 +473,7 @@ def test_export_disk_full_then_rerun(built, tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def reviewed(label_studio, built) -> Dict[str, Any]:  # noqa: F811
+def reviewed(label_studio, built) -> Dict[str, Any]:
     """A workspace below the server's document root, pushed, every task annotated."""
     from annotation import config as cfg
     from annotation.push import push
@@ -509,7 +508,7 @@ def _snapshots(ls, pid: int) -> int:
 class _SnapshotWatch:
     """Watches the project's export snapshots on the server: a pull creates one, then deletes it."""
 
-    def __init__(self, ls, pid: int):  # noqa: F811
+    def __init__(self, ls, pid: int):
         self.ls, self.pid = ls, pid
         self.base = _snapshots(ls, pid)
         self.seen = self.gone = False
@@ -528,7 +527,7 @@ class _SnapshotWatch:
         return self.gone
 
 
-def test_review_pull_sigkill_at_random_moments_then_rerun(label_studio, reviewed, tmp_path, monkeypatch):  # noqa: F811
+def test_review_pull_sigkill_at_random_moments_then_rerun(label_studio, reviewed, tmp_path, monkeypatch):
     from refcoco_edit.export import REVIEW_FILE
 
     ls, r = label_studio, reviewed
