@@ -310,6 +310,19 @@ def test_build_good_samples_equal_a_clean_run(corpus, llm, flow):
     flow["exported"] = bad
 
 
+def test_export_cli_writes_the_builds_export_again(flow):
+    """`refcoco-edit export` of the workspace (every status): the same files as the build's own
+    export, byte for byte, and nothing quarantined in it."""
+    out = flow["tmp"] / "export-all"
+    _ok(run_cli("export", "--workdir", str(flow["w"]), "--out", str(out), env=ENV_PYTHONPATH))
+    built = flow["w"] / "export"
+    names = sorted(p.name for p in built.glob("*.parquet"))
+    assert names and names == sorted(p.name for p in out.glob("*.parquet"))
+    for n in names:
+        assert (out / n).read_bytes() == (built / n).read_bytes(), n
+    assert not {r["sample_id"] for r in _rows(out)} & flow["quarantined"]
+
+
 # ----------------------------------------------------------------------------------------------
 # review: push / pull through a proxy that answers 500 once
 # ----------------------------------------------------------------------------------------------
