@@ -2,7 +2,7 @@
 
 1. no pickle from data or from a model file is ever executed: the refs pickle (every protocol),
    SAM checkpoints, weight files of the metrics, ReferDiffusion's REM weights and its training
-   resume state, a transformers model's ``.bin``; and a static check that every ``torch.load``
+   resume state, a transformers or diffusers model's ``.bin``; and a static check that every ``torch.load``
    in the code passes ``weights_only=True`` and nothing calls ``pickle.load``/``np.load(allow_pickle)``;
 2. a path taken from data never leaves its folder: split names in export file names, sample ids
    in review media, score outputs and ``dir:`` look-ups, exemplar names, a Label Studio task whose
@@ -190,6 +190,29 @@ def test_transformers_bin_payload_is_refused(tmp_path):
 
     with pytest.raises(InputError, match="cannot be loaded") as info:  # exit 2, one line
         ModelMetrics(["clip_t"], {"clip_model": str(folder)}, device="cpu").load()
+    assert "\n" not in str(info.value)
+    assert not marker.exists()
+
+
+def test_diffusers_bin_payload_is_refused(tmp_path):
+    """A diffusers model folder (``--sd-model`` & co.) whose UNet weights are a pickle: the loader
+    says the model cannot be loaded (one line) and the pickle does not run."""
+    _torch()
+    pytest.importorskip("diffusers")
+    import shutil
+
+    from tiny_models import tiny
+
+    from pipelines.models import ModelError, Runtime, load_diffusers
+
+    sd = tmp_path / "sd"
+    shutil.copytree(tiny("sd"), sd)
+    for f in list((sd / "unet").glob("*.safetensors")):
+        f.unlink()
+    marker = tmp_path / "pwned"
+    _torch_evil(sd / "unet" / "diffusion_pytorch_model.bin", marker)
+    with pytest.raises(ModelError, match="cannot be loaded") as info:
+        load_diffusers(str(sd), "sd", Runtime(device="cpu"))
     assert "\n" not in str(info.value)
     assert not marker.exists()
 
