@@ -23,8 +23,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from labelstudio import label_studio  # noqa: F401  (the session fixture)
-
 from annotation import config as cfg
 from annotation.cli import add_review_parser
 from annotation.client import ServerUnreachable, TokenError
