@@ -310,7 +310,8 @@ def train(cfg: TrainConfig, samples: Optional[List[Any]] = None) -> Dict[str, An
 
         raise InputError(f"{cfg.data} has no {status} samples for {cfg.stage}"
                          + (" (review them first, or set status: all)" if status == "accepted" else ""))
-    source = SampleSource(samples, cfg)
+    with acc.main_process_first():  # stage-1 LLM prompts: the main process asks, the others hit its cache
+        source = SampleSource(samples, cfg)
     torch.manual_seed(cfg.seed)  # the REM's initialisation
     model = ReferDiffusion.from_pretrained(cfg.pretrained, ReferDiffusionConfig.from_dict(dict(cfg.model)),
                                            local_files_only=cfg.local_files_only)
