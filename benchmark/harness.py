@@ -427,15 +427,17 @@ def edit_items(editor: Editor, out: Path, items: Sequence[_Item], resize: bool, 
         _decode(out, it)
     todo = [it for it in items if it.skip is None]
     t1 = time.perf_counter()
-    results: List[Tuple[_Item, Any]] = []
-    for batch in _chunks(todo, int(editor.batch_size)):
-        results.extend(zip(batch, _call_editor(editor, list(batch))))
-    t2 = time.perf_counter()
-    for it, o in results:
-        finish_output(out, it, o, resize, wants_mask)
-    stats = {"edited": len(results), "failed": sum(1 for it in todo if it.meta and it.meta["status"] != "ok"),
-             "skipped": len(items) - len(todo), "decode_s": t1 - t0, "edit_s": t2 - t1,
-             "write_outputs_s": time.perf_counter() - t2}
+    edit_s = write_s = 0.0
+    for batch in _chunks(todo, int(editor.batch_size)):  # cache each batch as soon as it returns
+        t = time.perf_counter()
+        results = list(zip(batch, _call_editor(editor, list(batch))))
+        t2 = time.perf_counter()
+        for it, o in results:
+            finish_output(out, it, o, resize, wants_mask)
+        edit_s += t2 - t
+        write_s += time.perf_counter() - t2
+    stats = {"edited": len(todo), "failed": sum(1 for it in todo if it.meta and it.meta["status"] != "ok"),
+             "skipped": len(items) - len(todo), "decode_s": t1 - t0, "edit_s": edit_s, "write_outputs_s": write_s}
     for it in items:
         it.decoded = it.output = it.pred_mask = None
     return stats
@@ -646,17 +648,16 @@ def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[
                 t = time.perf_counter()
                 editor.ensure_loaded()
                 timer.add("editor_load_s", time.perf_counter() - t)
-                t = time.perf_counter()
-                results: List[Tuple[_Item, Any]] = []
+                # each batch's outputs are cached as soon as it returns: a kill loses one batch at most
                 for batch in _chunks(todo, int(editor.batch_size)):
-                    results.extend(zip(batch, _call_editor(editor, list(batch))))
-                timer.add("edit_s", time.perf_counter() - t)
-                t = time.perf_counter()
-
-                list(pool.map(lambda pair: finish_output(out, pair[0], pair[1], cfg.resize_outputs, wants_mask),
-                              results))
-                counts["edited"] += len(results)
-                timer.add("write_outputs_s", time.perf_counter() - t)
+                    t = time.perf_counter()
+                    results: List[Tuple[_Item, Any]] = list(zip(batch, _call_editor(editor, list(batch))))
+                    timer.add("edit_s", time.perf_counter() - t)
+                    t = time.perf_counter()
+                    list(pool.map(lambda pair: finish_output(out, pair[0], pair[1], cfg.resize_outputs, wants_mask),
+                                  results))
+                    counts["edited"] += len(results)
+                    timer.add("write_outputs_s", time.perf_counter() - t)
             t = time.perf_counter()
             list(pool.map(lambda it: _score(it, computable, params), part))
             timer.add("metrics_s", time.perf_counter() - t)

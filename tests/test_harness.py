@@ -584,3 +584,30 @@ def test_mask_iou_is_not_computed_for_editors_without_masks(export, tmp_path):
     res = _score(export, tmp_path / "i", metrics=["mask_iou", "l1"], limit=2)
     assert "mask_iou" not in res.results["metrics"]
     assert "returns no predicted mask" in res.results["not_computed"]["mask_iou"]["reason"]
+
+
+class DyingEditor(Editor):
+    """Identity in batches of 2; the process "dies" (SystemExit, not an editor error) on batch 3."""
+
+    name = "dying"
+    batch_size = 2
+    calls = 0
+
+    def edit(self, images, prompts, seeds, extras):
+        DyingEditor.calls += 1
+        if DyingEditor.calls == 3:
+            raise SystemExit(9)
+        return [np.array(img) for img in images]
+
+
+def test_each_batch_is_cached_as_soon_as_it_returns(export, tmp_path):
+    """A run stopped in the middle of a chunk keeps the batches that finished before it."""
+    DyingEditor.calls = 0
+    cfg = ScoreConfig(model="dying", data=str(export), out=str(tmp_path / "d"), plots=False, bootstrap=20,
+                      chunk_size=64)
+    with pytest.raises(SystemExit):
+        run_score(cfg, editor=DyingEditor(), log=lambda s: None)
+    assert len(list((tmp_path / "d" / "outputs").glob("*.json"))) == 4  # batches 1 and 2 of the first chunk
+    DyingEditor.calls = 10
+    res = run_score(cfg, editor=DyingEditor(), log=lambda s: None)
+    assert res.timing["outputs_reused"] == 4 and res.timing["outputs_edited"] == res.results["counts"]["scored"] - 4
