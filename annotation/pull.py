@@ -379,17 +379,50 @@ def _repainted_mask(ann: Dict[str, Any], spec: cfg.ConfigSpec, index: int,
 # the pull
 # ----------------------------------------------------------------------------------------------
 
+SNAPSHOT_TITLE = "refcoco-edit review pull"
+
+
+def remove_stale_snapshots(conn: Connection, project_id: int, older_than_s: float,
+                           log: Callable[[str], None] = print) -> int:
+    """Delete our own export snapshots (titled ``SNAPSHOT_TITLE``) older than ``older_than_s``: the
+    ones a killed pull left on the server. Younger ones may belong to a pull running right now, and
+    snapshots with other titles are someone else's. Returns how many were deleted."""
+    from datetime import datetime, timezone
+
+    exports = conn.client.projects.exports
+    now = datetime.now(timezone.utc)
+    n = 0
+    for snap in conn.call("listing export snapshots", exports.list, project_id):
+        created = getattr(snap, "created_at", None)
+        if getattr(snap, "title", None) != SNAPSHOT_TITLE or created is None:
+            continue
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=timezone.utc)
+        if (now - created).total_seconds() < older_than_s:
+            continue
+        try:
+            conn.call("deleting a stale export snapshot", exports.delete, project_id, export_pk=str(snap.id))
+            n += 1
+        except LabelStudioError as e:
+            log(f"warning: stale export snapshot {snap.id} was not deleted ({e})")
+    return n
+
+
 def export_snapshot(conn: Connection, project_id: int, timeout: float = EXPORT_TIMEOUT_S,
                     on_step: Optional[Callable[[str], None]] = None,
-                    log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
+                    log: Callable[[str], None] = print,
+                    stale_after_s: Optional[float] = None) -> List[Dict[str, Any]]:
     """Every annotated task of the project with its annotations, through an export snapshot (JSON).
 
+    First removes our snapshots older than ``stale_after_s`` (default: twice ``timeout``, so a pull
+    still running elsewhere keeps its own) - what killed pulls left behind.
     ``on_step`` is called with "snapshot-created", "snapshot-ready" and "downloaded" (tests use it
     to stop the server mid-pull)."""
     step = on_step or (lambda s: None)
     exports = conn.client.projects.exports
+    remove_stale_snapshots(conn, project_id, 2 * timeout if stale_after_s is None else stale_after_s, log=log)
     snap = conn.call("creating an export snapshot", exports.create, project_id,
-                     title="refcoco-edit review pull", task_filter_options={"annotated": "only"})
+                     title=SNAPSHOT_TITLE, task_filter_options={"annotated": "only"})
     step("snapshot-created")
     t0 = time.monotonic()
     while getattr(snap, "status", None) != "completed":

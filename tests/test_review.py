@@ -396,6 +396,31 @@ def test_server_stopped_mid_pull_leaves_the_table_untouched(label_studio, flow, 
     assert table[pending[-1]]["status"] == "accepted"
 
 
+def test_stale_snapshots_of_killed_pulls_are_removed(label_studio, flow):  # noqa: F811
+    """A pull stopped after creating its snapshot leaves it on the server; a later pull deletes our
+    snapshots older than twice its timeout, never younger ones (a pull running elsewhere) nor
+    snapshots with another title (someone else's)."""
+    from annotation.client import Connection
+    from annotation.pull import SNAPSHOT_TITLE, remove_stale_snapshots
+
+    ls, pid = label_studio, flow["pid"]
+    conn = Connection(ls.url, token=ls.token)
+    exports = conn.client.projects.exports
+    ours = exports.create(pid, title=SNAPSHOT_TITLE, task_filter_options={"annotated": "only"})
+    theirs = exports.create(pid, title="someone's backup", task_filter_options={"annotated": "only"})
+
+    def listed():
+        return {int(x.id): x.title for x in exports.list(pid)}
+
+    assert remove_stale_snapshots(conn, pid, older_than_s=3600, log=lambda s: None) == 0  # all young
+    assert int(ours.id) in listed()
+    n = remove_stale_snapshots(conn, pid, older_than_s=0, log=lambda s: None)
+    left = listed()
+    assert n >= 1 and int(ours.id) not in left and SNAPSHOT_TITLE not in left.values()
+    assert left.get(int(theirs.id)) == "someone's backup"
+    exports.delete(pid, export_pk=str(theirs.id))
+
+
 def test_report_timings(label_studio, flow):  # noqa: F811
     """Not a check: records the measured times (see the issue note) next to the test output."""
     times = dict(flow["times"], restart_s=label_studio.startup_s[-1] if len(label_studio.startup_s) > 1 else None)
