@@ -394,7 +394,7 @@ def test_synthesize_record_from_an_rle_row():
 # overfit
 # ---------------------------------------------------------------------------------------------
 
-OVERFIT_STEPS = int(os.environ.get("REFERDIFFUSION_OVERFIT_STEPS", "80"))
+OVERFIT_STEPS = int(os.environ.get("REFERDIFFUSION_OVERFIT_STEPS", "200"))
 
 
 def _iou(logits: "torch.Tensor", mask: "torch.Tensor") -> float:
@@ -425,9 +425,9 @@ def test_tiny_model_overfits_four_samples(ip2p):
             print(step, {k: round(float(v), 4) for k, v in t.items()}, round(ious[-1], 3))
     first, last = np.mean(losses[:3]), np.mean(losses[-3:])
     assert last < 0.5 * first, (first, last)
-    # measured (1 thread, busy 2-core box): IoU 0.18 -> 0.60 at step 80, 0.71 at 200; ~0.19 s/step
+    # measured (1 thread, 2-core box): loss 2.78 -> 0.36, IoU 0.18 -> 0.65 at step 100, 0.71 at 200; ~0.17 s/step
     iou_end = float(np.mean(ious[-3:]))
-    assert iou_end > ious[0] + 0.2 and iou_end > 0.45, (ious[0], iou_end)
+    assert iou_end > ious[0] + 0.3 and iou_end > 0.5, (ious[0], iou_end)
 
 
 # ---------------------------------------------------------------------------------------------
