@@ -611,3 +611,38 @@ def test_each_batch_is_cached_as_soon_as_it_returns(export, tmp_path):
     DyingEditor.calls = 10
     res = run_score(cfg, editor=DyingEditor(), log=lambda s: None)
     assert res.timing["outputs_reused"] == 4 and res.timing["outputs_edited"] == res.results["counts"]["scored"] - 4
+
+
+def test_dir_adapter_with_predicted_masks(export, tmp_path, oracle_run):
+    """``dir:PATH`` + ``masks=true``: ``{sample_id}.mask.png`` next to each output is the method's
+    predicted mask, scored as mask_iou; a missing one fails its sample as bad_mask."""
+    from PIL import Image
+
+    from benchmark.data import decode_sample
+
+    samples = load_dataset(export).samples
+    outs = tmp_path / "precomputed"
+    outs.mkdir()
+    for i, s in enumerate(samples):
+        sid = s.sample_id
+        (outs / f"{sid}.png").write_bytes((oracle_run.out / "outputs" / f"{sid}.png").read_bytes())
+        if i == 0:
+            continue  # no mask for the first sample
+        m = decode_sample(s).target_mask
+        if i == 1:
+            m = np.zeros_like(m)  # an empty prediction: IoU 0
+        Image.fromarray((m * 255).astype(np.uint8)).save(outs / f"{sid}.mask.png")
+    res = _score(export, tmp_path / "d", model=f"dir:{outs}", editor_args={"masks": "true"},
+                 metrics=["mask_iou", "l1"])
+    r = res.results
+    assert r["editor"]["returns_mask"] is True and r["editor"]["config"]["masks"] is True
+    assert r["counts"]["failed_by_reason"] == {"bad_mask": 1}
+    rows = {x["sample_id"]: x for x in _rows(res.out)}
+    assert "no " in rows[samples[0].sample_id]["error"] and rows[samples[1].sample_id]["mask_iou"] == 0.0
+    assert all(rows[s.sample_id]["mask_iou"] == 1.0 for s in samples[2:])
+    # without masks=true the same folder scores as before, with mask_iou not computed
+    plain = _score(export, tmp_path / "p", model=f"dir:{outs}", metrics=["mask_iou", "l1"])
+    assert plain.results["counts"]["failed"] == 0 and "mask_iou" in plain.results["not_computed"]
+    assert "masks" not in plain.results["editor"]["config"]
+    with pytest.raises(InputError, match="masks"):
+        _score(export, tmp_path / "x", model=f"dir:{outs}", editor_args={"masks": "maybe"})

@@ -3,7 +3,9 @@
 ``dir:PATH`` — precomputed outputs ``PATH/{sample_id}.png`` (``.jpg``, ``.jpeg``, ``.webp`` are
 tried next, in this order). A missing file is the failure ``missing_output``, an undecodable one
 ``corrupt_output``. The editor that made them is unknown to us, so declare what it saw:
-``--editor-arg protocol=gt_mask,edit_phrase`` (recorded in the report).
+``--editor-arg protocol=gt_mask,edit_phrase`` (recorded in the report). A method that also
+predicts where the referred object is can leave ``PATH/{sample_id}.mask.png`` next to each output
+and pass ``--editor-arg masks=true``: the masks are scored as ``mask_iou``.
 
 ``cmd:"TEMPLATE"`` — an external program run once per sample, or once per batch:
 
@@ -43,7 +45,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from .base import Editor, EditFailure, check_protocol
+from .base import Editor, EditFailure, EditOutput, check_protocol
 
 DIR_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 STDERR_TAIL = 800
@@ -82,17 +84,40 @@ def _decode_file(path: Path, shown: Optional[str] = None) -> Union[np.ndarray, E
 
 
 class DirEditor(Editor):
-    """Precomputed outputs: ``PATH/{sample_id}.png``."""
+    """Precomputed outputs: ``PATH/{sample_id}.png``. With ``masks=true`` the method's predicted
+    masks of the referred object too: ``PATH/{sample_id}.mask.png`` (grey, level / 255 = the
+    probability; a 0/255 or 1-bit PNG for a hard mask), scored as ``mask_iou``; a sample without
+    one fails as ``bad_mask``."""
 
     name = "dir"
     batch_size = 16
 
-    def __init__(self, path: str, protocol: Any = None):
-        super().__init__(path=str(path), protocol=sorted(_parse_protocol(protocol)))
+    def __init__(self, path: str, protocol: Any = None, masks: Any = False):
+        flag = str(masks).strip().lower()
+        if flag not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"dir: masks must be true or false, got {masks!r}")
+        with_masks = flag in ("true", "1", "yes")
+        config: Dict[str, Any] = {"path": str(path), "protocol": sorted(_parse_protocol(protocol))}
+        if with_masks:  # recorded (and fingerprinted) only when on: older runs' caches stay valid
+            config["masks"] = True
+        super().__init__(**config)
         self.path = Path(path)
         if not self.path.is_dir():
             raise ValueError(f"dir:{path}: no such folder")
         self.protocol = _parse_protocol(protocol)
+        self.returns_mask = with_masks
+
+    def _mask(self, sample_id: str) -> Any:
+        from PIL import Image, UnidentifiedImageError
+
+        p = self.path / f"{sample_id}.mask.png"
+        try:
+            with Image.open(p) as im:
+                return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+        except FileNotFoundError:
+            return EditFailure("bad_mask", f"no {p.name} in {self.path} (dir: with masks=true)")
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            return EditFailure("bad_mask", f"{p}: cannot be decoded ({type(e).__name__})")
 
     def _find(self, sample_id: str) -> Optional[Path]:
         from refcoco_edit.schema import is_safe_name
@@ -112,7 +137,11 @@ class DirEditor(Editor):
             if p is None:
                 out.append(EditFailure("missing_output", f"no {e['sample_id']}{{{','.join(DIR_EXTENSIONS)}}} in {self.path}"))
             else:
-                out.append(_decode_file(p))
+                img = _decode_file(p)
+                if self.returns_mask and not isinstance(img, EditFailure):
+                    mask = self._mask(e["sample_id"])
+                    img = mask if isinstance(mask, EditFailure) else EditOutput(img, mask)
+                out.append(img)
         return out
 
 
