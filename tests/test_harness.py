@@ -646,3 +646,32 @@ def test_dir_adapter_with_predicted_masks(export, tmp_path, oracle_run):
     assert "masks" not in plain.results["editor"]["config"]
     with pytest.raises(InputError, match="masks"):
         _score(export, tmp_path / "x", model=f"dir:{outs}", editor_args={"masks": "maybe"})
+
+
+def test_cmd_adapter_with_predicted_masks(export, tmp_path):
+    """``{output_mask}`` (per sample) and ``masks=true`` with ``{batch}``: the program writes its
+    predicted mask next to its output; here it copies M (``{object_mask}``), so mask_iou is 1."""
+    import shlex
+
+    py = shlex.quote(sys.executable)
+    one = tmp_path / "one.py"
+    one.write_text("import shutil, sys\nshutil.copyfile(sys.argv[1], sys.argv[2])\n"
+                   "shutil.copyfile(sys.argv[3], sys.argv[4])\n")
+    res = _score(export, tmp_path / "c", model=f"cmd:{py} {shlex.quote(str(one))} {{input}} {{output}} "
+                 "{object_mask} {output_mask}", limit=3, cmd_timeout=60, metrics=["mask_iou", "l2_bg"])
+    r = res.results
+    assert r["editor"]["returns_mask"] is True and r["counts"]["scored"] == 3
+    assert r["metrics"]["mask_iou"]["mean"] == 1.0 and r["metrics"]["mask_iou"]["n"] == 3
+
+    batch = tmp_path / "batch.py"
+    batch.write_text("import json, shutil, sys\n"
+                     "for i, line in enumerate(open(sys.argv[1])):\n"
+                     "    v = json.loads(line)\n"
+                     "    shutil.copyfile(v['input'], v['output'])\n"
+                     "    if i: shutil.copyfile(v['object_mask'], v['output_mask'])\n")
+    res = _score(export, tmp_path / "b", model=f"cmd:{py} {shlex.quote(str(batch))} {{batch}}", limit=3,
+                 cmd_timeout=60, metrics=["mask_iou"], editor_args={"masks": "true", "protocol": "object_mask"})
+    r = res.results
+    assert r["editor"]["config"]["masks"] is True
+    assert r["counts"]["failed_by_reason"] == {"bad_mask": 1} and r["metrics"]["mask_iou"]["mean"] == 1.0
+    assert "no {output_mask} file" in r["failures"][0]["error"]

@@ -13,11 +13,14 @@ and pass ``--editor-arg masks=true``: the masks are scored as ``mask_iou``.
   ``{seed}``, ``{sample_id}`` and the protocol placeholders ``{mask}`` (a PNG of M_e, 255 inside),
   ``{object_mask}`` (a PNG of M), ``{edit_phrase}``, ``{referring_phrase}``, ``{edit_type}``.
   Using one of those declares it: the protocol is derived from the template, so the report can
-  not understate what the program saw. The program writes an image to ``{output}``.
+  not understate what the program saw. The program writes an image to ``{output}`` (and, when the
+  template holds ``{output_mask}``, its predicted mask of the referred object there: a grey PNG,
+  level / 255 = probability, scored as ``mask_iou``).
 * per batch: the template holds ``{batch}`` (and none of the per-sample placeholders): the path of
   a JSON-lines file with one object per sample, keys ``sample_id, input, prompt, output, seed``
   plus the protocol keys in use (``--editor-arg protocol=...`` declares them; ``mask`` and
-  ``object_mask`` are PNG paths). The program writes every ``output``.
+  ``object_mask`` are PNG paths). The program writes every ``output`` (and, with ``--editor-arg
+  masks=true``, every ``output_mask``).
 
 Quoting. By default the template is split into arguments with ``shlex.split`` *first*, then each
 placeholder is substituted inside its argument and the program is started without a shell
@@ -54,7 +57,7 @@ STDERR_TAIL = 800
 SAMPLE_PLACEHOLDERS: Dict[str, Optional[str]] = {
     "input": None, "prompt": None, "output": None, "seed": None, "sample_id": None,
     "mask": "gt_mask", "object_mask": "object_mask", "edit_phrase": "edit_phrase",
-    "referring_phrase": "referring_phrase", "edit_type": "edit_type",
+    "referring_phrase": "referring_phrase", "edit_type": "edit_type", "output_mask": None,
 }
 BATCH_PLACEHOLDERS = ("batch",)
 
@@ -65,6 +68,33 @@ def _parse_protocol(value: Any) -> frozenset:
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
     return check_protocol(value, "--editor-arg protocol")
+
+
+def _read_mask(path: Path, missing: str, shown: str) -> Any:
+    """A predicted-mask PNG as a float HxW array (grey level / 255), or an ``EditFailure``."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+    except FileNotFoundError:
+        return EditFailure("bad_mask", missing)
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        return EditFailure("bad_mask", f"{shown}: cannot be decoded ({type(e).__name__})")
+
+
+def _with_mask(img: Any, mask: Any) -> Any:
+    """``EditOutput(img, mask)``, or the first failure of the two."""
+    if isinstance(img, EditFailure):
+        return img
+    return mask if isinstance(mask, EditFailure) else EditOutput(img, mask)
+
+
+def _masks_flag(masks: Any, where: str) -> bool:
+    flag = str(masks).strip().lower()
+    if flag not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"{where}: masks must be true or false, got {masks!r}")
+    return flag in ("true", "1", "yes")
 
 
 def _decode_file(path: Path, shown: Optional[str] = None) -> Union[np.ndarray, EditFailure]:
@@ -93,10 +123,7 @@ class DirEditor(Editor):
     batch_size = 16
 
     def __init__(self, path: str, protocol: Any = None, masks: Any = False):
-        flag = str(masks).strip().lower()
-        if flag not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"dir: masks must be true or false, got {masks!r}")
-        with_masks = flag in ("true", "1", "yes")
+        with_masks = _masks_flag(masks, "dir:")
         config: Dict[str, Any] = {"path": str(path), "protocol": sorted(_parse_protocol(protocol))}
         if with_masks:  # recorded (and fingerprinted) only when on: older runs' caches stay valid
             config["masks"] = True
@@ -108,16 +135,8 @@ class DirEditor(Editor):
         self.returns_mask = with_masks
 
     def _mask(self, sample_id: str) -> Any:
-        from PIL import Image, UnidentifiedImageError
-
         p = self.path / f"{sample_id}.mask.png"
-        try:
-            with Image.open(p) as im:
-                return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-        except FileNotFoundError:
-            return EditFailure("bad_mask", f"no {p.name} in {self.path} (dir: with masks=true)")
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            return EditFailure("bad_mask", f"{p}: cannot be decoded ({type(e).__name__})")
+        return _read_mask(p, f"no {p.name} in {self.path} (dir: with masks=true)", str(p))
 
     def _find(self, sample_id: str) -> Optional[Path]:
         from refcoco_edit.schema import is_safe_name
@@ -139,8 +158,7 @@ class DirEditor(Editor):
             else:
                 img = _decode_file(p)
                 if self.returns_mask and not isinstance(img, EditFailure):
-                    mask = self._mask(e["sample_id"])
-                    img = mask if isinstance(mask, EditFailure) else EditOutput(img, mask)
+                    img = _with_mask(img, self._mask(e["sample_id"]))
                 out.append(img)
         return out
 
@@ -170,10 +188,12 @@ class CmdEditor(Editor):
     batch_size = 8
 
     def __init__(self, template: str, shell: bool = False, timeout: float = 600.0,
-                 protocol: Any = None, batch_size: Optional[int] = None):
+                 protocol: Any = None, batch_size: Optional[int] = None, masks: Any = False):
         fields = _fields(template)
         declared = _parse_protocol(protocol)
         self.batch_mode = "batch" in fields
+        # a predicted mask per sample: the {output_mask} placeholder, or masks=true for {batch}
+        self.returns_mask = ("output_mask" in fields) or (self.batch_mode and _masks_flag(masks, "cmd:"))
         if self.batch_mode:
             bad = sorted(set(fields) - set(BATCH_PLACEHOLDERS))
             if bad:
@@ -198,7 +218,10 @@ class CmdEditor(Editor):
         timeout = float(timeout)
         if timeout <= 0:
             raise ValueError("--cmd-timeout must be positive")
-        super().__init__(template=template, shell=bool(shell), protocol=sorted(protocol_keys))
+        config: Dict[str, Any] = {"template": template, "shell": bool(shell), "protocol": sorted(protocol_keys)}
+        if self.batch_mode and self.returns_mask:
+            config["masks"] = True
+        super().__init__(**config)
         self.template = template
         self.shell = bool(shell)
         self.timeout = timeout
@@ -245,6 +268,8 @@ class CmdEditor(Editor):
         from refcoco_edit.imageio import encode_png
 
         files = {"input": d / f"{k:04d}-input.png", "output": d / f"{k:04d}-output.png"}
+        if self.returns_mask:
+            files["output_mask"] = d / f"{k:04d}-output-mask.png"
         files["input"].write_bytes(encode_png(image))
         if "gt_mask" in self.protocol:
             files["mask"] = d / f"{k:04d}-mask.png"
@@ -272,9 +297,16 @@ class CmdEditor(Editor):
                 fail = self._run({"batch": str(manifest)}, scrub=str(d))
                 if fail is not None:
                     return [fail] * len(values)
-                return [_decode_file(Path(v["output"]), "the program's output") for v in values]
-            out: List[Union[np.ndarray, EditFailure]] = []
+                return [self._result(v) for v in values]
+            out: List[Any] = []
             for v in values:
                 fail = self._run(v, scrub=str(d))
-                out.append(fail if fail is not None else _decode_file(Path(v["output"]), "the program's output"))
+                out.append(fail if fail is not None else self._result(v))
             return out
+
+    def _result(self, v: Dict[str, str]) -> Any:
+        img = _decode_file(Path(v["output"]), "the program's output")
+        if not self.returns_mask or isinstance(img, EditFailure):
+            return img
+        return _with_mask(img, _read_mask(Path(v["output_mask"]), "the program wrote no {output_mask} file",
+                                          "the program's output mask"))
