@@ -414,6 +414,26 @@ def finish_output(out: Path, it: _Item, output: Any, resize: bool, wants_mask: b
     it.meta = meta
 
 
+def _edit_batches(editor: Editor, out: Path, todo: Sequence[_Item], resize: bool, wants_mask: bool,
+                  pool: Optional[ThreadPoolExecutor] = None) -> Tuple[float, float]:
+    """Edit ``todo`` (decoded) in batches of ``editor.batch_size`` and cache each batch's outputs as
+    soon as it returns (``finish_output``, in ``pool`` when given): a kill loses one batch at most.
+    Returns (editing seconds, checking + writing seconds)."""
+    edit_s = write_s = 0.0
+    for batch in _chunks(todo, int(editor.batch_size)):
+        t = time.perf_counter()
+        results = list(zip(batch, _call_editor(editor, list(batch))))
+        t2 = time.perf_counter()
+
+        def finish(pair: Tuple[_Item, Any]) -> None:
+            finish_output(out, pair[0], pair[1], resize, wants_mask)
+
+        list(pool.map(finish, results) if pool is not None else map(finish, results))
+        edit_s += t2 - t
+        write_s += time.perf_counter() - t2
+    return edit_s, write_s
+
+
 # ----------------------------------------------------------------------------------------------
 # editing on Ray (--executor ray)
 # ----------------------------------------------------------------------------------------------
@@ -427,15 +447,7 @@ def edit_items(editor: Editor, out: Path, items: Sequence[_Item], resize: bool, 
         _decode(out, it)
     todo = [it for it in items if it.skip is None]
     t1 = time.perf_counter()
-    edit_s = write_s = 0.0
-    for batch in _chunks(todo, int(editor.batch_size)):  # cache each batch as soon as it returns
-        t = time.perf_counter()
-        results = list(zip(batch, _call_editor(editor, list(batch))))
-        t2 = time.perf_counter()
-        for it, o in results:
-            finish_output(out, it, o, resize, wants_mask)
-        edit_s += t2 - t
-        write_s += time.perf_counter() - t2
+    edit_s, write_s = _edit_batches(editor, out, todo, resize, wants_mask)
     stats = {"edited": len(todo), "failed": sum(1 for it in todo if it.meta and it.meta["status"] != "ok"),
              "skipped": len(items) - len(todo), "decode_s": t1 - t0, "edit_s": edit_s, "write_outputs_s": write_s}
     for it in items:
@@ -648,16 +660,10 @@ def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[
                 t = time.perf_counter()
                 editor.ensure_loaded()
                 timer.add("editor_load_s", time.perf_counter() - t)
-                # each batch's outputs are cached as soon as it returns: a kill loses one batch at most
-                for batch in _chunks(todo, int(editor.batch_size)):
-                    t = time.perf_counter()
-                    results: List[Tuple[_Item, Any]] = list(zip(batch, _call_editor(editor, list(batch))))
-                    timer.add("edit_s", time.perf_counter() - t)
-                    t = time.perf_counter()
-                    list(pool.map(lambda pair: finish_output(out, pair[0], pair[1], cfg.resize_outputs, wants_mask),
-                                  results))
-                    counts["edited"] += len(results)
-                    timer.add("write_outputs_s", time.perf_counter() - t)
+                edit_s, write_s = _edit_batches(editor, out, todo, cfg.resize_outputs, wants_mask, pool)
+                timer.add("edit_s", edit_s)
+                timer.add("write_outputs_s", write_s)
+                counts["edited"] += len(todo)
             t = time.perf_counter()
             list(pool.map(lambda it: _score(it, computable, params), part))
             timer.add("metrics_s", time.perf_counter() - t)
