@@ -290,3 +290,16 @@ if __name__ == "__main__":  # manual use: python tests/labelstudio.py  (installs
         pass
     finally:
         srv.stop()
+
+
+def all_tasks(ls: LabelStudioServer, pid: int) -> List[Dict[str, object]]:
+    """Every task of project ``pid`` with all its fields, page by page (REST, as a browser sees them)."""
+    tasks: List[Dict[str, object]] = []
+    page = 1
+    while True:
+        got = ls.api("GET", f"/api/tasks/?project={pid}&page={page}&page_size=100&fields=all")
+        items = got["tasks"] if isinstance(got, dict) else got
+        tasks += items
+        if len(items) < 100:
+            return tasks
+        page += 1

@@ -32,6 +32,7 @@ import pytest
 
 from conftest import REPO, run_cli
 from fake_openai import running
+from labelstudio import all_tasks
 from make_bad_corpus import editor_plans, llm_handler, make_bad_corpus, samples_of_image, write_dir_outputs
 from test_rephrase import good_rephrase
 
@@ -182,17 +183,6 @@ def _expected_build_quarantine(corpus: Dict[str, Any], selected: List[Dict[str, 
         assert sids, f"{name}: never visited"
         out |= {("prompts", s, case["expected_reason"]) for s in sids}
     return out
-
-
-def _tasks(ls, pid: int) -> List[Dict[str, Any]]:
-    tasks, page = [], 1
-    while True:
-        got = ls.api("GET", f"/api/tasks/?project={pid}&page={page}&page_size=100&fields=all")
-        items = got["tasks"] if isinstance(got, dict) else got
-        tasks += items
-        if len(items) < 100:
-            return tasks
-        page += 1
 
 
 def _submit(ls, pid: int, task: Dict[str, Any], spec: cfg.ConfigSpec, decision: str) -> None:
@@ -353,12 +343,12 @@ def test_review_push_500_exit_1_then_resumes_without_duplicates(label_studio, co
     got = ls.api("GET", "/api/projects/?page_size=100")
     pid = next(p["id"] for p in (got["results"] if isinstance(got, dict) else got) if p["title"].endswith(flow["w"].name))
     n = len(flow["exported"])
-    assert len(_tasks(ls, pid)) == n
+    assert len(all_tasks(ls, pid)) == n
     second = _review(flow, monkeypatch, "push", "--document-root", str(ls.files_root))
     _ok(second)
     assert f"0 imported, 0 updated, {n} unchanged" in second.stdout, second.stdout
     _no_secret(flow, second.stdout, second.stderr)
-    tasks = _tasks(ls, pid)
+    tasks = all_tasks(ls, pid)
     assert sorted(t["data"][cfg.KEY_SAMPLE_ID] for t in tasks) == sorted(flow["exported"])  # no duplicate
     flow["pid"] = pid
 
@@ -369,7 +359,7 @@ def test_review_pull_500_exit_1_leaves_workspace_then_resumes(label_studio, corp
     reject_image = corpus["stages"]["review"]["reject_image_id"]
     image_of = {sid: r["image_id"] for sid, r in flow["exported"].items()}
     rejected = set()
-    for t in _tasks(ls, pid):
+    for t in all_tasks(ls, pid):
         sid = t["data"][cfg.KEY_SAMPLE_ID]
         if image_of[sid] == reject_image:
             _submit(ls, pid, t, spec, cfg.REJECT)

@@ -28,7 +28,6 @@ import contextlib
 import errno
 import io
 import json
-import math
 import os
 import random
 import shutil
@@ -44,7 +43,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO  # (conftest also gives the session's Label Studio server: label_studio)
+from conftest import REPO, nan_eq  # (conftest also gives the session's Label Studio server: label_studio)
 
 SEED = 803  # issue #8, item 3
 BUILD_ARGS = ("--num-images", "6", "--shard-size", "3", "--no-progress")
@@ -173,16 +172,6 @@ def _assert_disk_full_message(code: int, out: str, err: str, path: Path) -> None
     assert "re-run" in low and "resume" in low, err
 
 
-def _nan_eq(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        return (math.isnan(a) and math.isnan(b)) or a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_nan_eq(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_nan_eq(x, y) for x, y in zip(a, b))
-    return a == b
-
-
 def _report(stage: str, **figures: Any) -> None:
     FIGURES[stage] = figures
     print(f"\nfault injection [{stage}]: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
@@ -270,7 +259,7 @@ def _score_outputs(out: Path) -> Dict[str, Any]:
 def _assert_same_score(got: Path, want: Path, what: str) -> None:
     g, w = _score_outputs(got), _score_outputs(want)
     assert g["ids"] == w["ids"], f"{what}: lost or extra samples"
-    assert _nan_eq(g["rows"], w["rows"]), f"{what}: samples.parquet differs"
+    assert nan_eq(g["rows"], w["rows"]), f"{what}: samples.parquet differs"
     assert g["pngs"].keys() == w["pngs"].keys(), f"{what}: output PNGs lost or extra"
     for name in w["pngs"]:
         assert g["pngs"][name] == w["pngs"][name], f"{what}: {name} differs"
@@ -635,7 +624,9 @@ def train_setup(built, tmp_path_factory) -> Dict[str, Any]:
     torch.set_num_threads(1)
     try:
         root = tmp_path_factory.mktemp("fi-train")
-        ip2p = _save_tiny_ip2p(root)
+        from tiny_bench_models import save_tiny_ip2p
+
+        ip2p = save_tiny_ip2p(root / "ip2p")
         cfg = {"pretrained": str(ip2p), "data": str(built["export"]), "stage": "stage1", "resolution": 32,
                "batch_size": 2, "lr": 1e-3, "max_steps": TRAIN_STEPS, "checkpoint_every": 2, "seed": 0,
                "model": {"num_heads": 4, "image_feature_dim": 16}, "synth": {"crop_scale": [0.8, 1.0]}}
@@ -648,23 +639,6 @@ def train_setup(built, tmp_path_factory) -> Dict[str, Any]:
         yield {"root": root, "config": root / "train.yaml", "clean": clean, "torch": torch, "step_s": step_s}
     finally:
         torch.set_num_threads(threads)
-
-
-def _save_tiny_ip2p(root: Path) -> Path:
-    """The tiny InstructPix2Pix of tests/test_referdiffusion.py (UNet in_channels=8)."""
-    import torch
-    from diffusers import StableDiffusionInstructPix2PixPipeline
-
-    import tiny_models as tm
-
-    torch.manual_seed(0)
-    tok = tm.tiny_tokenizer(root / "_tok")
-    te = tm._text_encoder(len(tok), tok.convert_tokens_to_ids("<|endoftext|>"), tok.convert_tokens_to_ids("<|startoftext|>"))
-    pipe = StableDiffusionInstructPix2PixPipeline(vae=tm._vae(), text_encoder=te, tokenizer=tok, unet=tm._unet(8),
-                                                  scheduler=tm._scheduler(), safety_checker=None,
-                                                  feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(str(root / "ip2p"))
-    return root / "ip2p"
 
 
 def _train_log(out: Path) -> List[Dict[str, Any]]:

@@ -21,7 +21,7 @@ from benchmark.cli import add_report_parser, add_score_parser, parse_editor_args
 from benchmark.data import load_dataset
 from benchmark.editors import Editor
 from benchmark.harness import ScoreConfig, run_score
-from conftest import REPO
+from conftest import REPO, nan_eq
 from refcoco_edit.build import BuildConfig, build
 from refcoco_edit.errors import InputError
 from refcoco_edit.export import load_export
@@ -107,21 +107,11 @@ def test_outputs_are_cached_losslessly(export, oracle_run):
 def test_two_runs_are_identical(export, tmp_path, identity_run):
     again = _score(export, tmp_path / "again")
     assert (again.out / "results.json").read_bytes() == (identity_run.out / "results.json").read_bytes()
-    assert _nan_eq(_rows(again.out), _rows(identity_run.out))
+    assert nan_eq(_rows(again.out), _rows(identity_run.out))
     assert (again.out / "report.md").read_bytes() == (identity_run.out / "report.md").read_bytes()
     assert (again.out / "gallery.html").read_bytes() == (identity_run.out / "gallery.html").read_bytes()
     timing = json.loads((again.out / "timing.json").read_text())
     assert timing["outputs_edited"] == 12 and "total_s" in timing
-
-
-def _nan_eq(a, b):
-    if isinstance(a, float) and isinstance(b, float):
-        return (math.isnan(a) and math.isnan(b)) or a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_nan_eq(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_nan_eq(x, y) for x, y in zip(a, b))
-    return a == b
 
 
 def test_samples_parquet_columns(identity_run):
@@ -195,7 +185,7 @@ def test_resume_after_sigkill(export, tmp_path, monkeypatch):
     assert resumed.timing["outputs_reused"] >= 3 and resumed.timing["outputs_edited"] == 12 - resumed.timing["outputs_reused"]
     clean = _score(export, tmp_path / "clean", model="slow_editor_mod:SlowIdentity", workers=2)
     assert (out / "results.json").read_bytes() == (clean.out / "results.json").read_bytes()
-    assert _nan_eq(_rows(out), _rows(clean.out))
+    assert nan_eq(_rows(out), _rows(clean.out))
     assert resumed.results["metrics"]["l2_bg"]["mean"] > 0  # flipped images: a real change
 
 

@@ -37,18 +37,10 @@ TINY_CFG = dict(num_heads=4, image_feature_dim=16)
 
 
 def save_tiny_ip2p(path: Path, seed: int = 0) -> Path:
-    """A tiny InstructPix2Pix (UNet in_channels=8) in the diffusers layout."""
-    import tiny_models as tm
-    from diffusers import StableDiffusionInstructPix2PixPipeline
+    """A tiny InstructPix2Pix (UNet in_channels=8) in the diffusers layout, at ``path/ip2p``."""
+    from tiny_bench_models import save_tiny_ip2p as save
 
-    torch.manual_seed(seed)
-    tok = tm.tiny_tokenizer(path / "_tok")
-    te = tm._text_encoder(len(tok), tok.convert_tokens_to_ids("<|endoftext|>"), tok.convert_tokens_to_ids("<|startoftext|>"))
-    pipe = StableDiffusionInstructPix2PixPipeline(vae=tm._vae(), text_encoder=te, tokenizer=tok, unet=tm._unet(8),
-                                                  scheduler=tm._scheduler(), safety_checker=None,
-                                                  feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(str(path / "ip2p"))
-    return path / "ip2p"
+    return save(path / "ip2p", seed)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -23,6 +23,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from labelstudio import all_tasks
+
 from annotation import config as cfg
 from annotation.cli import add_review_parser
 from annotation.client import ServerUnreachable, TokenError
@@ -66,17 +68,6 @@ def run_review(monkeypatch, argv: List[str], token: str) -> tuple:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = rc.main(argv)
     return code, out.getvalue(), err.getvalue()
-
-
-def all_tasks(ls, pid: int) -> List[Dict[str, Any]]:
-    tasks, page = [], 1
-    while True:
-        got = ls.api("GET", f"/api/tasks/?project={pid}&page={page}&page_size=100&fields=all")
-        items = got["tasks"] if isinstance(got, dict) else got
-        tasks += items
-        if len(items) < 100:
-            return tasks
-        page += 1
 
 
 def browser_submit(ls, pid: int, task: Dict[str, Any], result: List[Dict[str, Any]], lead_time: float = 20.0,

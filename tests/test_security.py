@@ -37,6 +37,7 @@ import pytest
 
 from conftest import REPO, run_cli
 from fake_openai import Reply, running
+from labelstudio import all_tasks
 
 from refcoco_edit.errors import InputError
 
@@ -379,13 +380,9 @@ def test_review_pull_ignores_a_task_whose_sample_id_is_a_path(tmp_path, label_st
     # a task that came from elsewhere (another tool, a hand import) with a hostile sample_id
     evil = "../../../../sec-pulled"
 
-    def all_tasks():
-        got = ls.api("GET", f"/api/tasks/?project={pid}&page_size=100&fields=all")
-        return got["tasks"] if isinstance(got, dict) else got
-
-    data = dict(all_tasks()[0]["data"], **{cfg.KEY_SAMPLE_ID: evil, cfg.KEY_PROMPT: SCRIPT, cfg.KEY_PROMPT_HTML: SCRIPT})
+    data = dict(all_tasks(ls, pid)[0]["data"], **{cfg.KEY_SAMPLE_ID: evil, cfg.KEY_PROMPT: SCRIPT, cfg.KEY_PROMPT_HTML: SCRIPT})
     ls.api("POST", f"/api/projects/{pid}/import", [{"data": data}])
-    tasks = all_tasks()
+    tasks = all_tasks(ls, pid)
     assert evil in {t["data"][cfg.KEY_SAMPLE_ID] for t in tasks}
     spec = cfg.parse_label_config(ls.api("GET", f"/api/projects/{pid}")["label_config"])
     for t in tasks:
