@@ -36,22 +36,16 @@ def workspace(num_images: int, seed: int) -> Path:
     """The cached demo workspace (built on first use)."""
     from refcoco_edit.build import BuildConfig, build
 
+    from perf import cached_input
+
     key = f"export-v{GEN_VERSION}-n{num_images}-seed{seed}"
-    base = Path(tempfile.gettempdir()) / "refcoco-edit-perf"
-    root = base / key
-    if (root / "DONE").exists():
-        return root / "work"
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=key + ".tmp-", dir=base))
-    t0 = time.perf_counter()
-    build(BuildConfig(out=str(tmp / "work"), num_images=num_images, seed=seed, progress=False), log=lambda s: None)
-    (tmp / "DONE").write_text("ok\n")
-    try:
-        tmp.rename(root)
-    except OSError:  # another run made it meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"export: built the demo workspace {root} in {time.perf_counter() - t0:.1f}s")
-    return root / "work"
+
+    def make(tmp: Path) -> None:
+        t0 = time.perf_counter()
+        build(BuildConfig(out=str(tmp / "work"), num_images=num_images, seed=seed, progress=False), log=lambda s: None)
+        print(f"export: built the demo workspace {key} in {time.perf_counter() - t0:.1f}s")
+
+    return cached_input(key, make) / "work"
 
 
 def _split_tables(export_dir: Path) -> Dict[str, Any]:

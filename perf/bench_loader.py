@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import json
 import pickle
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List
@@ -113,24 +112,16 @@ def generate(root: Path, images: int, anns: int, refs: int, sents: int, crowd_ev
 
 def dataset(params: Dict[str, int]) -> Path:
     """The cached synthetic data root for ``params`` (generated on first use)."""
-    key = "refer-v{}-".format(GEN_VERSION) + "-".join(f"{k}{v}" for k, v in sorted(params.items()))
-    base = Path(tempfile.gettempdir()) / "refcoco-edit-perf"
-    root = base / key
-    if (root / "DONE").exists():
-        return root
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=key + ".tmp-", dir=base))
-    t0 = time.perf_counter()
-    generate(tmp, **params)
-    (tmp / "DONE").write_text("ok\n")
-    try:
-        tmp.rename(root)
-    except OSError:  # someone else finished first
-        import shutil
+    from perf import cached_input
 
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"generated {root} in {time.perf_counter() - t0:.1f}s")
-    return root
+    key = "refer-v{}-".format(GEN_VERSION) + "-".join(f"{k}{v}" for k, v in sorted(params.items()))
+
+    def make(tmp: Path) -> None:
+        t0 = time.perf_counter()
+        generate(tmp, **params)
+        print(f"generated {key} in {time.perf_counter() - t0:.1f}s")
+
+    return cached_input(key, make)
 
 
 def _time(fn: Callable[[], Any]) -> float:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import gc
 import math
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -100,22 +99,10 @@ def generate(root: Path, samples: int, seed: int) -> None:
 
 def dataset(params: Dict[str, int]) -> Path:
     """The cached synthetic samples for ``params`` (generated on first use)."""
-    import shutil
+    from perf import cached_input
 
     key = f"score-v{GEN_VERSION}-" + "-".join(f"{k}{v}" for k, v in sorted(params.items()))
-    base = Path(tempfile.gettempdir()) / "refcoco-edit-perf"
-    root = base / key
-    if (root / "DONE").exists():
-        return root
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=key + ".tmp-", dir=base))
-    generate(tmp, **params)
-    (tmp / "DONE").write_text("ok\n")
-    try:
-        tmp.rename(root)
-    except OSError:  # another run made it meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    return cached_input(key, lambda tmp: generate(tmp, **params))
 
 
 # ----------------------------------------------------------------------------------------------
