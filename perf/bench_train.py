@@ -36,25 +36,16 @@ import numpy as np
 
 
 def _tokenizer(path: Path) -> Any:
-    """A CLIP tokenizer with a byte-level vocabulary (no merges): no download; 77 tokens."""
-    from transformers import CLIPTokenizer
+    """A CLIP tokenizer with a byte-level vocabulary (no merges): no download; 77 tokens. The one
+    the tests build (tests/tiny_models.py), as perf/bench_generate.py uses it."""
+    import sys
 
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    chars = [chr(c) for c in cs]
-    vocab: Dict[str, int] = {}
-    for c in chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]:
-        vocab[c] = len(vocab)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "vocab.json").write_text(json.dumps(vocab))
-    (path / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=77)
+    tests = str(Path(__file__).resolve().parents[1] / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from tiny_models import tiny_tokenizer
+
+    return tiny_tokenizer(path)
 
 
 def _components(full: bool, tok_dir: Path) -> Dict[str, Any]:
