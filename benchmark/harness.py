@@ -5,11 +5,11 @@ is what ``refcoco-edit score`` does:
 
 1. **plan** — resolve ``--metrics`` (names or families); metrics whose weights are not given are
    "not computed" with the reason, everything else runs. The model metrics that can run load
-   their backbones now (``benchmark.metrics.model_based.ModelMetrics``), before any editing, so
+   their backbones now (``refcoco_edit.benchmark.metrics.model_based.ModelMetrics``), before any editing, so
    a bad ``--clip-model`` stops the run at once (exit 2).
-2. **data** — ``benchmark.data.load_dataset``: an export folder or a workspace, one split,
+2. **data** — ``refcoco_edit.benchmark.data.load_dataset``: an export folder or a workspace, one split,
    ordered by ``sample_id``; unscorable rows are skipped with a reason.
-3. **editor** — ``benchmark.editors.get_editor(--model)``, loaded lazily: a run whose outputs
+3. **editor** — ``refcoco_edit.benchmark.editors.get_editor(--model)``, loaded lazily: a run whose outputs
    are all cached never loads it.
 4. **one pass** over the samples in chunks: each sample's images and masks are decoded once (a
    thread pool: PIL's decoders, numpy and OpenCV release the GIL), uncached samples are edited in batches of
@@ -22,7 +22,7 @@ is what ``refcoco-edit score`` does:
    pass then finds them cached, so results equal a local run's.
 5. **aggregate** — per metric: mean, std and a seeded percentile bootstrap 95% CI, overall and
    per edit type (``aggregate``).
-6. **report** — ``RESULTS/results.json`` (schema in ``benchmark.report``), ``samples.parquet``,
+6. **report** — ``RESULTS/results.json`` (schema in ``refcoco_edit.benchmark.report``), ``samples.parquet``,
    ``report.md``, ``gallery.html`` (+ ``gallery/`` thumbnails), ``plots/*.png``, and
    ``timing.json`` (wall times and cache reuse: the only file that differs between two runs).
 
@@ -45,7 +45,7 @@ every run (cheap next to editing), so results.json and samples.parquet of a resu
 clean run's, byte for byte.
 
 Per-sample editor seeds: ``derive_seed(seed, "editor", sample_id) % (2**31 - 1)``.
-Failures (reason codes in ``benchmark.editors.FAILURE_REASONS``) and skips (``SKIP_REASONS``)
+Failures (reason codes in ``refcoco_edit.benchmark.editors.FAILURE_REASONS``) and skips (``SKIP_REASONS``)
 never stop the run; they are counted in results.json and left out of the metric means.
 """
 from __future__ import annotations

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _requests(n: int, edit_type: str, h: int = 480, w: int = 640, seed: int = 0) -> List[Any]:
     """``n`` synthetic edit requests (a smooth photo-like background with one object)."""
-    from pipelines.base import EditRequest
+    from refcoco_edit.pipelines.base import EditRequest
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -118,9 +118,9 @@ def _cpu_overhead(quick: bool) -> Dict[str, Any]:
     import torch
     from PIL import Image
 
-    from pipelines.base import get_pipeline
-    from pipelines.masks import check_output, crop_window, dilate, mask_box, paste_back
-    from pipelines.models import Runtime, load_diffusers
+    from refcoco_edit.pipelines.base import get_pipeline
+    from refcoco_edit.pipelines.masks import check_output, crop_window, dilate, mask_box, paste_back
+    from refcoco_edit.pipelines.models import Runtime, load_diffusers
 
     torch.manual_seed(0)
     n = 4 if quick else 8  # one batch: the per-sample overhead needs no more (keeps `python -m perf` < 5 min)
@@ -222,8 +222,8 @@ def _cuda_throughput(quick: bool, device: str = "cuda", res: int = 512, steps: i
             torch.cuda.synchronize()
     from diffusers import StableDiffusionPipeline
 
-    from pipelines.blended_latent import BlendedLatentAttribute
-    from pipelines.models import Runtime, optimize
+    from refcoco_edit.pipelines.blended_latent import BlendedLatentAttribute
+    from refcoco_edit.pipelines.models import Runtime, optimize
 
     batch = int(os.environ.get("REFCOCO_EDIT_BENCH_BATCH", "8"))
     compile_ = os.environ.get("REFCOCO_EDIT_BENCH_COMPILE", "0") == "1"

@@ -17,7 +17,7 @@ changes and noise elsewhere), as PNG files written with the toolkit's encoder; m
   metrics as a third script (decode source + output, masks, per-distractor loops).
   That is 8 PNG decodes per sample.
 * ours — what the harness does: each PNG decoded once per sample (3 decodes), masks once, all
-  metrics from the shared arrays (``benchmark.metrics.compute_sample``), in a thread pool of
+  metrics from the shared arrays (``refcoco_edit.benchmark.metrics.compute_sample``), in a thread pool of
   ``workers`` threads (the harness default is 2); also measured with 1 worker, phase by phase,
   for the "metric compute vs decode" figure.
 
@@ -191,7 +191,7 @@ def _baseline(root: Path, meta: List[Dict[str, Any]]) -> Dict[str, Dict[str, flo
 # ----------------------------------------------------------------------------------------------
 
 def _samples(root: Path, meta: List[Dict[str, Any]]):
-    from benchmark.data import BenchSample
+    from refcoco_edit.benchmark.data import BenchSample
 
     out = []
     for s in meta:
@@ -205,8 +205,8 @@ def _samples(root: Path, meta: List[Dict[str, Any]]):
 
 def _ours(root: Path, samples: List[Any], workers: int, phases: Dict[str, float]) -> Dict[str, Dict[str, float]]:
     """The harness's path: read + decode every image once (pool), then all metrics (pool)."""
-    from benchmark.data import decode_image, decode_sample
-    from benchmark.metrics import SampleArrays, compute_sample
+    from refcoco_edit.benchmark.data import decode_image, decode_sample
+    from refcoco_edit.benchmark.metrics import SampleArrays, compute_sample
 
     def decode(s):
         sid = s.sample_id

@@ -67,9 +67,9 @@ def _load(root: Path, meta: List[Dict[str, Any]], n: int) -> List[Dict[str, Any]
 
 def _ours(items: List[Dict[str, Any]], mm: Any, batch: int, phases: Dict[str, float], workers: int = 2
           ) -> Dict[int, Tuple[float, float]]:
-    from benchmark.data import decode_image
-    from benchmark.metrics import SampleArrays, compute_sample
-    from benchmark.metrics.model_based import ModelSample
+    from refcoco_edit.benchmark.data import decode_image
+    from refcoco_edit.benchmark.metrics import SampleArrays, compute_sample
+    from refcoco_edit.benchmark.metrics.model_based import ModelSample
 
     def decode(it):
         return (decode_image(it["src"].read_bytes(), "source"), decode_image(it["out"].read_bytes(), "output"))
@@ -142,9 +142,9 @@ def run(quick: bool = False) -> Dict[str, Any]:
 def _run(quick: bool, cuda: bool) -> Dict[str, Any]:
     import torch
 
-    from benchmark.metrics.aesthetic import AestheticPredictor, build_mlp
-    from benchmark.metrics.clip_metrics import ClipEncoder
-    from benchmark.metrics.model_based import ModelMetrics
+    from refcoco_edit.benchmark.metrics.aesthetic import AestheticPredictor, build_mlp
+    from refcoco_edit.benchmark.metrics.clip_metrics import ClipEncoder
+    from refcoco_edit.benchmark.metrics.model_based import ModelMetrics
     from perf.bench_score import dataset
 
     device = torch.device("cuda" if cuda else "cpu")

@@ -9,7 +9,7 @@ hits both alike):
 * ``value`` - the ReferDiffusion step: the Region-Embedder Module (mask filter, e_v, e_r, edit
   extractor, fusion) + every loss (eps, mask BCE+Dice, edit embedding, Region-Control Loss).
 
-Each step is the trainer's (``benchmark.referdiffusion.train``): forward (VAE encode of source and
+Each step is the trainer's (``refcoco_edit.benchmark.referdiffusion.train``): forward (VAE encode of source and
 target, frozen text encoder, UNet), ``total_loss``, backward, grad-norm clipping, AdamW step,
 under autocast (fp32 master weights, mixed precision as accelerate does; fp16 uses a GradScaler).
 ``rem_rcl_overhead_pct`` = (ReferDiffusion step time / plain step time - 1) x 100; issue #7 wants it
@@ -111,8 +111,8 @@ class _Trainer:
     def __init__(self, comps: Dict[str, Any], rem: bool, device: Any, amp: Any, seed: int):
         import torch
 
-        from benchmark.referdiffusion.losses import LossWeights
-        from benchmark.referdiffusion.model import ReferDiffusion, ReferDiffusionConfig
+        from refcoco_edit.benchmark.referdiffusion.losses import LossWeights
+        from refcoco_edit.benchmark.referdiffusion.model import ReferDiffusion, ReferDiffusionConfig
 
         torch.manual_seed(seed)
         self.model = ReferDiffusion(**comps, config=ReferDiffusionConfig(use_rem=rem)).to(device).train()
@@ -125,7 +125,7 @@ class _Trainer:
     def step(self, batch: Dict[str, Any]) -> float:
         import torch
 
-        from benchmark.referdiffusion.losses import total_loss
+        from refcoco_edit.benchmark.referdiffusion.losses import total_loss
 
         b = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):

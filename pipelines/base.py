@@ -5,7 +5,7 @@ type/target, seed, optional exemplar) into a candidate reference image plus its 
 Contract every pipeline keeps:
 
 * the output image has the source's size, and equals the source *exactly* outside ``edit_mask``
-  (pipelines paste back through M_e, see ``pipelines.masks.paste_back``);
+  (pipelines paste back through M_e, see ``refcoco_edit.pipelines.masks.paste_back``);
 * the output differs from the source somewhere inside ``edit_mask``;
 * the same request (same seed) gives the same bytes;
 * a bad request raises ``PipelineError`` with a quarantine reason code; the caller (the shard
@@ -98,13 +98,13 @@ class GTPipeline(ABC):
 
 # name -> "module:Class"; built lazily by get_pipeline
 PIPELINES: Dict[str, str] = {
-    "classical-remove": "pipelines.classical:InpaintRemoval",
-    "classical-replace": "pipelines.classical:ExemplarComposite",
-    "classical-attribute": "pipelines.classical:Recolor",
-    "pbe-replace": "pipelines.paint_by_example:PaintByExampleReplace",
-    "bld-replace": "pipelines.blended_latent:BlendedLatentReplace",
-    "bld-attribute": "pipelines.blended_latent:BlendedLatentAttribute",
-    "sd-inpaint-remove": "pipelines.inpaint:InpaintRemove",
+    "classical-remove": "refcoco_edit.pipelines.classical:InpaintRemoval",
+    "classical-replace": "refcoco_edit.pipelines.classical:ExemplarComposite",
+    "classical-attribute": "refcoco_edit.pipelines.classical:Recolor",
+    "pbe-replace": "refcoco_edit.pipelines.paint_by_example:PaintByExampleReplace",
+    "bld-replace": "refcoco_edit.pipelines.blended_latent:BlendedLatentReplace",
+    "bld-attribute": "refcoco_edit.pipelines.blended_latent:BlendedLatentAttribute",
+    "sd-inpaint-remove": "refcoco_edit.pipelines.inpaint:InpaintRemove",
 }
 
 # backend -> edit type -> pipeline names producing candidates for it

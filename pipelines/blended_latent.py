@@ -5,7 +5,7 @@ diffusers has no pipeline for it, so the loop is written here, on the components
 text-to-image SD model (``--sd-model``: 4-channel UNet) or, as the alternative backbone, of an SD
 inpainting model (``--bld-backbone inpaint``: its 9-channel UNet also sees the mask and the masked
 image). Steps of one batched call (``run_model``; the frame is
-``pipelines.models.DiffusionGTPipeline``):
+``refcoco_edit.pipelines.models.DiffusionGTPipeline``):
 
 1. ``check_inputs``: base checks, plus a non-empty edit target;
 2. ``prepare``: the edit region — for ``replace`` the source box grown by ``region_growth`` (the
@@ -36,9 +36,9 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from pipelines.base import EditRequest, PipelineError, PipelineOutput
-from pipelines.masks import box_mask, dilate, edit_mask, grow_box, mask_box, replacement_edit_mask
-from pipelines.models import DiffusionGTPipeline, Job, Runtime
+from refcoco_edit.pipelines.base import EditRequest, PipelineError, PipelineOutput
+from refcoco_edit.pipelines.masks import box_mask, dilate, edit_mask, grow_box, mask_box, replacement_edit_mask
+from refcoco_edit.pipelines.models import DiffusionGTPipeline, Job, Runtime
 
 __all__ = ["BlendedLatentEdit", "BlendedLatentReplace", "BlendedLatentAttribute", "DEFAULT_SD_MODEL", "edit_text"]
 

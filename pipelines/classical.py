@@ -42,8 +42,8 @@ from typing import Any, Dict, Optional, Tuple
 import cv2
 import numpy as np
 
-from pipelines.base import EditRequest, GTPipeline, PipelineError, PipelineOutput
-from pipelines.masks import check_output, dilate, edit_mask, erode, feather_alpha, paste_back
+from refcoco_edit.pipelines.base import EditRequest, GTPipeline, PipelineError, PipelineOutput
+from refcoco_edit.pipelines.masks import check_output, dilate, edit_mask, erode, feather_alpha, paste_back
 from refcoco_edit.vocab import COLOURS, MATERIALS
 
 __all__ = ["InpaintRemoval", "ExemplarComposite", "Recolor", "inpaint", "mask_bbox"]

@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from pipelines.masks import grow_box, mask_box
+from refcoco_edit.pipelines.masks import grow_box, mask_box
 
 __all__ = ["FilterConfig", "ClipEmbedder", "CandidateFilter", "FilterItem", "rank_candidates", "DEFAULT_CLIP_MODEL"]
 
@@ -83,7 +83,7 @@ class ClipEmbedder:
     @classmethod
     def load(cls, spec: str, runtime: Any = None) -> "ClipEmbedder":
         """Load a CLIP model from a local path or a (cached) hub id; ``ModelError`` otherwise."""
-        from pipelines.models import ModelError, Runtime, check_model, resolve_device
+        from refcoco_edit.pipelines.models import ModelError, Runtime, check_model, resolve_device
 
         runtime = runtime or Runtime()
         src, _ = check_model(spec, "clip", "--clip-model", runtime.local_files_only)
@@ -144,7 +144,7 @@ class CandidateFilter:
         """Load CLIP when it is available locally; a hub id that is not cached (or no model)
         switches the CLIP checks off with the reason. A local path that does not exist or is not
         a CLIP model raises ``ModelError`` (a configuration mistake, not a missing optional)."""
-        from pipelines.models import ModelUnavailable
+        from refcoco_edit.pipelines.models import ModelUnavailable
 
         if not config.clip_model or str(config.clip_model).lower() in ("none", "off", ""):
             return cls(config, None, "CLIP filters off (--clip-model none)")

@@ -6,7 +6,7 @@ Every ground-truth pipeline ends the same way:
    replaced it, and a margin for the seam;
 2. ``paste_back``: the generated image is blended into the source through a feathered alpha that is
    exactly 0 outside M_e, so the output equals the source bit for bit outside M_e (the contract in
-   ``pipelines.base``; the background metrics such as L2_bg rely on it);
+   ``refcoco_edit.pipelines.base``; the background metrics such as L2_bg rely on it);
 3. ``check_output``: the contract is verified (size, exact background, a real change inside M_e)
    and violations become ``PipelineError`` with a quarantine reason code.
 
@@ -32,7 +32,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-from pipelines.base import PipelineError
+from refcoco_edit.pipelines.base import PipelineError
 
 __all__ = [
     "dilate", "erode", "changed_region", "edit_mask", "feather_alpha", "paste_back", "check_output",

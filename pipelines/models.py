@@ -368,8 +368,8 @@ def load_diffusers(spec: str, kind: str, runtime: Runtime, what: str = "") -> An
 # ----------------------------------------------------------------------------------------------
 import numpy as np  # noqa: E402  (numpy is a core dependency; kept below the torch-free helpers)
 
-from pipelines.base import EditRequest, GTPipeline, PipelineError, PipelineOutput  # noqa: E402
-from pipelines.masks import check_output, crop_window, mask_box, paste_back  # noqa: E402
+from refcoco_edit.pipelines.base import EditRequest, GTPipeline, PipelineError, PipelineOutput  # noqa: E402
+from refcoco_edit.pipelines.masks import check_output, crop_window, mask_box, paste_back  # noqa: E402
 
 
 @dataclass
@@ -498,7 +498,7 @@ class DiffusionGTPipeline(GTPipeline):
     def changed_in_window(job: "Job", generated: np.ndarray, threshold: float = 12.0) -> np.ndarray:
         """``changed_region`` of the source and the generated image, computed on the window only
         (outside it the generated image is the source)."""
-        from pipelines.masks import changed_region
+        from refcoco_edit.pipelines.masks import changed_region
 
         x0, y0, x1, y1 = job.window
         out = np.zeros(generated.shape[:2], bool)

@@ -247,7 +247,7 @@ class Builder:
 
     def pipeline(self, name: str) -> Any:
         if name not in self._pipelines:
-            from pipelines.base import get_pipeline
+            from refcoco_edit.pipelines.base import get_pipeline
 
             self._pipelines[name] = get_pipeline(name, **self._pipeline_kwargs(name))
         return self._pipelines[name]
@@ -293,7 +293,7 @@ class Builder:
         import os
 
         if self._llm is None or self._llm_pid != os.getpid():
-            from pipelines.rephrase import LLMCache, LLMRephraser, RephraseConfig
+            from refcoco_edit.pipelines.rephrase import LLMCache, LLMRephraser, RephraseConfig
 
             cfg = self.cfg
             rc = RephraseConfig(model=cfg.llm_model, base_url=cfg.llm_base_url, mode=cfg.llm_mode,
@@ -370,7 +370,7 @@ class Builder:
 
     def llm_batch(self, shards: List[int], log: Callable[[str], None]) -> Dict[str, int]:
         """Bulk mode: answer every LLM request of these shards through the Batch API first."""
-        from pipelines.rephrase import BatchRunner
+        from refcoco_edit.pipelines.rephrase import BatchRunner
 
         items: List[Dict[str, Any]] = []
         for i in shards:
@@ -382,7 +382,7 @@ class Builder:
     # -- generate ----------------------------------------------------------------------------
     def active_pipelines(self, edit_type: str) -> List[str]:
         """The backend's pipelines for an edit type (restricted by ``--pipelines``)."""
-        from pipelines.base import pipelines_for
+        from refcoco_edit.pipelines.base import pipelines_for
 
         names = pipelines_for(self.cfg.backend, edit_type)
         if self.cfg.backend == "diffusion" and self.cfg.pipelines:
@@ -391,7 +391,7 @@ class Builder:
 
     def runtime(self) -> Any:
         """The diffusion runtime (device, dtype, hub policy, speed switches) of this build."""
-        from pipelines.models import Runtime
+        from refcoco_edit.pipelines.models import Runtime
 
         c = self.cfg
         return Runtime(device=c.device, dtype=c.dtype, local_files_only=c.local_files_only,
@@ -404,7 +404,7 @@ class Builder:
             if path is None:
                 self._sam = None
             else:
-                from pipelines.masks import SamBoxSegmenter
+                from refcoco_edit.pipelines.masks import SamBoxSegmenter
 
                 self._sam = SamBoxSegmenter.from_checkpoint(path, self.cfg.sam_type, self.runtime().torch_device())
         return self._sam
@@ -431,7 +431,7 @@ class Builder:
     def candidate_filter(self) -> Any:
         """The candidate filters of the diffusion backend (CLIP loaded once per process)."""
         if self._filter is None:
-            from pipelines.filters import CandidateFilter, FilterConfig
+            from refcoco_edit.pipelines.filters import CandidateFilter, FilterConfig
 
             c = self.cfg
             fc = FilterConfig(clip_model=None if str(c.clip_model).lower() in ("none", "off", "") else c.clip_model,
@@ -445,8 +445,8 @@ class Builder:
         """Build and load every pipeline (and SAM, CLIP) this build will use, before any shard
         runs: a model that cannot be loaded stops the run with ``InputError`` (exit 2) instead
         of quarantining every sample. Returns notes for the log."""
-        from pipelines.masks import SamCheckpointError
-        from pipelines.models import ModelError
+        from refcoco_edit.pipelines.masks import SamCheckpointError
+        from refcoco_edit.pipelines.models import ModelError
 
         notes = []
         try:
@@ -494,7 +494,7 @@ class Builder:
 
     def _prepare_sample(self, row: Dict[str, Any], cache: Dict[int, Any]) -> Dict[str, Any]:
         """Load a sample's image and masks, cut its exemplar and make its edit requests."""
-        from pipelines.base import EditRequest, PipelineError
+        from refcoco_edit.pipelines.base import EditRequest, PipelineError
 
         cfg = self.cfg
         li = self._image(int(row["image_id"]), cache)
@@ -535,7 +535,7 @@ class Builder:
 
     def _run_pipeline(self, name: str, requests: List[Any]) -> List[Any]:
         """Run one pipeline over requests: an output or a ``PipelineError`` per request."""
-        from pipelines.base import PipelineError
+        from refcoco_edit.pipelines.base import PipelineError
 
         pipe = self.pipeline(name)
         if hasattr(pipe, "generate_batch"):
@@ -562,7 +562,7 @@ class Builder:
         """Generate a shard: 1. prepare every sample (image, masks, exemplar, requests);
         2. run each pipeline once over all its requests of the shard (batched model calls);
         3. assemble each sample: candidates, filter scores, the best as reference."""
-        from pipelines.base import PipelineError
+        from refcoco_edit.pipelines.base import PipelineError
 
         t0 = time.perf_counter()
         cache: Dict[int, Any] = {}
@@ -611,7 +611,7 @@ class Builder:
                   cand_failures: Dict[str, int]) -> Dict[str, Any]:
         """The sample row: its candidates (failed ones left out), their filter scores, and the
         best candidate as ``reference_image`` (the first one with the classical backend)."""
-        from pipelines.base import PipelineError
+        from refcoco_edit.pipelines.base import PipelineError
 
         cfg = self.cfg
         row, li, image = prep["row"], prep["li"], prep["li"].array
@@ -642,8 +642,8 @@ class Builder:
             raise errors[0]
         best = 0
         if cfg.backend == "diffusion":
-            from pipelines.blended_latent import edit_text
-            from pipelines.filters import FilterItem, rank_candidates
+            from refcoco_edit.pipelines.blended_latent import edit_text
+            from refcoco_edit.pipelines.filters import FilterItem, rank_candidates
 
             req0 = prep["requests"][0][2]
             items = [FilterItem(image, o.image, prep["mask"], o.edit_mask, row["edit_type"],
@@ -693,7 +693,7 @@ def resolve_sam_checkpoint(cfg: "BuildConfig") -> Optional[str]:
     """The SAM checkpoint to load, or None: ``none`` is off; ``auto`` is the official file of
     ``--sam-type`` in the working folder when it is there (else off); anything else must exist
     (checked up front: a missing explicit checkpoint stops the run)."""
-    from pipelines.masks import SAM_DEFAULT_CHECKPOINTS
+    from refcoco_edit.pipelines.masks import SAM_DEFAULT_CHECKPOINTS
 
     spec = str(cfg.sam_checkpoint or "none").strip()
     if spec.lower() in ("none", "off", ""):
@@ -759,7 +759,7 @@ class ShardTask:
 
 def diffusion_models(cfg: BuildConfig) -> List[Tuple[str, str, str]]:
     """(model spec, kind, option) of every model the diffusion pipelines of this build need."""
-    from pipelines.base import pipelines_for
+    from refcoco_edit.pipelines.base import pipelines_for
 
     out: List[Tuple[str, str, str]] = []
     for t in cfg.edit_types:
@@ -787,7 +787,7 @@ def check_diffusion_config(cfg: BuildConfig) -> None:
     missing = [m for m in ("torch", "diffusers", "transformers") if importlib.util.find_spec(m) is None]
     if missing:
         raise InputError(f"--backend diffusion needs {', '.join(missing)}: pip install 'refcoco-edit[diffusion]'")
-    from pipelines.base import BACKENDS
+    from refcoco_edit.pipelines.base import BACKENDS
 
     known = sorted({n for names in BACKENDS["diffusion"].values() for n in names})
     bad = [n for n in (cfg.pipelines or []) if n not in known]
@@ -797,7 +797,7 @@ def check_diffusion_config(cfg: BuildConfig) -> None:
         raise InputError(f"--resolution must be a multiple of 8 and at least 16, got {cfg.resolution}")
     if cfg.num_inference_steps < 1 or cfg.batch_size < 1 or cfg.num_candidates < 1:
         raise InputError("--num-inference-steps, --batch-size and --num-candidates must be at least 1")
-    from pipelines.models import ModelError, ModelUnavailable, check_model
+    from refcoco_edit.pipelines.models import ModelError, ModelUnavailable, check_model
 
     for spec, kind, option in diffusion_models(cfg):
         try:

@@ -155,7 +155,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from benchmark.referdiffusion.train import main as train_main
+    from refcoco_edit.benchmark.referdiffusion.train import main as train_main
 
     return int(train_main(list(args.rest)) or 0)
 
@@ -195,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_train)
 
-    from annotation.cli import add_review_parser
-    from benchmark.cli import add_report_parser, add_score_parser
+    from refcoco_edit.annotation.cli import add_review_parser
+    from refcoco_edit.benchmark.cli import add_report_parser, add_score_parser
 
     add_review_parser(sub)
 

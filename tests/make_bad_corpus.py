@@ -80,7 +80,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
 try:  # the score-stage editor (``make_bad_corpus:PlannedEditor``); the corpus itself needs only the core
-    from benchmark.editors.base import Editor, EditFailure
+    from refcoco_edit.benchmark.editors.base import Editor, EditFailure
 except ImportError:  # pragma: no cover - the benchmark package is part of this repository
     Editor = object  # type: ignore[misc,assignment]
     EditFailure = None  # type: ignore[assignment]

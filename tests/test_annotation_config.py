@@ -9,9 +9,9 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from annotation import config as cfg
-from annotation.client import Connection, TokenError, get_token, normalize_url, scrub
-from annotation.pull import (_Ann, brush_to_mask, iso_utc, mask_to_brush_rle, reconcile_prompt, reconcile_task,
+from refcoco_edit.annotation import config as cfg
+from refcoco_edit.annotation.client import Connection, TokenError, get_token, normalize_url, scrub
+from refcoco_edit.annotation.pull import (_Ann, brush_to_mask, iso_utc, mask_to_brush_rle, reconcile_prompt, reconcile_task,
                              resolve, review_schema, reviews_table)
 from refcoco_edit import rle
 from refcoco_edit.errors import InputError
@@ -312,7 +312,7 @@ def test_token_comes_from_the_environment_only():
 
 
 def test_unreachable_server_error_names_the_url_not_the_token():
-    from annotation.client import ServerUnreachable
+    from refcoco_edit.annotation.client import ServerUnreachable
     import socket
 
     with socket.socket() as s:  # a port nothing listens on
@@ -327,7 +327,7 @@ def test_unreachable_server_error_names_the_url_not_the_token():
 
 
 def test_importing_the_review_cli_imports_no_http_or_sdk_module():
-    code = ("import sys, argparse, annotation.cli as c; p = argparse.ArgumentParser(); "
+    code = ("import sys, argparse, refcoco_edit.annotation.cli as c; p = argparse.ArgumentParser(); "
             "c.add_review_parser(p.add_subparsers()); "
             "bad = [m for m in ('label_studio_sdk', 'httpx', 'requests', 'pyarrow') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
@@ -338,7 +338,7 @@ def test_importing_the_review_cli_imports_no_http_or_sdk_module():
 def test_review_parser_options():
     import argparse
 
-    from annotation.cli import add_review_parser
+    from refcoco_edit.annotation.cli import add_review_parser
 
     p = argparse.ArgumentParser()
     add_review_parser(p.add_subparsers(dest="command"))
@@ -359,7 +359,7 @@ def test_review_parser_options():
 # ----------------------------------------------------------------------------------------------
 
 def test_media_urls_local_files_and_prefix(tmp_path):
-    from annotation.push import MediaUrls
+    from refcoco_edit.annotation.push import MediaUrls
 
     media = tmp_path / "work dir" / "review" / "media"
     url = MediaUrls(media, document_root=str(tmp_path))
@@ -373,7 +373,7 @@ def test_media_urls_local_files_and_prefix(tmp_path):
 
 
 def test_task_data_fills_every_variable_and_placeholder_slots():
-    from annotation.push import PLACEHOLDER, prediction, task_data
+    from refcoco_edit.annotation.push import PLACEHOLDER, prediction, task_data
 
     row = {"sample_id": "s1", "prompt": ROW["prompt"], "referring_span": ROW["referring_span"],
            "edit_span": ROW["edit_span"], "category": "person", "edit_type": "replace", "edit_target": "giraffe",
@@ -392,7 +392,7 @@ def test_task_data_fills_every_variable_and_placeholder_slots():
 
 
 def test_select_samples_subset_and_pending_only():
-    from annotation.push import select_samples
+    from refcoco_edit.annotation.push import select_samples
 
     rows = [{"sample_id": s} for s in ("a", "b", "c", "d")]
     reviews = {"a": {"status": "accepted"}, "b": {"status": "rejected"},

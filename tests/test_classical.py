@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines.base import EditRequest, PipelineError, get_pipeline
-from pipelines.classical import ExemplarComposite, InpaintRemoval, Recolor, clean_exemplar
-from pipelines.masks import dilate, erode
+from refcoco_edit.pipelines.base import EditRequest, PipelineError, get_pipeline
+from refcoco_edit.pipelines.classical import ExemplarComposite, InpaintRemoval, Recolor, clean_exemplar
+from refcoco_edit.pipelines.masks import dilate, erode
 from refcoco_edit.vocab import COLOURS, MATERIALS
 
 H, W = 240, 320

@@ -36,7 +36,7 @@ from labelstudio import all_tasks
 from make_bad_corpus import editor_plans, llm_handler, make_bad_corpus, samples_of_image, write_dir_outputs
 from test_rephrase import good_rephrase
 
-from annotation import config as cfg
+from refcoco_edit.annotation import config as cfg
 
 OPENAI_KEY = "sk-corpus-test-7f3a9c1e5b2d4608-secret"
 IMAGE_CASES = ("truncated_jpeg", "missing_image")

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark.editors import get_editor
-from benchmark.editors.diffusion import PAPER_SUFFIX, instruction, working_size
-from benchmark.editors.registry import EDITORS, PLANNED
+from refcoco_edit.benchmark.editors import get_editor
+from refcoco_edit.benchmark.editors.diffusion import PAPER_SUFFIX, instruction, working_size
+from refcoco_edit.benchmark.editors.registry import EDITORS, PLANNED
 from conftest import run_cli
 from refcoco_edit.errors import InputError
 from tiny_bench_models import tiny_bench
@@ -72,7 +72,7 @@ def _edit(e, img, prompt, seed, mask=None, phrase="a panda"):
 
 def test_registered_lazily_and_no_longer_planned():
     for name in ("instruct-pix2pix", "magicbrush", "blended-latent", "inpaint-anything"):
-        assert EDITORS[name].startswith("benchmark.editors.diffusion:") and name not in PLANNED
+        assert EDITORS[name].startswith("refcoco_edit.benchmark.editors.diffusion:") and name not in PLANNED
     assert "referdiffusion" not in PLANNED  # registered by benchmark/referdiffusion/infer.py
     assert get_editor("ip2p").name == "instruct-pix2pix"  # an alias
     e = get_editor("magicbrush")  # built, not loaded: no torch work, no model lookup yet
@@ -139,7 +139,7 @@ def test_ip2p_suffix_is_used_and_recorded(models, editors):
 
 
 def test_empty_mask_is_a_per_sample_failure(editors):
-    from benchmark.editors import EditFailure
+    from refcoco_edit.benchmark.editors import EditFailure
 
     img = _image()
     for name in ("blended-latent", "inpaint-anything"):
@@ -192,7 +192,7 @@ def test_score_cli_with_instruct_pix2pix(export, models, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert res["counts"]["scored"] == 2 and res["counts"]["failed"] == 0
-    from benchmark.report import validate_results
+    from refcoco_edit.benchmark.report import validate_results
 
     validate_results(res)
     ed = res["editor"]
@@ -204,7 +204,7 @@ def test_score_cli_with_instruct_pix2pix(export, models, tmp_path):
     assert res["metrics"]["l2_bg"]["mean"] > 0  # it edited (and the background moved: no mask)
     from PIL import Image
 
-    from benchmark.data import decode_sample, load_dataset
+    from refcoco_edit.benchmark.data import decode_sample, load_dataset
 
     for s in load_dataset(str(export), limit=2).samples:
         d = decode_sample(s)
@@ -212,7 +212,7 @@ def test_score_cli_with_instruct_pix2pix(export, models, tmp_path):
 
 
 def test_score_blended_latent_records_its_protocol(export, models, tmp_path):
-    from benchmark.harness import ScoreConfig, run_score
+    from refcoco_edit.benchmark.harness import ScoreConfig, run_score
 
     res = run_score(ScoreConfig(model="blended-latent", data=str(export), out=str(tmp_path / "bld"), limit=2,
                                 metrics=["l2_bg", "referring"], editor_args=dict(FAST, model=str(models["blended-latent"])),

@@ -24,10 +24,10 @@ pytest.importorskip("diffusers")
 pytest.importorskip("segment_anything")
 
 from conftest import REPO, run_cli  # noqa: E402
-from pipelines.base import EditRequest, PipelineError, get_pipeline  # noqa: E402
-from pipelines.masks import (SamBoxSegmenter, SamCheckpointError, box_mask, crop_window, dilate, grow_box,  # noqa: E402
+from refcoco_edit.pipelines.base import EditRequest, PipelineError, get_pipeline  # noqa: E402
+from refcoco_edit.pipelines.masks import (SamBoxSegmenter, SamCheckpointError, box_mask, crop_window, dilate, grow_box,  # noqa: E402
                              load_sam, mask_box, replacement_edit_mask)
-from pipelines.models import ModelError, ModelUnavailable, Runtime, check_model, load_diffusers  # noqa: E402
+from refcoco_edit.pipelines.models import ModelError, ModelUnavailable, Runtime, check_model, load_diffusers  # noqa: E402
 from refcoco_edit import rle  # noqa: E402
 from refcoco_edit.build import BuildConfig, build  # noqa: E402
 from refcoco_edit.errors import InputError  # noqa: E402
@@ -305,7 +305,7 @@ def test_build_backend_diffusion_end_to_end(diffusion_build):
         for s in scores:
             assert "bg_change" in s and "passed" in s and s["clip_model"] == str(tiny("clip"))
             assert ("removed_prob" in s) if r["edit_type"] == "remove" else ("clip_directional" in s)
-        from pipelines.filters import rank_candidates
+        from refcoco_edit.pipelines.filters import rank_candidates
 
         best = cands[rank_candidates(scores)]
         assert best["image"]["bytes"] == r["reference_image"]["bytes"] and best["edit_mask"] == r["edit_mask"]
@@ -419,8 +419,8 @@ def test_a_sam_checkpoint_of_the_wrong_type_stops_the_build(demo_dir, tmp_path):
 
 
 def test_help_and_imports_never_import_torch():
-    code = ("import sys, refcoco_edit, pipelines.base, pipelines.models, pipelines.masks, pipelines.filters, "
-            "pipelines.paint_by_example, pipelines.blended_latent, pipelines.inpaint, refcoco_edit.build, refcoco_edit.cli\n"
+    code = ("import sys, refcoco_edit, refcoco_edit.pipelines.base, refcoco_edit.pipelines.models, refcoco_edit.pipelines.masks, refcoco_edit.pipelines.filters, "
+            "refcoco_edit.pipelines.paint_by_example, refcoco_edit.pipelines.blended_latent, refcoco_edit.pipelines.inpaint, refcoco_edit.build, refcoco_edit.cli\n"
             "from refcoco_edit.cli import main\n"
             "try:\n    main(['build', '--help'])\nexcept SystemExit:\n    pass\n"
             "bad = [m for m in ('torch', 'diffusers', 'transformers', 'segment_anything') if m in sys.modules]\n"

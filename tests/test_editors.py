@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmark.editors import EditFailure, Editor, check_output, get_editor, list_editors
-from benchmark.editors.registry import UnknownEditorError
+from refcoco_edit.benchmark.editors import EditFailure, Editor, check_output, get_editor, list_editors
+from refcoco_edit.benchmark.editors.registry import UnknownEditorError
 from refcoco_edit.errors import InputError
 from refcoco_edit.imageio import encode_png
 
@@ -53,7 +53,7 @@ def test_identity_and_oracle():
     assert oracle.protocol == {"reference"}
     assert np.array_equal(oracle.edit([IMG], ["p"], [0], _extras(reference=REF))[0], REF)
     d = oracle.describe()
-    assert d["protocol"] == ["reference"] and d["class"] == "benchmark.editors.builtin:OracleEditor"
+    assert d["protocol"] == ["reference"] and d["class"] == "refcoco_edit.benchmark.editors.builtin:OracleEditor"
 
 
 def test_aliases_and_did_you_mean():
@@ -91,7 +91,7 @@ def test_entry_point_plugin(tmp_path, monkeypatch):
         "[refcoco_edit.editors]\nfake-invert = fake_rie_plugin_mod:InvertEditor\n")
     (site / "fake_rie_plugin_mod.py").write_text(textwrap.dedent("""
         import numpy as np
-        from benchmark.editors import Editor
+        from refcoco_edit.benchmark.editors import Editor
 
         class InvertEditor(Editor):
             name = "fake-invert"
@@ -120,7 +120,7 @@ def test_bad_protocol_declaration_is_refused():
         def edit(self, images, prompts, seeds, extras):
             return images
 
-    from benchmark.editors.registry import _instantiate
+    from refcoco_edit.benchmark.editors.registry import _instantiate
 
     with pytest.raises(InputError, match="unknown protocol"):
         _instantiate(Bad, "test", {})

@@ -210,7 +210,7 @@ def _export_files(d: Path) -> Dict[str, Any]:
 SLOW_EDITOR = textwrap.dedent("""
     import os, time
     import numpy as np
-    from benchmark.editors import Editor
+    from refcoco_edit.benchmark.editors import Editor
 
     FULL_AT = None  # the test sets it: that call's scratch write finds the disk full
     CALLS = []
@@ -407,7 +407,7 @@ def test_build_disk_full_inside_a_sample_stops_instead_of_quarantining(built, de
     """A pipeline whose own write hits a full disk (a model cache, a temp file): the sample is not
     quarantined as broken (a done shard is never redone: the sample would be lost for good); the
     build stops, and the re-run makes it."""
-    from pipelines.classical import Recolor
+    from refcoco_edit.pipelines.classical import Recolor
 
     wd = tmp_path / "work"
     argv = ["build", "--out", str(wd), "--refcoco", str(demo_dir), "--images", str(demo_dir / "images"), *BUILD_ARGS]
@@ -468,8 +468,8 @@ def test_export_disk_full_then_rerun(built, tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def reviewed(label_studio, built) -> Dict[str, Any]:
     """A workspace below the server's document root, pushed, every task annotated."""
-    from annotation import config as cfg
-    from annotation.push import push
+    from refcoco_edit.annotation import config as cfg
+    from refcoco_edit.annotation.push import push
 
     ls = label_studio
     wd = ls.files_root / "fault-injection-work"
@@ -575,7 +575,7 @@ def test_review_pull_sigkill_at_random_moments_then_rerun(label_studio, reviewed
 
 
 def test_review_pull_disk_full_then_rerun(reviewed, monkeypatch):
-    from annotation.pull import table_bytes
+    from refcoco_edit.annotation.pull import table_bytes
     from refcoco_edit.export import REVIEW_FILE
 
     path = reviewed["wd"] / REVIEW_FILE

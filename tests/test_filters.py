@@ -14,8 +14,8 @@ from tiny_models import tiny  # noqa: E402  (sets HF_HUB_OFFLINE before any hub 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from pipelines.filters import CandidateFilter, ClipEmbedder, FilterConfig, FilterItem, rank_candidates  # noqa: E402
-from pipelines.models import ModelError  # noqa: E402
+from refcoco_edit.pipelines.filters import CandidateFilter, ClipEmbedder, FilterConfig, FilterItem, rank_candidates  # noqa: E402
+from refcoco_edit.pipelines.models import ModelError  # noqa: E402
 
 H, W = 64, 80
 

@@ -17,10 +17,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from benchmark.cli import add_report_parser, add_score_parser, parse_editor_args
-from benchmark.data import load_dataset
-from benchmark.editors import Editor
-from benchmark.harness import ScoreConfig, run_score
+from refcoco_edit.benchmark.cli import add_report_parser, add_score_parser, parse_editor_args
+from refcoco_edit.benchmark.data import load_dataset
+from refcoco_edit.benchmark.editors import Editor
+from refcoco_edit.benchmark.harness import ScoreConfig, run_score
 from conftest import REPO, nan_eq
 from refcoco_edit.build import BuildConfig, build
 from refcoco_edit.errors import InputError
@@ -152,7 +152,7 @@ def test_resume_after_deleting_outputs(export, tmp_path, oracle_run):
 SLOW_EDITOR = textwrap.dedent("""
     import time
     import numpy as np
-    from benchmark.editors import Editor
+    from refcoco_edit.benchmark.editors import Editor
 
     class SlowIdentity(Editor):
         name = "slow-identity"
@@ -168,7 +168,7 @@ def test_resume_after_sigkill(export, tmp_path, monkeypatch):
     (tmp_path / "slow_editor_mod.py").write_text(SLOW_EDITOR)
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "killed"
-    code = ("import sys; from benchmark.harness import ScoreConfig, run_score; "
+    code = ("import sys; from refcoco_edit.benchmark.harness import ScoreConfig, run_score; "
             f"run_score(ScoreConfig(model='slow_editor_mod:SlowIdentity', data={str(export)!r}, out={str(out)!r}, "
             "plots=False, bootstrap=200, workers=2), log=lambda s: None)")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO), os.environ.get("PYTHONPATH", "")]))
@@ -426,7 +426,7 @@ def test_data_errors_are_input_errors(tmp_path):
 
 
 def test_distractors_are_filtered_by_category(export):
-    from benchmark.data import _to_sample
+    from refcoco_edit.benchmark.data import _to_sample
 
     row = load_export(export).to_pylist()[0]
     row = dict(row, distractor_masks=row["distractor_masks"] * 2,
@@ -477,7 +477,7 @@ def test_parse_editor_args():
 
 def test_cli_module_imports_nothing_heavy():
     code = ("import sys, argparse\n"
-            "from benchmark.cli import add_score_parser, add_report_parser\n"
+            "from refcoco_edit.benchmark.cli import add_score_parser, add_report_parser\n"
             "ap = argparse.ArgumentParser(); sub = ap.add_subparsers()\n"
             "add_score_parser(sub); add_report_parser(sub)\n"
             "heavy = [m for m in ('torch', 'cv2', 'pyarrow', 'numpy', 'matplotlib', 'PIL') if m in sys.modules]\n"
@@ -504,7 +504,7 @@ class MaskingEditor(Editor):
     calls: list = []
 
     def edit(self, images, prompts, seeds, extras):
-        from benchmark.editors.base import EditOutput
+        from refcoco_edit.benchmark.editors.base import EditOutput
 
         outs = []
         for img, e in zip(images, extras):
@@ -529,7 +529,7 @@ class MaskingEditor(Editor):
 
 
 def test_predicted_masks_are_cached_and_scored_as_mask_iou(export, tmp_path):
-    from benchmark.metrics.referring import mask_iou
+    from refcoco_edit.benchmark.metrics.referring import mask_iou
 
     samples = load_dataset(export).samples
     ids = [s.sample_id for s in samples]
@@ -545,7 +545,7 @@ def test_predicted_masks_are_cached_and_scored_as_mask_iou(export, tmp_path):
     assert rows[ids[1]]["reason"] == "bad_mask" and "gave no mask" in rows[ids[1]]["error"]
     assert "is " in rows[ids[2]]["error"] and "NaN" in rows[ids[3]]["error"]
     # IoU against M computed independently: 1.0 for the exact mask, |left half| / |M| for the half
-    from benchmark.data import decode_sample
+    from refcoco_edit.benchmark.data import decode_sample
 
     d0 = decode_sample(samples[0])
     m = d0.target_mask
@@ -608,7 +608,7 @@ def test_dir_adapter_with_predicted_masks(export, tmp_path, oracle_run):
     predicted mask, scored as mask_iou; a missing one fails its sample as bad_mask."""
     from PIL import Image
 
-    from benchmark.data import decode_sample
+    from refcoco_edit.benchmark.data import decode_sample
 
     samples = load_dataset(export).samples
     outs = tmp_path / "precomputed"

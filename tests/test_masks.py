@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.base import PipelineError
-from pipelines.masks import changed_region, check_output, dilate, edit_mask, erode, feather_alpha, paste_back
+from refcoco_edit.pipelines.base import PipelineError
+from refcoco_edit.pipelines.masks import changed_region, check_output, dilate, edit_mask, erode, feather_alpha, paste_back
 
 
 def _disk_mask(h: int = 40, w: int = 50, cy: int = 20, cx: int = 25, r: int = 8) -> np.ndarray:

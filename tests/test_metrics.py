@@ -10,9 +10,9 @@ import math
 import numpy as np
 import pytest
 
-from benchmark.harness import aggregate, bootstrap_ci
-from benchmark.metrics import FAMILIES, METRICS, MetricParams, SampleArrays, compute_sample, plan, select_metrics
-from benchmark.metrics.background import ssim_map
+from refcoco_edit.benchmark.harness import aggregate, bootstrap_ci
+from refcoco_edit.benchmark.metrics import FAMILIES, METRICS, MetricParams, SampleArrays, compute_sample, plan, select_metrics
+from refcoco_edit.benchmark.metrics.background import ssim_map
 from refcoco_edit.errors import InputError
 
 # ----------------------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from benchmark.harness import ScoreConfig, run_score
-from benchmark.metrics import METRICS, plan
-from benchmark.metrics.model_based import NAMES, ModelMetrics, ModelSample, target_text
+from refcoco_edit.benchmark.harness import ScoreConfig, run_score
+from refcoco_edit.benchmark.metrics import METRICS, plan
+from refcoco_edit.benchmark.metrics.model_based import NAMES, ModelMetrics, ModelSample, target_text
 from refcoco_edit.errors import InputError
 from tiny_bench_models import tiny_bench
 
@@ -355,13 +355,13 @@ def test_score_run_with_every_model_metric(export, models, tmp_path):
     assert cfg["model_details"]["clip_model"]["weights_sha256"] and cfg["model_details"]["lpips_weights"]["net"] == "alex"
     assert cfg["model_metrics"]["device"] == "cpu" and "clip_sim_fg_text" in cfg["model_metrics"]["rules"]
     assert r["versions"]["torch"] and r["versions"]["transformers"]
-    from benchmark.report import validate_results
+    from refcoco_edit.benchmark.report import validate_results
 
     validate_results(r)
     md = (res.out / "report.md").read_text()
     assert "CLIP-Sim_fg (target)" in md and "CLIP-Sim_fg (P_r)" in md and "sha256" in md
     # per-sample values equal a direct ModelMetrics pass over the decoded arrays
-    from benchmark.data import decode_sample, load_dataset
+    from refcoco_edit.benchmark.data import decode_sample, load_dataset
 
     ds = load_dataset(str(export), limit=4)
     rows = {row["sample_id"]: row for row in pq.read_table(res.out / "samples.parquet").to_pylist()}
@@ -404,7 +404,7 @@ def test_a_bad_model_stops_before_editing(export, tmp_path):
 def test_cli_model_options(export, paths, tmp_path, capsys):
     import argparse
 
-    from benchmark.cli import add_score_parser
+    from refcoco_edit.benchmark.cli import add_score_parser
 
     ap = argparse.ArgumentParser()
     add_score_parser(ap.add_subparsers(dest="command"))

@@ -16,10 +16,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from benchmark.cli import add_score_parser  # noqa: E402
-from benchmark.data import load_dataset  # noqa: E402
-from benchmark.editors import Editor  # noqa: E402
-from benchmark.harness import ScoreConfig, run_score  # noqa: E402
+from refcoco_edit.benchmark.cli import add_score_parser  # noqa: E402
+from refcoco_edit.benchmark.data import load_dataset  # noqa: E402
+from refcoco_edit.benchmark.editors import Editor  # noqa: E402
+from refcoco_edit.benchmark.harness import ScoreConfig, run_score  # noqa: E402
 from refcoco_edit.build import BuildConfig, build  # noqa: E402
 from refcoco_edit.errors import InputError  # noqa: E402
 

@@ -16,15 +16,15 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from benchmark.referdiffusion import losses as L  # noqa: E402
-from benchmark.referdiffusion.model import (  # noqa: E402
+from refcoco_edit.benchmark.referdiffusion import losses as L  # noqa: E402
+from refcoco_edit.benchmark.referdiffusion.model import (  # noqa: E402
     ReferDiffusion,
     ReferDiffusionConfig,
     load_components,
     masked_mean,
     span_token_mask,
 )
-from benchmark.referdiffusion.synth import (  # noqa: E402
+from refcoco_edit.benchmark.referdiffusion.synth import (  # noqa: E402
     expand_mask,
     extract_subject,
     stage1_prompt,
@@ -431,7 +431,7 @@ def _bench_samples(n: int = 3, size: int = 32):
 
     from PIL import Image
 
-    from benchmark.data import BenchSample
+    from refcoco_edit.benchmark.data import BenchSample
     from refcoco_edit import rle
 
     out = []
@@ -454,7 +454,7 @@ def _bench_samples(n: int = 3, size: int = 32):
 
 
 def _train_cfg(ip2p, out, **kw):
-    from benchmark.referdiffusion.train import TrainConfig
+    from refcoco_edit.benchmark.referdiffusion.train import TrainConfig
 
     base = dict(pretrained=str(ip2p), output_dir=str(out), resolution=32, batch_size=2, lr=1e-3, max_steps=4,
                 checkpoint_every=2, model=dict(TINY_CFG), synth={"crop_scale": [0.8, 1.0]})
@@ -469,7 +469,7 @@ def _log(out):
 
 
 def test_trainer_resume_reproduces_the_uninterrupted_run(ip2p, tmp_path):
-    from benchmark.referdiffusion.train import train
+    from refcoco_edit.benchmark.referdiffusion.train import train
 
     samples = _bench_samples()
     full = train(_train_cfg(ip2p, tmp_path / "a", stage="stage1"), samples)
@@ -488,7 +488,7 @@ def test_trainer_resume_reproduces_the_uninterrupted_run(ip2p, tmp_path):
 def test_trainer_stage2_and_config_overrides(ip2p, tmp_path):
     import yaml
 
-    from benchmark.referdiffusion.train import load_config, main, train
+    from refcoco_edit.benchmark.referdiffusion.train import load_config, main, train
 
     cfgfile = tmp_path / "c.yaml"
     cfgfile.write_text(yaml.safe_dump({"pretrained": str(ip2p), "resolution": 32, "lr": 1e-4,
@@ -505,8 +505,8 @@ def test_trainer_stage2_and_config_overrides(ip2p, tmp_path):
 
 
 def test_shipped_ablation_configs_load():
-    from benchmark.referdiffusion.losses import LossWeights
-    from benchmark.referdiffusion.train import load_config
+    from refcoco_edit.benchmark.referdiffusion.losses import LossWeights
+    from refcoco_edit.benchmark.referdiffusion.train import load_config
 
     root = Path(__file__).resolve().parents[1] / "configs" / "referdiffusion"
     files = sorted(root.glob("*.yaml"))

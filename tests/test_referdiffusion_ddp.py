@@ -65,7 +65,7 @@ def _launch(root: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "benchmark.referdiffusion.train", "--config", str(root / "cfg.yaml"), "--output_dir", str(out), *extra]
+           "-m", "refcoco_edit.benchmark.referdiffusion.train", "--config", str(root / "cfg.yaml"), "--output_dir", str(out), *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
 
@@ -95,10 +95,10 @@ def test_two_processes_train_end_to_end(full_run):
 def test_logged_losses_are_the_mean_over_processes(setup, full_run):
     """Step 1 recomputed in one process: process p takes micro-batch slice p of the global batch
     and its noise from the generator seeded (seed, k, p); the logged value is their mean."""
-    from benchmark.data import load_dataset
-    from benchmark.referdiffusion.losses import LossWeights, total_loss
-    from benchmark.referdiffusion.model import ReferDiffusion, ReferDiffusionConfig
-    from benchmark.referdiffusion.train import SampleSource, TrainConfig, collate, micro_batch_indices
+    from refcoco_edit.benchmark.data import load_dataset
+    from refcoco_edit.benchmark.referdiffusion.losses import LossWeights, total_loss
+    from refcoco_edit.benchmark.referdiffusion.model import ReferDiffusion, ReferDiffusionConfig
+    from refcoco_edit.benchmark.referdiffusion.train import SampleSource, TrainConfig, collate, micro_batch_indices
 
     root, c = setup
     cfg = TrainConfig(**{**c, "output_dir": str(root / "recompute")})

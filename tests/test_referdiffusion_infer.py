@@ -1,4 +1,4 @@
-"""The ``referdiffusion`` editor (``benchmark.referdiffusion.infer``): the ``referdiffusion:CHECKPOINT``
+"""The ``referdiffusion`` editor (``refcoco_edit.benchmark.referdiffusion.infer``): the ``referdiffusion:CHECKPOINT``
 spec, lazy loading, clear errors on a missing/wrong checkpoint, seed/prompt dependence, the
 source size, and an end-to-end ``refcoco-edit score`` on the demo export. A tiny random
 ReferDiffusion saved in code; CPU, no network."""
@@ -18,9 +18,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from benchmark.editors import get_editor  # noqa: E402
-from benchmark.editors.registry import EDITORS, PLANNED, parse_spec  # noqa: E402
-from benchmark.metrics.referring import mask_iou  # noqa: E402
+from refcoco_edit.benchmark.editors import get_editor  # noqa: E402
+from refcoco_edit.benchmark.editors.registry import EDITORS, PLANNED, parse_spec  # noqa: E402
+from refcoco_edit.benchmark.metrics.referring import mask_iou  # noqa: E402
 from conftest import run_cli  # noqa: E402
 from refcoco_edit.errors import InputError  # noqa: E402
 
@@ -49,7 +49,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     """A tiny ReferDiffusion (random InstructPix2Pix + REM) saved as the trainer's final/ is."""
     from test_referdiffusion import TINY_CFG, save_tiny_ip2p
 
-    from benchmark.referdiffusion.model import ReferDiffusion, ReferDiffusionConfig
+    from refcoco_edit.benchmark.referdiffusion.model import ReferDiffusion, ReferDiffusionConfig
 
     root = tmp_path_factory.mktemp("rd-infer")
     ip2p = save_tiny_ip2p(root)
@@ -76,11 +76,11 @@ def _edit(e, img, prompt, seed):
 
 
 def test_spec_registered_and_parsed(tiny_ckpt):
-    assert EDITORS["referdiffusion"] == "benchmark.referdiffusion.infer:ReferDiffusionEditor"
+    assert EDITORS["referdiffusion"] == "refcoco_edit.benchmark.referdiffusion.infer:ReferDiffusionEditor"
     assert "referdiffusion" not in PLANNED
     assert parse_spec("referdiffusion:/x/y")[0] == "name_arg"
-    assert parse_spec("benchmark.editors.builtin:IdentityEditor")[0] == "class"  # module:Class unchanged
-    assert get_editor("benchmark.editors.builtin:IdentityEditor").name == "identity"
+    assert parse_spec("refcoco_edit.benchmark.editors.builtin:IdentityEditor")[0] == "class"  # module:Class unchanged
+    assert get_editor("refcoco_edit.benchmark.editors.builtin:IdentityEditor").name == "identity"
     e = get_editor(f"referdiffusion:{tiny_ckpt}", {"steps": 3})  # built, not loaded
     assert e.config["checkpoint"] == str(tiny_ckpt) and e.config["steps"] == 3 and e._model is None
     assert e.protocol == frozenset()
@@ -126,7 +126,7 @@ def test_output_size_seed_and_prompt_dependence(editor):
 def test_score_cli_on_demo_export(demo_dir, tiny_ckpt, tmp_path):
     from PIL import Image
 
-    from benchmark.data import decode_sample, load_dataset
+    from refcoco_edit.benchmark.data import decode_sample, load_dataset
     from refcoco_edit.build import BuildConfig, build
 
     export = build(BuildConfig(out=str(tmp_path / "build"), refcoco=str(demo_dir), images=str(demo_dir / "images"),

@@ -11,7 +11,7 @@ import pytest
 
 from fake_openai import Reply, running
 
-from benchmark.referdiffusion.synth import Stage1Rephraser, prepare_llm_rephrase, stage1_prompt, synthesize
+from refcoco_edit.benchmark.referdiffusion.synth import Stage1Rephraser, prepare_llm_rephrase, stage1_prompt, synthesize
 from refcoco_edit.errors import RunError
 
 
@@ -144,7 +144,7 @@ def test_bad_options_are_config_errors(tmp_path):
 def _bench_samples():
     from PIL import Image
 
-    from benchmark.data import BenchSample
+    from refcoco_edit.benchmark.data import BenchSample
     from refcoco_edit import rle
 
     out = []
@@ -162,7 +162,7 @@ def _bench_samples():
 
 
 def test_trainer_asks_every_prompt_up_front_and_uses_them(srv, tmp_path):
-    from benchmark.referdiffusion.train import SampleSource, TrainConfig, load_config
+    from refcoco_edit.benchmark.referdiffusion.train import SampleSource, TrainConfig, load_config
 
     samples = _bench_samples()
     out = tmp_path / "run"
@@ -181,7 +181,7 @@ def test_trainer_asks_every_prompt_up_front_and_uses_them(srv, tmp_path):
         assert ex["prompt"].startswith("Please ") and ex["prompt"][slice(*ex["edit_span"])] in ("a dog", "a man")
     assert srv.count() == 4
     # the same config from YAML + command line overrides, resumed in a new "process": no request
-    from benchmark.referdiffusion import synth
+    from refcoco_edit.benchmark.referdiffusion import synth
 
     synth._REGISTRY.clear()
     cfg2 = load_config(None, ["--stage", "stage1", "--output_dir", str(out), "--resolution", "32",
@@ -196,7 +196,7 @@ def test_server_down_stops_training_before_anything_is_loaded_or_trained(tmp_pat
     pytest.importorskip("accelerate")
     import socket
 
-    from benchmark.referdiffusion.train import TrainConfig, train
+    from refcoco_edit.benchmark.referdiffusion.train import TrainConfig, train
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO, run_cli
 from fake_openai import Reply, running
-from pipelines.rephrase import (
+from refcoco_edit.pipelines.rephrase import (
     BatchRunner,
     LLMCache,
     LLMRephraser,

@@ -10,10 +10,10 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 
-from benchmark.cli import add_report_parser
-from benchmark.editors import Editor
-from benchmark.harness import ScoreConfig, run_score
-from benchmark.report import RESULTS_SCHEMA, compare_runs, load_run, schema_errors, validate_results
+from refcoco_edit.benchmark.cli import add_report_parser
+from refcoco_edit.benchmark.editors import Editor
+from refcoco_edit.benchmark.harness import ScoreConfig, run_score
+from refcoco_edit.benchmark.report import RESULTS_SCHEMA, compare_runs, load_run, schema_errors, validate_results
 from refcoco_edit.build import BuildConfig, build
 from refcoco_edit.errors import InputError
 from refcoco_edit.export import load_export

@@ -25,11 +25,11 @@ import pytest
 
 from labelstudio import all_tasks
 
-from annotation import config as cfg
-from annotation.cli import add_review_parser
-from annotation.client import ServerUnreachable, TokenError
-from annotation.pull import brush_to_mask, iso_utc, pull
-from annotation.push import PROJECT_FILE, push
+from refcoco_edit.annotation import config as cfg
+from refcoco_edit.annotation.cli import add_review_parser
+from refcoco_edit.annotation.client import ServerUnreachable, TokenError
+from refcoco_edit.annotation.pull import brush_to_mask, iso_utc, pull
+from refcoco_edit.annotation.push import PROJECT_FILE, push
 from refcoco_edit import rle
 from refcoco_edit.build import BuildConfig, build
 from refcoco_edit.export import REVIEW_FILE, load_export
@@ -391,8 +391,8 @@ def test_stale_snapshots_of_killed_pulls_are_removed(label_studio, flow):  # noq
     """A pull stopped after creating its snapshot leaves it on the server; a later pull deletes our
     snapshots older than twice its timeout, never younger ones (a pull running elsewhere) nor
     snapshots with another title (someone else's)."""
-    from annotation.client import Connection
-    from annotation.pull import SNAPSHOT_TITLE, remove_stale_snapshots
+    from refcoco_edit.annotation.client import Connection
+    from refcoco_edit.annotation.pull import SNAPSHOT_TITLE, remove_stale_snapshots
 
     ls, pid = label_studio, flow["pid"]
     conn = Connection(ls.url, token=ls.token)

@@ -155,7 +155,7 @@ def test_torch_payload_is_live_for_a_plain_load(tmp_path):
 def test_sam_checkpoint_payload_is_refused(tmp_path):
     _torch()
     pytest.importorskip("segment_anything")
-    from pipelines.masks import load_sam
+    from refcoco_edit.pipelines.masks import load_sam
 
     marker = tmp_path / "pwned"
     with pytest.raises(Exception) as info:
@@ -166,7 +166,7 @@ def test_sam_checkpoint_payload_is_refused(tmp_path):
 
 def test_metric_weight_file_payload_is_refused(tmp_path):
     _torch()
-    from benchmark.metrics.model_based import load_state_dict
+    from refcoco_edit.benchmark.metrics.model_based import load_state_dict
 
     marker = tmp_path / "pwned"
     with pytest.raises(InputError):
@@ -187,7 +187,7 @@ def test_transformers_bin_payload_is_refused(tmp_path):
         f.unlink()
     marker = tmp_path / "pwned"
     _torch_evil(folder / "pytorch_model.bin", marker)
-    from benchmark.metrics.model_based import ModelMetrics
+    from refcoco_edit.benchmark.metrics.model_based import ModelMetrics
 
     with pytest.raises(InputError, match="cannot be loaded") as info:  # exit 2, one line
         ModelMetrics(["clip_t"], {"clip_model": str(folder)}, device="cpu").load()
@@ -204,7 +204,7 @@ def test_diffusers_bin_payload_is_refused(tmp_path):
 
     from tiny_models import tiny
 
-    from pipelines.models import ModelError, Runtime, load_diffusers
+    from refcoco_edit.pipelines.models import ModelError, Runtime, load_diffusers
 
     sd = tmp_path / "sd"
     shutil.copytree(tiny("sd"), sd)
@@ -230,7 +230,7 @@ def ip2p(tmp_path_factory):
 
 def test_referdiffusion_rem_weights_payload_is_refused(tmp_path, ip2p):
     torch = _torch()
-    from benchmark.referdiffusion.model import REM_WEIGHTS, ReferDiffusion, ReferDiffusionConfig
+    from refcoco_edit.benchmark.referdiffusion.model import REM_WEIGHTS, ReferDiffusion, ReferDiffusionConfig
 
     torch.manual_seed(0)
     model = ReferDiffusion.from_pretrained(ip2p, ReferDiffusionConfig(num_heads=4, image_feature_dim=16))
@@ -243,7 +243,7 @@ def test_referdiffusion_rem_weights_payload_is_refused(tmp_path, ip2p):
         ReferDiffusion.from_pretrained(ck)
     assert not marker.exists()
     # the score editor `referdiffusion:CHECKPOINT` says so as bad input (exit 2, one line)
-    from benchmark.referdiffusion.infer import ReferDiffusionEditor
+    from refcoco_edit.benchmark.referdiffusion.infer import ReferDiffusionEditor
 
     with pytest.raises(InputError, match="cannot be loaded") as info:
         ReferDiffusionEditor(checkpoint=str(ck), device="cpu").load()
@@ -255,7 +255,7 @@ def test_referdiffusion_resume_state_payload_is_refused(tmp_path, ip2p):
     _torch()
     from test_referdiffusion import _bench_samples, _train_cfg
 
-    from benchmark.referdiffusion.train import train
+    from refcoco_edit.benchmark.referdiffusion.train import train
 
     out = tmp_path / "run"
     train(_train_cfg(ip2p, out, stage="stage1", max_steps=2, checkpoint_every=2), _bench_samples(2))
@@ -365,7 +365,7 @@ def test_review_push_refuses_a_sample_id_that_is_a_path(tmp_path, label_studio, 
 
 
 def test_review_pull_ignores_a_task_whose_sample_id_is_a_path(tmp_path, label_studio, demo_dir, monkeypatch):  # noqa: F811
-    from annotation import config as cfg
+    from refcoco_edit.annotation import config as cfg
     from refcoco_edit.build import BuildConfig, build
 
     ls = label_studio
@@ -425,7 +425,7 @@ def test_score_skips_unsafe_sample_ids_and_escapes_the_gallery(tmp_path, small_b
 
 
 def test_dir_adapter_never_reads_outside_its_folder(tmp_path):
-    from benchmark.editors.adapters import DirEditor
+    from refcoco_edit.benchmark.editors.adapters import DirEditor
     from refcoco_edit.imageio import encode_png
 
     img = np.zeros((8, 8, 3), np.uint8)
@@ -465,8 +465,8 @@ def test_exemplar_names_never_leave_the_exemplar_dir(tmp_path):
 def test_labeling_config_and_task_html_escape_hostile_prompts(small_build):
     import xml.etree.ElementTree as ET
 
-    from annotation import config as cfg
-    from annotation.push import task_data
+    from refcoco_edit.annotation import config as cfg
+    from refcoco_edit.annotation.push import task_data
 
     row = dict(_export_rows(small_build)[0])
     row["prompt"] = row["prompt"] + EVIL_TEXT

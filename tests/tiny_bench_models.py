@@ -50,7 +50,7 @@ def save_tiny_aesthetic(path: PathLike, input_dim: int = 32, seed: int = 0) -> P
     """The aesthetic MLP's state dict (``layers.0.weight`` ...), random, input ``input_dim``."""
     import torch
 
-    from benchmark.metrics.aesthetic import build_mlp
+    from refcoco_edit.benchmark.metrics.aesthetic import build_mlp
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ Each diffusers pipeline is about 8 MB and loads in a fraction of a second; nothi
 * CLIPTextModel: hidden 32, 5 layers, with a real ``CLIPTokenizer`` over a made-up byte-level
   vocabulary (every byte, alone and word-final, no merges): 514 tokens.
 * PaintByExampleImageEncoder: a 32-px CLIP vision tower, projection 32.
-* SAM: segment-anything's modules at img_size 128, embed 32 (``pipelines.masks.build_sam``), its
+* SAM: segment-anything's modules at img_size 128, embed 32 (``refcoco_edit.pipelines.masks.build_sam``), its
   architecture in a JSON file beside the checkpoint.
 * CLIP (filters): a tiny ``CLIPModel`` + ``CLIPProcessor``.
 """
@@ -134,7 +134,7 @@ def save_tiny_pbe(path: PathLike, seed: int = 0) -> Path:
     import torch
     from transformers import CLIPImageProcessor, CLIPVisionConfig
 
-    from pipelines.models import install_pbe_alias
+    from refcoco_edit.pipelines.models import install_pbe_alias
 
     mod = install_pbe_alias()
     torch.manual_seed(seed)
@@ -176,7 +176,7 @@ def save_tiny_sam(path: PathLike, seed: int = 0) -> Path:
     """A tiny SAM state dict (``torch.save``) plus its architecture JSON beside it."""
     import torch
 
-    from pipelines.masks import build_sam, sam_arch_file
+    from refcoco_edit.pipelines.masks import build_sam, sam_arch_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

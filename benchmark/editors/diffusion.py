@@ -35,7 +35,7 @@ each editor maps its working resolution back itself:
   ratio changes by at most half a unit per side and is restored exactly.
 * Blended Latent and Inpaint-Anything work in the square context window around the mask
   (``context`` x its box, as the ground-truth pipelines do), resized to ``resolution``; the result
-  is resized back into the window and pasted through the mask (``pipelines.masks.paste_back``,
+  is resized back into the window and pasted through the mask (``refcoco_edit.pipelines.masks.paste_back``,
   feathered inside the mask by ``feather_px``): outside the mask the output is the source, bit
   for bit.
 
@@ -47,12 +47,12 @@ else"). Defaults follow InstructPix2Pix's ``edit_cli.py``: 100 steps, text guida
 guidance 1.5, resolution 512.
 
 Blended Latent Diffusion (as in the paper: it sees M_e and the edit phrase): the loop of
-``pipelines.blended_latent`` (DDIM + classifier-free guidance, the noised source latents blended
+``refcoco_edit.pipelines.blended_latent`` (DDIM + classifier-free guidance, the noised source latents blended
 outside the latent mask after each step) with the region = M_e and the text =
 ``prompt_template.format(text=edit_phrase)`` (default ``"{text}"``), then the pixel paste-back.
 
 Inpaint-Anything style (it sees M_e): M_e (grown by ``dilate_px``, default 0) is the hole of
-diffusers' ``StableDiffusionInpaintPipeline`` (``pipelines.inpaint``'s loading, DDIM scheduler),
+diffusers' ``StableDiffusionInpaintPipeline`` (``refcoco_edit.pipelines.inpaint``'s loading, DDIM scheduler),
 filled with the text P (``text=prompt``) or the edit phrase (``text=edit_phrase``, which adds
 ``edit_phrase`` to the protocol), then pasted back.
 """
@@ -137,7 +137,7 @@ class _DiffusionEditor(Editor):
         self._pipe: Any = None
 
     def runtime(self) -> Any:
-        from pipelines.models import Runtime
+        from refcoco_edit.pipelines.models import Runtime
 
         c = self.config
         return Runtime(device=str(c["device"]), dtype=str(c["dtype"]).lower(), local_files_only=bool(c["local_files_only"]),
@@ -178,7 +178,7 @@ class InstructPix2PixEditor(_DiffusionEditor):
     def load(self) -> None:
         import json
 
-        from pipelines.models import ModelError, optimize, resolve_source
+        from refcoco_edit.pipelines.models import ModelError, optimize, resolve_source
 
         c = self.config
         rt = self.runtime()
@@ -196,7 +196,7 @@ class InstructPix2PixEditor(_DiffusionEditor):
                                  "InstructPix2Pix model")
         from diffusers import StableDiffusionInstructPix2PixPipeline
 
-        from pipelines.models import dtype_kwargs
+        from refcoco_edit.pipelines.models import dtype_kwargs
 
         try:
             pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
@@ -274,8 +274,8 @@ class BlendedLatentEditor(_DiffusionEditor):
                          dtype=str(dtype), local_files_only=bool(local_files_only), batch_size=batch_size)
 
     def load(self) -> None:
-        from pipelines.blended_latent import BlendedLatentEdit
-        from pipelines.models import ModelError
+        from refcoco_edit.pipelines.blended_latent import BlendedLatentEdit
+        from refcoco_edit.pipelines.models import ModelError
 
         c = self.config
         gt = BlendedLatentEdit(model=c["model"], runtime=self.runtime(), num_inference_steps=c["steps"],
@@ -290,9 +290,9 @@ class BlendedLatentEditor(_DiffusionEditor):
 
     def edit(self, images: List[np.ndarray], prompts: List[str], seeds: List[int],
              extras: List[Dict[str, Any]]) -> List[Union[np.ndarray, EditFailure]]:
-        from pipelines.base import EditRequest
-        from pipelines.masks import mask_box, paste_back
-        from pipelines.models import Job
+        from refcoco_edit.pipelines.base import EditRequest
+        from refcoco_edit.pipelines.masks import mask_box, paste_back
+        from refcoco_edit.pipelines.models import Job
 
         gt, c = self._pipe, self.config
         out: List[Any] = [None] * len(images)
@@ -340,8 +340,8 @@ class InpaintAnythingEditor(_DiffusionEditor):
         self.protocol = frozenset({"gt_mask", "edit_phrase"}) if text == "edit_phrase" else frozenset({"gt_mask"})
 
     def load(self) -> None:
-        from pipelines.inpaint import InpaintRemove
-        from pipelines.models import ModelError
+        from refcoco_edit.pipelines.inpaint import InpaintRemove
+        from refcoco_edit.pipelines.models import ModelError
 
         c = self.config
         gt = InpaintRemove(model=c["model"], runtime=self.runtime(), num_inference_steps=c["steps"],
@@ -358,7 +358,7 @@ class InpaintAnythingEditor(_DiffusionEditor):
              extras: List[Dict[str, Any]]) -> List[Union[np.ndarray, EditFailure]]:
         import torch
 
-        from pipelines.masks import dilate, mask_box, paste_back
+        from refcoco_edit.pipelines.masks import dilate, mask_box, paste_back
 
         gt, c = self._pipe, self.config
         out: List[Any] = [None] * len(images)

@@ -4,11 +4,11 @@ A spec is one of:
 
 * a registered name or alias: ``identity``, ``oracle`` (built-in, weight-free); the diffusion
   editors ``instruct-pix2pix``, ``magicbrush``, ``blended-latent``, ``inpaint-anything``
-  (``benchmark.editors.diffusion``: the diffusion extra, weights via ``--editor-arg model=...``);
+  (``refcoco_edit.benchmark.editors.diffusion``: the diffusion extra, weights via ``--editor-arg model=...``);
   names of planned editors (``PLANNED``) are known and say so when asked for;
 * ``NAME:ARG``, a registered name (or alias) whose editor class declares ``spec_option``: ARG is
   that constructor option, e.g. ``referdiffusion:CHECKPOINT`` = ``referdiffusion`` with
-  ``checkpoint=CHECKPOINT`` (``benchmark.referdiffusion.infer``). A ``module:Class`` whose module
+  ``checkpoint=CHECKPOINT`` (``refcoco_edit.benchmark.referdiffusion.infer``). A ``module:Class`` whose module
   part is not a registered name is imported as before;
 * a plug-in name: any entry point in the ``refcoco_edit.editors`` group of an installed
   distribution (``my-editor = my_pkg.editors:MyEditor`` in its ``entry_points.txt``);
@@ -34,13 +34,13 @@ ENTRY_POINT_GROUP = "refcoco_edit.editors"
 
 # name -> "module:Class" (imported only when that editor is built)
 EDITORS: Dict[str, str] = {
-    "identity": "benchmark.editors.builtin:IdentityEditor",
-    "oracle": "benchmark.editors.builtin:OracleEditor",
-    "instruct-pix2pix": "benchmark.editors.diffusion:InstructPix2PixEditor",
-    "magicbrush": "benchmark.editors.diffusion:MagicBrushEditor",
-    "blended-latent": "benchmark.editors.diffusion:BlendedLatentEditor",
-    "inpaint-anything": "benchmark.editors.diffusion:InpaintAnythingEditor",
-    "referdiffusion": "benchmark.referdiffusion.infer:ReferDiffusionEditor",
+    "identity": "refcoco_edit.benchmark.editors.builtin:IdentityEditor",
+    "oracle": "refcoco_edit.benchmark.editors.builtin:OracleEditor",
+    "instruct-pix2pix": "refcoco_edit.benchmark.editors.diffusion:InstructPix2PixEditor",
+    "magicbrush": "refcoco_edit.benchmark.editors.diffusion:MagicBrushEditor",
+    "blended-latent": "refcoco_edit.benchmark.editors.diffusion:BlendedLatentEditor",
+    "inpaint-anything": "refcoco_edit.benchmark.editors.diffusion:InpaintAnythingEditor",
+    "referdiffusion": "refcoco_edit.benchmark.referdiffusion.infer:ReferDiffusionEditor",
 }
 
 # names we know and will ship with the diffusion extra; asking for one says what is missing
@@ -116,7 +116,7 @@ def _import_target(target: str, what: str) -> Any:
 
 def _instantiate(cls: Any, what: str, options: Dict[str, Any]) -> Editor:
     if not (isinstance(cls, type) and issubclass(cls, Editor)):
-        raise InputError(f"{what}: {cls!r} is not a subclass of benchmark.editors.Editor")
+        raise InputError(f"{what}: {cls!r} is not a subclass of refcoco_edit.benchmark.editors.Editor")
     try:
         editor = cls(**options)
     except TypeError as e:

@@ -1,5 +1,5 @@
 """CLIP-based metrics: the embedding behind AP, CLIP-Sim_fg (paper), CLIP whole/edited (PIE-Bench),
-CLIP-I and CLIP-T (MagicBrush). Definitions and crop rules: ``benchmark.metrics.model_based``.
+CLIP-I and CLIP-T (MagicBrush). Definitions and crop rules: ``refcoco_edit.benchmark.metrics.model_based``.
 
 ``ClipEncoder`` is the backbone as two callables, ``images`` and ``texts``, returning the
 *unnormalised* projected embeddings as float32 numpy arrays (the cosines are taken in float64 by

@@ -1,7 +1,7 @@
 """The metrics that need model weights (CLIP, the LAION aesthetic head, DINO, LPIPS): their
 declarations, where their models come from, and one batched pass over a chunk of samples.
 
-Nothing here imports torch at module import time (``benchmark.metrics`` is imported by the CLI);
+Nothing here imports torch at module import time (``refcoco_edit.benchmark.metrics`` is imported by the CLI);
 each family lives in its own file and loads its backbone lazily:
 
 =================  ===============  =====================================================================
@@ -188,7 +188,7 @@ def weights_sha256(path: Path) -> Optional[str]:
 def resolve_model_dir(spec: str, what: str, local_files_only: bool = True) -> Tuple[str, Path, Optional[str]]:
     """A transformers model from a local folder or a hub id -> (what to pass to ``from_pretrained``,
     its folder, hub_id or None). A hub id must be in the local cache when ``local_files_only``."""
-    from pipelines.models import ModelError, resolve_source
+    from refcoco_edit.pipelines.models import ModelError, resolve_source
 
     try:
         src = resolve_source(spec, what, local_files_only, "config.json")
@@ -318,7 +318,7 @@ class ModelMetrics:
         return any(n in CLIP_NAMES for n in self.names)
 
     def _runtime(self) -> Tuple[Any, Any]:
-        from pipelines.models import ModelError, resolve_device, resolve_dtype
+        from refcoco_edit.pipelines.models import ModelError, resolve_device, resolve_dtype
 
         try:
             dev = resolve_device(self.device)

@@ -31,9 +31,9 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from benchmark.editors.base import Editor, EditFailure, EditOutput
-from benchmark.metrics.referring import mask_iou
-from benchmark.editors.diffusion import DTYPES, working_size
+from refcoco_edit.benchmark.editors.base import Editor, EditFailure, EditOutput
+from refcoco_edit.benchmark.metrics.referring import mask_iou
+from refcoco_edit.benchmark.editors.diffusion import DTYPES, working_size
 from refcoco_edit.errors import InputError
 
 __all__ = ["ReferDiffusionEditor", "mask_iou"]
@@ -83,7 +83,7 @@ class ReferDiffusionEditor(Editor):
         return d
 
     def load(self) -> None:
-        from pipelines.models import ModelError, resolve_device, resolve_dtype
+        from refcoco_edit.pipelines.models import ModelError, resolve_device, resolve_dtype
 
         from .model import REM_CONFIG, REM_WEIGHTS, ReferDiffusion
 

@@ -20,14 +20,14 @@ For an image ``I``, the referred object's mask ``M`` and its referring expressio
 All randomness comes from ``numpy.random.default_rng(seed)``: same inputs + seed -> same sample.
 
 Optional LLM rephrase (``synth: {llm_rephrase: {model: M, base_url: URL, ...}}`` in a stage-1
-config): each template prompt goes through the build's rephrasing stage, :mod:`pipelines.rephrase`
+config): each template prompt goes through the build's rephrasing stage, :mod:`refcoco_edit.pipelines.rephrase`
 - the same ``openai`` client, request format, answer validation and SQLite cache
-(:class:`~pipelines.rephrase.LLMRephraser`, :class:`~pipelines.rephrase.LLMCache`). A stage-1 prompt
+(:class:`~refcoco_edit.pipelines.rephrase.LLMRephraser`, :class:`~refcoco_edit.pipelines.rephrase.LLMCache`). A stage-1 prompt
 depends only on (subject, colour), so one request is made per (subject, colour, variant) - the
 trainer asks for all of them before training starts (:func:`prepare_llm_rephrase`) - and each
 sample takes its variant from its own seed. The answer must keep the referring phrase's colour
 word and "mask", and the edit phrase must name the subject (the validation of
-``pipelines.rephrase`` with edit type ``replace`` and target = subject); the spans are found
+``refcoco_edit.pipelines.rephrase`` with edit type ``replace`` and target = subject); the spans are found
 again in the answer. A rejected answer (refusal, bad JSON, lost subject, ... after ``attempts``
 tries) falls back to the template prompt, and the reason is recorded (``Stage1Sample.prompt_fallback``,
 ``Stage1Rephraser.records()``; the trainer writes them to ``output_dir/llm/stage1_prompts.json``).
@@ -236,10 +236,10 @@ def synthesize_record(row: Dict[str, Any], seed: int = 0, **kw: Any) -> Stage1Sa
 
 
 # ----------------------------------------------------------------------------------------------
-# optional LLM rephrase of the stage-1 prompts (through pipelines.rephrase)
+# optional LLM rephrase of the stage-1 prompts (through refcoco_edit.pipelines.rephrase)
 # ----------------------------------------------------------------------------------------------
 
-# options of ``synth.llm_rephrase`` -> pipelines.rephrase.RephraseConfig fields (the build's --llm-* settings)
+# options of ``synth.llm_rephrase`` -> refcoco_edit.pipelines.rephrase.RephraseConfig fields (the build's --llm-* settings)
 _RP_KEYS = ("model", "base_url", "api_key_env", "temperature", "max_tokens", "json_mode", "attempts", "timeout",
             "max_retries", "concurrency", "max_chars")
 _OWN_KEYS = ("cache", "variants")
@@ -247,13 +247,13 @@ _OWN_KEYS = ("cache", "variants")
 
 class Stage1Rephraser:
     """Rephrases ``Paint {a} {subject} on the {colour} mask`` prompts with an LLM, once per
-    (subject, colour, variant), through :class:`pipelines.rephrase.LLMRephraser` (its client,
+    (subject, colour, variant), through :class:`refcoco_edit.pipelines.rephrase.LLMRephraser` (its client,
     validation, retries and cache). :meth:`prompt` returns (Prompt, None) for an accepted answer
     (``source == "llm:<model>"``) and (template Prompt, "reason: message") for a rejected one.
     Service failures raise (``RunError`` / ``InputError``)."""
 
     def __init__(self, options: Dict[str, Any], cache: Optional[Union[str, Path]] = None, client: Any = None):
-        from pipelines.rephrase import LLMCache, LLMRephraser, RephraseConfig
+        from refcoco_edit.pipelines.rephrase import LLMCache, LLMRephraser, RephraseConfig
 
         opts = dict(options or {})
         unknown = sorted(set(opts) - set(_RP_KEYS) - set(_OWN_KEYS))

@@ -1,4 +1,4 @@
-"""ReferDiffusion trainer on accelerate: ``python -m benchmark.referdiffusion.train --config FILE.yaml``.
+"""ReferDiffusion trainer on accelerate: ``python -m refcoco_edit.benchmark.referdiffusion.train --config FILE.yaml``.
 
 * Stage 1 (``stage: stage1``): self-supervised samples made on the fly by :mod:`.synth` from any
   RefCOCO-Edit export / workspace (the referring phrase of each prompt is the expression).
@@ -6,7 +6,7 @@
   reviewed-accepted samples only (``status: accepted``).
 * Mixed precision, gradient accumulation and multi-GPU come from accelerate (``accelerate launch
   --multi_gpu --num_processes N``). On CPU, ``ACCELERATE_USE_CPU=true torchrun --nproc_per_node N -m
-  benchmark.referdiffusion.train ...`` runs N gloo processes (``accelerate launch --cpu`` starts
+  refcoco_edit.benchmark.referdiffusion.train ...`` runs N gloo processes (``accelerate launch --cpu`` starts
   one); tests/test_referdiffusion_ddp.py uses that to test the multi-process path.
 * Exact resume: ``accelerator.save_state`` (model, optimizer, LR scheduler, RNG) every
   ``checkpoint_every`` optimizer steps into ``output_dir/checkpoints/step-XXXXXXX`` +
@@ -163,7 +163,7 @@ class SampleSource:
         return len(self.samples)
 
     def get(self, i: int, epoch: int) -> Dict[str, Any]:
-        from benchmark.data import decode_sample
+        from refcoco_edit.benchmark.data import decode_sample
 
         from .synth import synthesize
 
@@ -287,7 +287,7 @@ def _stale(out: Path) -> None:
 
 def train(cfg: TrainConfig, samples: Optional[List[Any]] = None) -> Dict[str, Any]:
     """Run (or resume) training; returns {"step", "output_dir", "final"}. ``samples``: BenchSamples
-    (default: ``benchmark.data.load_dataset(cfg.data)``)."""
+    (default: ``refcoco_edit.benchmark.data.load_dataset(cfg.data)``)."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
@@ -302,7 +302,7 @@ def train(cfg: TrainConfig, samples: Optional[List[Any]] = None) -> Dict[str, An
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     status = cfg.status if cfg.stage == "stage2" else "all"
     if samples is None:
-        from benchmark.data import load_dataset
+        from refcoco_edit.benchmark.data import load_dataset
 
         samples = load_dataset(cfg.data, split=cfg.split, status=status, limit=cfg.limit).samples
     if not samples:
