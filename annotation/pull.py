@@ -46,7 +46,6 @@ import numpy as np
 
 from refcoco_edit import rle as rle_mod
 from refcoco_edit.errors import InputError
-from refcoco_edit.export import REVIEW_FILE
 from refcoco_edit.prompts import Prompt, find_span
 from refcoco_edit.workspace import Workspace, atomic_write_bytes
 
@@ -510,16 +509,13 @@ def pull(workdir: str | Path, url: str, token: Optional[str] = None, title: Opti
         row = reconcile_task(task, samples[sid], spec, pid, users)
         if row is not None:
             new_rows[sid] = row
-    path = ws.root / REVIEW_FILE
+    path = ws.review_path
     for stale in path.parent.glob(path.name + ".tmp-*"):  # left by a pull killed while writing it
         stale.unlink()
     kept: List[Dict[str, Any]] = []
-    if path.exists():
-        import pyarrow.parquet as pq
-
-        for r in pq.read_table(path).to_pylist():
-            if r.get("ls_project_id") != pid and r["sample_id"] not in new_rows:
-                kept.append(r)  # reviewed in another project: not this pull's business
+    for r in ws.read_reviews().values():
+        if r.get("ls_project_id") != pid and r["sample_id"] not in new_rows:
+            kept.append(r)  # reviewed in another project: not this pull's business
     table = reviews_table(list(new_rows.values()) + kept)
     data = table_bytes(table)
     changed = not (path.exists() and path.read_bytes() == data)

@@ -40,7 +40,6 @@ import numpy as np
 
 from refcoco_edit import rle as rle_mod
 from refcoco_edit.errors import InputError
-from refcoco_edit.export import REVIEW_FILE
 from refcoco_edit.schema import is_safe_name
 from refcoco_edit.workspace import Workspace, atomic_write_bytes, atomic_write_json
 
@@ -87,16 +86,6 @@ def load_samples(ws: Workspace) -> List[Dict[str, Any]]:
         raise InputError(f"{ws.root}: {len(bad)} sample_id(s) are not plain names ([A-Za-z0-9_.-], at most 128 "
                          f"characters), e.g. {bad[0]!r}; refusing to write review media for them")
     return rows
-
-
-def read_reviews(ws: Workspace) -> Dict[str, Dict[str, Any]]:
-    """The reconciled review table by sample_id (empty when there is none)."""
-    path = ws.root / REVIEW_FILE
-    if not path.exists():
-        return {}
-    import pyarrow.parquet as pq
-
-    return {r["sample_id"]: r for r in pq.read_table(path).to_pylist()}
 
 
 def is_final(review: Optional[Dict[str, Any]]) -> bool:
@@ -342,7 +331,7 @@ def push(workdir: str | Path, url: str, token: Optional[str] = None, title: Opti
     t0 = time.perf_counter()
     ws = Workspace(workdir)
     rows = load_samples(ws)
-    chosen = select_samples(rows, read_reviews(ws), samples, pending_only)
+    chosen = select_samples(rows, ws.read_reviews(), samples, pending_only)
     num_candidates = max(len(r.get("candidates") or []) for r in rows)  # all rows: a stable config
     xml = cfg.label_config(num_candidates)
     spec = cfg.parse_label_config(xml)

@@ -26,21 +26,12 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from refcoco_edit.errors import InputError, SampleError
+from refcoco_edit.reasons import reasons
 
 __all__ = ["BenchSample", "DecodedSample", "Dataset", "load_dataset", "decode_sample", "SKIP_REASONS"]
 
-SKIP_REASONS = {
-    "bad_sample_id": "the sample_id is not a safe file name ([A-Za-z0-9_.-], 128 characters at most)",
-    "duplicate_sample_id": "another row has the same sample_id (the first one is scored)",
-    "no_source_image": "the row has no source image bytes",
-    "no_reference": "the row has no reference image",
-    "no_edit_mask": "the row has no edit mask M_e",
-    "empty_prompt": "the prompt is empty",
-    "corrupt_image": "the source or reference image cannot be decoded",
-    "unsupported_mode": "an image mode cannot be converted to RGB",
-    "bad_rle": "a mask is malformed",
-    "size_mismatch": "the reference or a mask differs in size from the source",
-}
+# why a row is not scored (stable strings); the one table of every code is refcoco_edit.reasons.REASONS
+SKIP_REASONS = reasons("skip")
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 COLUMNS = ("sample_id", "split", "image_id", "category", "source_image", "source_mask", "bbox",
@@ -112,19 +103,14 @@ class Dataset:
 
 
 def _read_workspace(root: Path) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
-    from refcoco_edit.export import REVIEW_FILE, apply_review
+    from refcoco_edit.export import apply_review
     from refcoco_edit.workspace import Workspace
 
     ws = Workspace(root)
     table = ws.stage("generate").read_all()
     if table is None:
         raise InputError(f"--data {root}: the workspace has no generated samples; run `refcoco-edit build --out {root}` first")
-    reviews: Dict[str, Dict[str, Any]] = {}
-    rpath = root / REVIEW_FILE
-    if rpath.exists():
-        import pyarrow.parquet as pq
-
-        reviews = {r["sample_id"]: r for r in pq.read_table(rpath).to_pylist()}
+    reviews = ws.read_reviews()
     rows = [apply_review(r, reviews.get(r["sample_id"])) for r in table.to_pylist()]
     version = (table.schema.metadata or {}).get(b"refcoco_edit.schema_version", b"").decode() or None
     return [{k: r.get(k) for k in COLUMNS} for r in rows], {"kind": "workspace", "schema_version": version}

@@ -16,21 +16,18 @@ diffusion pipeline never imports torch until it is built.
 """
 from __future__ import annotations
 
-import difflib
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from refcoco_edit.errors import ReasonError
+from refcoco_edit.registry import Registry, UnknownNameError, did_you_mean
 
-class PipelineError(RuntimeError):
+
+class PipelineError(ReasonError, RuntimeError):
     """A pipeline could not produce a candidate. ``reason`` is a quarantine reason code."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass
@@ -96,8 +93,8 @@ class GTPipeline(ABC):
         return outs
 
 
-# name -> "module:Class"; built lazily by get_pipeline
-PIPELINES: Dict[str, str] = {
+# name -> "module:Class"; imported only when get_pipeline builds one
+PIPELINES: Registry[Any] = Registry("pipeline", {
     "classical-remove": "refcoco_edit.pipelines.classical:InpaintRemoval",
     "classical-replace": "refcoco_edit.pipelines.classical:ExemplarComposite",
     "classical-attribute": "refcoco_edit.pipelines.classical:Recolor",
@@ -105,7 +102,7 @@ PIPELINES: Dict[str, str] = {
     "bld-replace": "refcoco_edit.pipelines.blended_latent:BlendedLatentReplace",
     "bld-attribute": "refcoco_edit.pipelines.blended_latent:BlendedLatentAttribute",
     "sd-inpaint-remove": "refcoco_edit.pipelines.inpaint:InpaintRemove",
-}
+})
 
 # backend -> edit type -> pipeline names producing candidates for it
 BACKENDS: Dict[str, Dict[str, List[str]]] = {
@@ -123,24 +120,13 @@ BACKENDS: Dict[str, Dict[str, List[str]]] = {
 }
 
 
-def resolve(spec: str) -> Any:
-    """Import ``"module:Attr"`` and return the attribute."""
-    module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
 def get_pipeline(name: str, **kwargs: Any) -> GTPipeline:
-    """Build a registered pipeline by name, with a "did you mean" error for typos."""
-    if name not in PIPELINES:
-        close = difflib.get_close_matches(name, list(PIPELINES), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise KeyError(f"unknown pipeline {name!r}{hint} (known: {', '.join(sorted(PIPELINES))})")
-    return resolve(PIPELINES[name])(**kwargs)
+    """Build a registered pipeline by name (``UnknownNameError`` with close matches for typos)."""
+    return PIPELINES.get(name)(**kwargs)
 
 
 def pipelines_for(backend: str, edit_type: str) -> List[str]:
+    """The pipelines of ``backend`` that make candidates for ``edit_type`` (may be empty)."""
     if backend not in BACKENDS:
-        close = difflib.get_close_matches(backend, list(BACKENDS), n=2)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise KeyError(f"unknown backend {backend!r}{hint}")
+        raise UnknownNameError(f"unknown backend {backend!r}{did_you_mean(backend, BACKENDS)}", backend)
     return list(BACKENDS[backend].get(edit_type, []))

@@ -836,9 +836,11 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = print) -> BuildResult:
     t0 = time.perf_counter()
     if cfg.backend == "diffusion":
         check_diffusion_config(cfg)  # before anything is written: models, SAM, CLIP (no torch yet)
-    bad = [t for t in cfg.edit_types if t not in ("replace", "remove", "attribute")]
+    from .vocab import BUILD_EDIT_TYPES
+
+    bad = [t for t in cfg.edit_types if t not in BUILD_EDIT_TYPES]
     if bad:
-        raise InputError(f"unknown edit type(s) {bad}; choose from replace, remove, attribute")
+        raise InputError(f"unknown edit type(s) {bad}; choose from {', '.join(BUILD_EDIT_TYPES)}")
     if cfg.shard_size < 1:
         raise InputError("--shard-size must be at least 1")
     ws = Workspace(cfg.out)

@@ -2,8 +2,13 @@
 
 * ``InputError``: the input as a whole is unusable (a pickle holding code, an image path that
   escapes the images folder, a missing data root). The CLI stops with exit code 2 and one line.
-* ``SampleError``: one sample cannot be made; ``reason`` is a quarantine reason code
-  (see ``refcoco_edit.schema.REASONS``). The shard boundary records it and goes on.
+* ``ReasonError``: the base of every error that carries a reason code (``refcoco_edit.reasons``):
+  ``SampleError`` (one sample cannot be made; the shard boundary quarantines it and goes on), and
+  the errors of the layers below it that keep their own Python base for their callers:
+  ``refcoco_edit.rle.MaskError`` (a ``ValueError``) and ``refcoco_edit.pipelines.base.PipelineError``
+  (a ``RuntimeError``). The code is checked against the table when the error is made, so a typo
+  in a code fails at once instead of reaching a user's filter.
+* ``RunError``: a service the run depends on failed (exit code 1).
 """
 from __future__ import annotations
 
@@ -16,12 +21,18 @@ class UnsafePickleError(InputError):
     """A refs pickle holds something other than plain data; it was not executed."""
 
 
-class SampleError(Exception):
-    """One sample failed; it is quarantined with ``reason`` and the run goes on."""
+class ReasonError(Exception):
+    """An error with a stable reason code from ``refcoco_edit.reasons.REASONS``."""
 
     def __init__(self, reason: str, message: str):
+        from .reasons import check_reason
+
         super().__init__(message)
-        self.reason = reason
+        self.reason = check_reason(reason)
+
+
+class SampleError(ReasonError):
+    """One sample failed; it is quarantined with ``reason`` and the run goes on."""
 
 
 class RunError(Exception):

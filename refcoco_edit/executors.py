@@ -16,16 +16,14 @@ calls run; outputs are identical whichever runs them, because every random choic
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import signal
 import sys
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
+from .registry import Registry
+
 ShardFn = Callable[[int], Dict[str, Any]]
-
-EXECUTORS = ("local", "ray")
-
 
 def _progress(total: int, desc: str, enabled: Optional[bool]):
     from tqdm.auto import tqdm
@@ -343,14 +341,23 @@ class RayExecutor:
 Executor = Union[LocalExecutor, RayExecutor]
 
 
+def _local(workers: int = 1, progress: Optional[bool] = None, **_: Any) -> LocalExecutor:
+    return LocalExecutor(workers=workers, progress=progress)
+
+
+def _ray(workers: int = 1, progress: Optional[bool] = None, ray_address: Optional[str] = None,
+         num_gpus_per_worker: float = 0.0, **_: Any) -> RayExecutor:
+    return RayExecutor(workers=workers, address=ray_address, num_gpus_per_worker=num_gpus_per_worker, progress=progress)
+
+
+# name -> factory taking (workers, progress, ray_address, num_gpus_per_worker, ...) keywords; plug-ins
+# register theirs in the ``refcoco_edit.executors`` entry point group
+EXECUTORS: Registry[Callable[..., Any]] = Registry("executor", {"local": _local, "ray": _ray},
+                                                   entry_point_group="refcoco_edit.executors")
+
+
 def get_executor(name: str, workers: int = 1, progress: Optional[bool] = None, *, ray_address: Optional[str] = None,
                  num_gpus_per_worker: float = 0.0, **kwargs: Any) -> Executor:
-    if name == "local":
-        return LocalExecutor(workers=workers, progress=progress)
-    if name == "ray":
-        return RayExecutor(workers=workers, address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
-                           progress=progress)
-    close = difflib.get_close_matches(name, EXECUTORS, n=1)
-    from .errors import InputError
-
-    raise InputError(f"unknown executor {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+    """The executor registered as ``name`` (``UnknownNameError``, an ``InputError``, for a typo)."""
+    return EXECUTORS.get(name)(workers=workers, progress=progress, ray_address=ray_address,
+                               num_gpus_per_worker=num_gpus_per_worker, **kwargs)

@@ -36,23 +36,12 @@ REFERENCE_BASED_COLUMNS = (
     "reference_image", "edit_mask", "review", "schema_version",
 )
 ADDITION_SOURCE = "reversed-removal"
-REVIEW_FILE = Path("review") / "reviews.parquet"
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _reviews(ws: Workspace) -> Dict[str, Dict[str, Any]]:
-    """The reconciled reviews of a workspace, by sample_id (written by the annotation tools)."""
-    path = ws.root / REVIEW_FILE
-    if not path.exists():
-        return {}
-    import pyarrow.parquet as pq
-
-    return {r["sample_id"]: r for r in pq.read_table(path).to_pylist()}
 
 
 def apply_review(row: Dict[str, Any], review: Optional[Dict[str, Any]]) -> Dict[str, Any]:
@@ -239,7 +228,7 @@ def export_workspace(ws: Union[Workspace, str, Path], out: Optional[Union[str, P
     table = stage.read_all()
     if table is None:
         raise InputError(f"{ws.root} has no generated samples; run `refcoco-edit build --out {ws.root}` first")
-    reviews = _reviews(ws)
+    reviews = ws.read_reviews()
     rows = [apply_review(r, reviews.get(r["sample_id"])) for r in table.to_pylist()]
     if status == "accepted":
         rows = [r for r in rows if (r.get("review") or {}).get("status") == "accepted"]

@@ -44,10 +44,10 @@ from typing import Dict, List, Optional, Protocol, Sequence, Tuple, Union, runti
 import numpy as np
 
 from .errors import SampleError
-from .vocab import COCO_CATEGORIES, COCO_SUPERCATEGORIES, COLOURS, IMAGINATIVE_TARGETS, MATERIALS
+from .vocab import BUILD_EDIT_TYPES, COCO_CATEGORIES, COCO_SUPERCATEGORIES, COLOURS, IMAGINATIVE_TARGETS, MATERIALS
 
 __all__ = [
-    "EDIT_TYPES",
+    "BUILD_EDIT_TYPES",
     "TEMPLATE_VERSION",
     "Prompt",
     "Template",
@@ -65,8 +65,6 @@ __all__ = [
     "PromptWriter",
 ]
 
-# Edit types that have templates. "add" exists in the schema but has none yet.
-EDIT_TYPES: Tuple[str, ...] = ("replace", "remove", "attribute")
 
 # Bump whenever templates, renderings or target choice change: it is part of cache keys.
 TEMPLATE_VERSION = "1"
@@ -654,7 +652,7 @@ def choose_edit_target(
         if colours:
             return _pick(rng, colours)
         raise SampleError("prompt_error", f"every attribute value is already in {expression!r}")
-    raise ValueError(f"no edit targets for edit type {edit_type!r}; expected one of {EDIT_TYPES}")
+    raise ValueError(f"no edit targets for edit type {edit_type!r}; expected one of {BUILD_EDIT_TYPES}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -675,8 +673,8 @@ def compose(
     after normalisation, ValueError on an unknown edit type / template or a target the chosen
     template cannot express.
     """
-    if edit_type not in EDIT_TYPES:
-        raise ValueError(f"no templates for edit type {edit_type!r}; expected one of {EDIT_TYPES}")
+    if edit_type not in BUILD_EDIT_TYPES:
+        raise ValueError(f"no templates for edit type {edit_type!r}; expected one of {BUILD_EDIT_TYPES}")
     expression = normalize_expression(referring_expression)
     if not expression:
         raise SampleError("empty_sentence", f"referring expression {referring_expression!r} is empty")

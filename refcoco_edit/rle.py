@@ -12,13 +12,11 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
+from .errors import ReasonError
 
-class MaskError(ValueError):
+
+class MaskError(ReasonError, ValueError):
     """A mask annotation is malformed. ``reason`` is a quarantine reason code."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
 
 
 def _mask_api():

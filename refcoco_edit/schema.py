@@ -14,26 +14,16 @@ import json
 import re
 from typing import Any, Dict, List, Optional, Sequence
 
+from .reasons import reasons
+from .vocab import EDIT_TYPES  # noqa: F401 - the data model's edit types, re-exported here
+
 SCHEMA_VERSION = "1.0"
 
-EDIT_TYPES = ("replace", "remove", "attribute", "add")
 REVIEW_STATUSES = ("pending", "accepted", "rejected")
 
-# Reason codes for quarantined samples. Stable strings: users filter on them.
-REASONS = {
-    "missing_image": "the image file does not exist",
-    "corrupt_image": "the image file cannot be decoded (truncated or not an image)",
-    "size_mismatch": "the decoded image size differs from instances.json",
-    "bad_polygon": "a polygon has fewer than 3 points, an odd number of coordinates, or non-finite values",
-    "bad_rle": "an RLE mask is malformed (bad counts, wrong size)",
-    "empty_mask": "the object mask is empty",
-    "missing_annotation": "the ref points to an annotation id that does not exist",
-    "empty_sentence": "the referring sentence is empty",
-    "no_exemplar": "no exemplar instance of the edit target is available",
-    "no_change": "the pipeline output does not differ from the source inside the edit mask",
-    "pipeline_error": "the generation pipeline raised an error",
-    "prompt_error": "a prompt could not be composed",
-}
+# Reason codes of quarantined samples (stable strings: users filter on them); the one table of
+# every code is refcoco_edit.reasons.REASONS.
+REASONS = reasons("quarantine")
 
 
 # What a value from the data must look like before it becomes part of a file name (a sample id in

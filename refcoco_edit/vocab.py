@@ -6,6 +6,13 @@ from __future__ import annotations
 
 from typing import Dict, Tuple
 
+# The edit types of the data model (DESIGN.md): every sample's ``edit_type`` is one of these.
+EDIT_TYPES: Tuple[str, ...] = ("replace", "remove", "attribute", "add")
+
+# The edit types `refcoco-edit build` generates (templates, targets and pipelines exist for them).
+# ``add`` is in the data model but has no templates yet.
+BUILD_EDIT_TYPES: Tuple[str, ...] = ("replace", "remove", "attribute")
+
 # The 80 COCO categories: id -> name (the ids of instances_train2014.json).
 COCO_CATEGORIES: Dict[int, str] = {
     1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 5: "airplane", 6: "bus", 7: "train",

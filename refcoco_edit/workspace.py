@@ -29,6 +29,7 @@ QUARANTINE_DIR = "quarantine"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 MANIFEST = "workspace.json"
+REVIEW_FILE = Path("review") / "reviews.parquet"  # relative to the workspace root
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,6 +228,19 @@ class Workspace:
 
     def stage(self, name: str) -> Stage:
         return Stage(self, name)
+
+    @property
+    def review_path(self) -> Path:
+        """The reconciled review table (``review pull`` writes it; export and score fold it in)."""
+        return self.root / REVIEW_FILE
+
+    def read_reviews(self) -> Dict[str, Dict[str, Any]]:
+        """The rows of the review table by sample_id; empty when nothing was reviewed yet."""
+        if not self.review_path.exists():
+            return {}
+        import pyarrow.parquet as pq
+
+        return {r["sample_id"]: r for r in pq.read_table(self.review_path).to_pylist()}
 
     def prepare(self, settings: Dict[str, Any], stages: Sequence[str], overwrite: bool = False) -> bool:
         """Open the workspace for a run with ``settings`` (everything that changes outputs).

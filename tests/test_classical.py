@@ -124,7 +124,7 @@ def test_registry_builds_classical_pipelines():
 
 
 def test_registry_typo_did_you_mean():
-    with pytest.raises(KeyError, match="did you mean classical-remove"):
+    with pytest.raises(KeyError, match="did you mean 'classical-remove'"):
         get_pipeline("classical-remov")
 
 

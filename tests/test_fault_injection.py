@@ -521,7 +521,7 @@ class _SnapshotWatch:
 
 
 def test_review_pull_sigkill_at_random_moments_then_rerun(label_studio, reviewed, tmp_path, monkeypatch):
-    from refcoco_edit.export import REVIEW_FILE
+    from refcoco_edit.workspace import REVIEW_FILE
 
     ls, r = label_studio, reviewed
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", r["env"]["LABEL_STUDIO_API_KEY"])  # the in-process re-runs
@@ -576,7 +576,7 @@ def test_review_pull_sigkill_at_random_moments_then_rerun(label_studio, reviewed
 
 def test_review_pull_disk_full_then_rerun(reviewed, monkeypatch):
     from refcoco_edit.annotation.pull import table_bytes
-    from refcoco_edit.export import REVIEW_FILE
+    from refcoco_edit.workspace import REVIEW_FILE
 
     path = reviewed["wd"] / REVIEW_FILE
     key = reviewed["env"]["LABEL_STUDIO_API_KEY"]

@@ -10,7 +10,7 @@ import pytest
 from refcoco_edit import prompts as P
 from refcoco_edit.errors import SampleError
 from refcoco_edit.prompts import (
-    EDIT_TYPES,
+    BUILD_EDIT_TYPES,
     TEMPLATE_VERSION,
     TEMPLATES,
     Prompt,
@@ -78,7 +78,7 @@ def _target_for(template_id: str, rng: np.random.Generator) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def test_constants():
-    assert EDIT_TYPES == ("replace", "remove", "attribute")
+    assert BUILD_EDIT_TYPES == ("replace", "remove", "attribute")
     assert isinstance(TEMPLATE_VERSION, str) and TEMPLATE_VERSION
 
 
@@ -338,7 +338,7 @@ def test_determinism():
     def run(seed):
         rng = np.random.default_rng(seed)
         out = []
-        for et in EDIT_TYPES:
+        for et in BUILD_EDIT_TYPES:
             t = choose_edit_target(et, "dog", "dog on the left", rng, imaginative=True)
             out.append(make_prompt(et, "dog on the left", t, rng, paraphraser=TemplateParaphraser()))
         return out
@@ -357,7 +357,7 @@ def test_paraphraser_keeps_spans_and_changes_text():
     for seed in range(300):
         rng = np.random.default_rng(seed)
         expr = EXPRESSIONS[seed % len(EXPRESSIONS)]
-        et = EDIT_TYPES[seed % 3]
+        et = BUILD_EDIT_TYPES[seed % 3]
         target = choose_edit_target(et, "dog", expr, rng, imaginative=True)
         base = compose(et, expr, target, rng)
         out = para.paraphrase(base, rng)
@@ -486,7 +486,7 @@ def test_random_combos_span_exactness():
         if not normalize_expression(expr):
             continue
         rng = np.random.default_rng(r.randrange(2**32))
-        et = r.choice(EDIT_TYPES)
+        et = r.choice(BUILD_EDIT_TYPES)
         category = r.choice(CATEGORIES)
         avail = r.sample(CATEGORIES, r.randint(0, 5)) if r.random() < 0.3 else None
         try:

@@ -11,7 +11,7 @@ import pytest
 
 from fake_openai import Reply, running
 
-from refcoco_edit.benchmark.referdiffusion.synth import Stage1Rephraser, prepare_llm_rephrase, stage1_prompt, synthesize
+from refcoco_edit.benchmark.referdiffusion.synth import Stage1Rephraser, stage1_prompt, synthesize
 from refcoco_edit.errors import RunError
 
 

@@ -32,7 +32,8 @@ from refcoco_edit.annotation.pull import brush_to_mask, iso_utc, pull
 from refcoco_edit.annotation.push import PROJECT_FILE, push
 from refcoco_edit import rle
 from refcoco_edit.build import BuildConfig, build
-from refcoco_edit.export import REVIEW_FILE, load_export
+from refcoco_edit.export import load_export
+from refcoco_edit.workspace import REVIEW_FILE
 from refcoco_edit.workspace import Workspace
 
 NUM_IMAGES = 4  # 8 samples

@@ -42,6 +42,8 @@ from typing import Any, Dict, FrozenSet, List, Optional, Tuple, Union
 
 import numpy as np
 
+from refcoco_edit.reasons import reasons
+
 __all__ = [
     "PROTOCOL_KEYS", "FAILURE_REASONS", "Editor", "EditFailure", "EditOutput", "check_output", "check_mask",
     "split_output", "check_protocol",
@@ -57,22 +59,9 @@ PROTOCOL_KEYS: Dict[str, str] = {
     "reference": "the reference edited image I_e (HxWx3 uint8): an oracle, not a real editor",
 }
 
-# Reason codes of per-sample editor failures (stable strings: results.json counts them).
-FAILURE_REASONS: Dict[str, str] = {
-    "editor_error": "the editor raised an exception on this sample",
-    "wrong_count": "the editor returned a different number of outputs than inputs",
-    "bad_type": "the output is not an image array",
-    "bad_dtype": "the output array is neither uint8 nor floating point",
-    "bad_channels": "the output is not HxWx3 (grey, RGBA or another shape)",
-    "non_finite": "the output holds NaN or infinite values",
-    "bad_range": "a floating output has values outside [0, 1]",
-    "wrong_size": "the output's height/width differ from the source (see --resize-outputs)",
-    "missing_output": "the precomputed or external output file does not exist",
-    "corrupt_output": "the output file cannot be decoded as an image",
-    "cmd_failed": "the external command exited with a non-zero status",
-    "cmd_timeout": "the external command ran past its time limit",
-    "bad_mask": "an editor that returns a predicted mask gave none, or one of the wrong size, type or range",
-}
+# Reason codes of per-sample editor failures (stable strings: results.json counts them); the one
+# table of every code is refcoco_edit.reasons.REASONS.
+FAILURE_REASONS: Dict[str, str] = reasons("edit")
 
 
 class EditFailure:

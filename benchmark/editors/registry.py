@@ -15,18 +15,18 @@ A spec is one of:
 * ``module:Class`` (``my_pkg.editors:MyEditor``), imported on demand;
 * ``dir:PATH`` (precomputed outputs) or ``cmd:TEMPLATE`` (an external program), see ``adapters``.
 
-Registered editors are lazy ``"module:Class"`` strings (the habit of lm-evaluation-harness'
-registry): nothing is imported until ``get_editor`` builds one. An unknown name raises
-``UnknownEditorError`` (an ``InputError``: exit 2) with close matches ("did you mean ...?").
-Built-in names win over plug-ins of the same name; aliases resolve to built-ins only.
+Registered editors are lazy ``"module:Class"`` strings in a ``refcoco_edit.registry.Registry``
+(the habit of lm-evaluation-harness' registry): nothing is imported until ``get_editor`` builds
+one. An unknown name raises ``UnknownEditorError`` (an ``InputError``: exit 2) with close matches
+("did you mean ...?"). Built-in names win over plug-ins of the same name; aliases resolve to
+built-ins only; names are matched case-insensitively.
 """
 from __future__ import annotations
 
-import difflib
-import importlib
 from typing import Any, Dict, List, Optional, Tuple
 
 from refcoco_edit.errors import InputError
+from refcoco_edit.registry import Registry, UnknownNameError, import_target
 
 from .base import Editor, check_protocol
 
@@ -64,23 +64,17 @@ ALIASES: Dict[str, str] = {
 }
 
 
-class UnknownEditorError(InputError):
+REGISTRY: Registry[Any] = Registry("editor", EDITORS, aliases=ALIASES, entry_point_group=ENTRY_POINT_GROUP,
+                                   normalize=str.lower)
+
+
+class UnknownEditorError(UnknownNameError):
     """No editor of that name."""
 
 
 def _entry_points() -> Dict[str, Any]:
     """Plug-in editors: name -> EntryPoint (read fresh each time; cheap, no import)."""
-    from importlib.metadata import entry_points
-
-    eps = entry_points()
-    if hasattr(eps, "select"):
-        group = eps.select(group=ENTRY_POINT_GROUP)
-    else:  # Python < 3.10: a dict of group -> list
-        group = eps.get(ENTRY_POINT_GROUP, [])  # type: ignore[union-attr]
-    out: Dict[str, Any] = {}
-    for ep in group:
-        out.setdefault(ep.name, ep)
-    return out
+    return REGISTRY.plugins()
 
 
 def list_editors() -> List[Dict[str, str]]:
@@ -91,27 +85,6 @@ def list_editors() -> List[Dict[str, str]]:
              for n, ep in sorted(_entry_points().items()) if n not in EDITORS]
     rows += [{"name": a, "kind": "alias", "target": t} for a, t in sorted(ALIASES.items())]
     return rows
-
-
-def _known_names() -> List[str]:
-    return sorted(set(EDITORS) | set(PLANNED) | set(ALIASES) | set(_entry_points()))
-
-
-def _import_target(target: str, what: str) -> Any:
-    module_name, _, attr = target.partition(":")
-    if not module_name or not attr:
-        raise InputError(f"{what}: {target!r} is not of the form module:Class")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        raise InputError(f"{what}: cannot import module {module_name!r} ({e})") from None
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise InputError(f"{what}: module {module_name!r} has no attribute {attr!r}") from None
-    return obj
 
 
 def _instantiate(cls: Any, what: str, options: Dict[str, Any]) -> Editor:
@@ -144,7 +117,7 @@ def parse_spec(spec: str) -> Tuple[str, str]:
         return "cmd", spec[4:]
     if ":" in spec:
         head = spec.partition(":")[0]
-        if ALIASES.get(head.lower(), head) in EDITORS:
+        if REGISTRY.canonical(head) is not None:
             return "name_arg", spec
         return "class", spec
     return "name", spec
@@ -165,14 +138,14 @@ def get_editor(spec: str, options: Optional[Dict[str, Any]] = None) -> Editor:
             raise InputError("cmd: needs a command template, e.g. cmd:\"python edit.py {input} {prompt} {output}\"")
         return _instantiate(CmdEditor, "--model cmd:...", dict(options, template=value))
     if kind == "class":
-        cls = _import_target(value, f"--model {spec}")
+        cls = import_target(value, f"--model {spec}")
         return _instantiate(cls, f"--model {spec}", options)
 
     if kind == "name_arg":
         head, _, arg = value.partition(":")
-        canonical = ALIASES.get(head.lower(), head)
+        canonical = REGISTRY.canonical(head) or head
         what = f"--model {spec}"
-        cls = _import_target(EDITORS[canonical], f"editor {canonical!r}")
+        cls = import_target(EDITORS[canonical], f"editor {canonical!r}")
         opt = getattr(cls, "spec_option", None)
         if not opt:
             raise InputError(f"{what}: editor {canonical!r} takes no argument after ':' "
@@ -184,19 +157,16 @@ def get_editor(spec: str, options: Optional[Dict[str, Any]] = None) -> Editor:
         return _instantiate(cls, f"editor {canonical!r}", dict(options, **{opt: arg}))
 
     name = value
-    canonical = ALIASES.get(name.lower(), name)
+    canonical = REGISTRY.canonical(name) or name
     if canonical in EDITORS:
-        return _instantiate(_import_target(EDITORS[canonical], f"editor {canonical!r}"), f"editor {canonical!r}", options)
+        return _instantiate(import_target(EDITORS[canonical], f"editor {canonical!r}"), f"editor {canonical!r}", options)
     plugins = _entry_points()
     if canonical in plugins:
         ep = plugins[canonical]
-        return _instantiate(_import_target(ep.value, f"plug-in editor {canonical!r}"), f"plug-in editor {canonical!r}", options)
+        return _instantiate(import_target(ep.value, f"plug-in editor {canonical!r}"), f"plug-in editor {canonical!r}", options)
     if canonical in PLANNED:
         raise UnknownEditorError(
             f"editor {canonical!r} ({PLANNED[canonical]}) is not available in this version yet; "
             f"available editors: {', '.join(sorted(EDITORS))}")
-    close = difflib.get_close_matches(name.lower(), _known_names(), n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise UnknownEditorError(
-        f"unknown editor {name!r}{hint} Known: {', '.join(sorted(set(EDITORS) | set(plugins)))}; "
-        "or give module:Class, dir:PATH or cmd:\"...\"")
+    err = REGISTRY.unknown(name, "; or give module:Class, dir:PATH or cmd:\"...\"")
+    raise UnknownEditorError(str(err), name, err.suggestions)

@@ -23,9 +23,10 @@ value" / "aggregate over the samples table", which keeps every sample's value fo
 """
 from __future__ import annotations
 
-import difflib
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from refcoco_edit.registry import UnknownNameError, did_you_mean
 
 from .base import MODEL_OPTIONS, MetricContext, MetricParams, MetricSpec, SampleArrays
 from .model_based import SPECS as _MODEL_SPECS
@@ -72,8 +73,6 @@ FAMILIES: Dict[str, Tuple[str, ...]] = {
 
 def select_metrics(selection: Optional[Iterable[str]] = None) -> List[str]:
     """Metric names for ``--metrics`` (names or family names; None/empty = all), in table order."""
-    from refcoco_edit.errors import InputError
-
     if selection is None:
         return list(METRICS)
     items = [s.strip() for s in selection if s and s.strip()]
@@ -89,10 +88,8 @@ def select_metrics(selection: Optional[Iterable[str]] = None) -> List[str]:
         elif key == "all":
             wanted.update(METRICS)
         else:
-            known = list(METRICS) + list(FAMILIES)
-            close = difflib.get_close_matches(key, known, n=2, cutoff=0.6)
-            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            raise InputError(f"unknown metric {item!r}{hint} Known metrics: {', '.join(METRICS)}; "
+            hint = did_you_mean(key, list(METRICS) + list(FAMILIES), n=2)
+            raise UnknownNameError(f"unknown metric {item!r}{hint} Known metrics: {', '.join(METRICS)}; "
                              f"families: {', '.join(FAMILIES)}")
     return [n for n in METRICS if n in wanted]
 
