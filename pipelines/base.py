@@ -23,7 +23,8 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from refcoco_edit.errors import ReasonError
-from refcoco_edit.registry import Registry, UnknownNameError, did_you_mean
+from refcoco_edit.registry import Registry, UnknownNameError
+from refcoco_edit.suggest import did_you_mean
 
 
 class PipelineError(ReasonError, RuntimeError):

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, FrozenSet
 
+from .suggest import did_you_mean
+
 QUARANTINE, EDIT, SKIP = "quarantine", "edit", "skip"
 SCOPES = (QUARANTINE, EDIT, SKIP)
 
@@ -90,8 +92,6 @@ def reasons(scope: str) -> Dict[str, str]:
 def check_reason(code: str) -> str:
     """``code`` itself when it is in the table, else ValueError (a typo in the code, not the data)."""
     if code not in REASONS:
-        from .registry import did_you_mean
-
         raise ValueError(f"unknown reason code {code!r}{did_you_mean(str(code), REASONS, n=1)}"
                          " (add it to refcoco_edit.reasons.REASONS)")
     return code

@@ -9,11 +9,13 @@ name raises ``UnknownNameError`` (an ``InputError``: exit code 2 at the command 
 """
 from __future__ import annotations
 
-import difflib
 import importlib
 from typing import Any, Callable, Dict, Generic, Iterable, List, Mapping, Optional, TypeVar, Union
 
 from .errors import InputError
+from .suggest import close_matches, hint
+
+__all__ = ["Registry", "UnknownNameError", "import_target"]
 
 T = TypeVar("T")
 
@@ -47,17 +49,6 @@ def import_target(target: str, what: str = "") -> Any:
         except AttributeError:
             raise InputError(f"{label}module {module_name!r} has no attribute {attr!r}") from None
     return obj
-
-
-def close_matches(name: str, known: Iterable[str], n: int = 3, cutoff: float = 0.6) -> List[str]:
-    """The names of ``known`` closest to ``name``, best first."""
-    return difflib.get_close_matches(str(name), sorted(set(known)), n=n, cutoff=cutoff)
-
-
-def did_you_mean(name: str, known: Iterable[str], n: int = 3, cutoff: float = 0.6) -> str:
-    """``"; did you mean 'a' or 'b'?"`` for the closest of ``known``, or ``""``."""
-    close = close_matches(name, known, n, cutoff)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 class Registry(Generic[T]):
@@ -160,6 +151,5 @@ class Registry(Generic[T]):
         """The error for a name nothing answers to, with close matches among names and aliases."""
         known = set(self._entries) | set(self._aliases) | set(self.plugins())
         close = close_matches(self.normalize(str(name)), known)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        return UnknownNameError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(self.names())}){extra}",
+        return UnknownNameError(f"unknown {self.kind} {name!r}{hint(close)} (known: {', '.join(self.names())}){extra}",
                                 str(name), close)

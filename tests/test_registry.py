@@ -7,7 +7,8 @@ import textwrap
 import pytest
 
 from refcoco_edit.errors import InputError
-from refcoco_edit.registry import Registry, UnknownNameError, did_you_mean, import_target
+from refcoco_edit.registry import Registry, UnknownNameError, import_target
+from refcoco_edit.suggest import did_you_mean
 
 
 def _module(tmp_path, monkeypatch, name: str, body: str) -> None:

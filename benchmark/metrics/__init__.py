@@ -26,7 +26,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from refcoco_edit.registry import UnknownNameError, did_you_mean
+from refcoco_edit.registry import UnknownNameError
+from refcoco_edit.suggest import did_you_mean
 
 from .base import MODEL_OPTIONS, MetricContext, MetricParams, MetricSpec, SampleArrays
 from .model_based import SPECS as _MODEL_SPECS
