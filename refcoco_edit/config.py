@@ -53,13 +53,13 @@ import importlib
 import re
 import typing
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import InputError
 
 __all__ = [
     "UsageError", "setting", "section", "Setting", "settings_of", "add_flags", "read_file", "read_mapping",
-    "read_overrides", "from_namespace", "merge", "build", "make", "to_dict", "parse_key_values", "csv",
+    "read_overrides", "from_namespace", "merge", "build", "make", "to_dict", "parse_key_values", "parse_csv",
 ]
 
 GIVEN = "_config_given"
@@ -106,25 +106,12 @@ class Setting:
     optional: bool
     names: Tuple[str, ...]         # accepted keys (underscored): the dotted path first, then flat aliases
 
-    @property
-    def dotted(self) -> str:
-        return ".".join(self.path)
-
-    @property
-    def meta(self) -> Mapping[str, Any]:
-        return self.field.metadata
-
-    @property
-    def help(self) -> str:
-        return str(self.meta.get("help", ""))
-
-    @property
-    def choices(self) -> Optional[Sequence[Any]]:
-        return self.meta.get("choices")
-
-    @property
-    def required(self) -> bool:
-        return self.field.default is dataclasses.MISSING and self.field.default_factory is dataclasses.MISSING
+    dotted = property(lambda self: ".".join(self.path))
+    meta = property(lambda self: self.field.metadata)
+    help = property(lambda self: str(self.meta.get("help", "")))
+    choices = property(lambda self: self.meta.get("choices"))
+    required = property(lambda self: self.field.default is dataclasses.MISSING
+                        and self.field.default_factory is dataclasses.MISSING)
 
     def default(self) -> Any:
         if self.field.default_factory is not dataclasses.MISSING:
@@ -200,13 +187,17 @@ def settings_of(cls: type) -> Tuple[Setting, ...]:
     return tuple(out)
 
 
+def _section_cls(cls: type, f: dataclasses.Field) -> Optional[type]:
+    """The settings dataclass of a section field (declared with :func:`section` or annotated)."""
+    sec = f.metadata.get("section") or _hints(cls).get(f.name)
+    return sec if isinstance(sec, type) and dataclasses.is_dataclass(sec) else None
+
+
 def _walk(cls: type, prefix: Tuple[str, ...], flat: Optional[str], out: List[Setting]) -> None:
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
         path = prefix + (f.name,)
-        sec = f.metadata.get("section")
-        if sec is None and dataclasses.is_dataclass(hints.get(f.name)):
-            sec = hints[f.name]
+        sec = _section_cls(cls, f)
         if sec is not None:
             fp = f.metadata.get("flat_prefix")
             _walk(sec, path, None if flat is None or fp is None else flat + fp, out)
@@ -220,9 +211,8 @@ def _walk(cls: type, prefix: Tuple[str, ...], flat: Optional[str], out: List[Set
 
 
 def _section_paths(cls: type, prefix: str = "") -> Iterable[str]:
-    hints = _hints(cls)
     for f in dataclasses.fields(cls):
-        sec = f.metadata.get("section") or (hints.get(f.name) if dataclasses.is_dataclass(hints.get(f.name)) else None)
+        sec = _section_cls(cls, f)
         if sec is not None:
             yield prefix + f.name
             yield from _section_paths(sec, prefix + f.name + ".")
@@ -237,7 +227,7 @@ def _index(cls: type) -> Dict[str, Setting]:
 # values: parsing and checking
 # ----------------------------------------------------------------------------------------------
 
-def csv(text: Any) -> List[str]:
+def parse_csv(text: Any) -> List[str]:
     """``"a, b,c"`` -> ``["a", "b", "c"]``."""
     return [t.strip() for t in str(text).split(",") if t.strip()]
 
@@ -332,7 +322,7 @@ def _check(s: Setting, value: Any, where: str, key: str) -> Any:
         return value
     if s.kind == "list":
         if isinstance(value, str):
-            return csv(value)
+            return parse_csv(value)
         if isinstance(value, (list, tuple)):
             return list(value)
         raise bad("a list (or comma-separated text)")
@@ -567,7 +557,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, style: str = "flags") 
         if s.kind == "mapping":
             parser.add_argument(*opts, action=_Append, **{"metavar": "KEY=VALUE", **kw, "default": []})
             continue
-        conv = {"list": csv, "int": _optional_int if s.optional else int,
+        conv = {"list": parse_csv, "int": _optional_int if s.optional else int,
                 "float": _optional_float if s.optional else float}.get(s.kind)
         if conv is not None:
             kw["type"] = conv
@@ -620,10 +610,9 @@ def build(cls: type, *layers: Mapping[str, Any]) -> Any:
 
 
 def _instantiate(cls: type, values: Mapping[str, Any]) -> Any:
-    hints = _hints(cls)
     kw = {}
     for f in dataclasses.fields(cls):
-        sec = f.metadata.get("section") or (hints.get(f.name) if dataclasses.is_dataclass(hints.get(f.name)) else None)
+        sec = _section_cls(cls, f)
         if sec is not None:
             kw[f.name] = _instantiate(sec, values.get(f.name) or {})
         elif f.name in values:
@@ -647,9 +636,3 @@ def to_dict(cfg: Any, runtime: bool = True) -> Dict[str, Any]:
         v = getattr(cfg, f.name)
         out[f.name] = to_dict(v, runtime) if dataclasses.is_dataclass(v) and not isinstance(v, type) else copy.deepcopy(v)
     return out
-
-
-def describe(cls: type) -> List[Dict[str, Any]]:
-    """One row per setting (key, names, kind, default, help): for documentation and listings."""
-    return [{"key": s.dotted, "names": list(s.names), "kind": s.kind, "default": None if s.required else s.default(),
-             "help": s.help} for s in settings_of(cls)]
