@@ -58,7 +58,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -71,6 +71,7 @@ from refcoco_edit.workspace import atomic_write_bytes, fingerprint
 from .data import BenchSample, DecodedSample, decode_image, decode_sample, load_dataset
 from .editors.base import EditFailure, Editor, check_mask, check_output, split_output
 from .metrics import METRICS, MetricParams, SampleArrays, compute_sample, plan, select_metrics
+from .score_config import ScoreConfig
 
 __all__ = ["ScoreConfig", "ScoreResult", "run_score", "aggregate", "bootstrap_ci", "editor_seed",
            "RUN_MANIFEST", "OUTPUTS_DIR"]
@@ -80,54 +81,6 @@ OUTPUTS_DIR = "outputs"
 CACHE_VERSION = 1
 SEED_MODULUS = 2 ** 31 - 1
 RESIZE_RULE = "PIL bicubic to the source's width x height, only with --resize-outputs (recorded per sample)"
-
-
-@dataclass
-class ScoreConfig:
-    """Every setting of `refcoco-edit score`."""
-
-    model: str
-    data: str = "refcoco-edit-work"
-    out: Optional[str] = None
-    split: Optional[str] = None
-    metrics: Optional[List[str]] = None
-    seed: int = 0
-    status: str = "all"
-    limit: Optional[int] = None
-    batch_size: Optional[int] = None
-    resize_outputs: bool = False
-    retry_failed: bool = False
-    overwrite: bool = False
-    editor_args: Dict[str, Any] = field(default_factory=dict)
-    cmd_timeout: Optional[float] = None
-    cmd_shell: bool = False
-    clip_model: Optional[str] = None
-    aesthetic_weights: Optional[str] = None
-    dino_model: Optional[str] = None
-    lpips_weights: Optional[str] = None
-    device: str = "auto"
-    dtype: str = "auto"
-    metric_batch_size: int = 32
-    local_files_only: bool = True
-    bootstrap: int = 1000
-    referring_eps: float = MetricParams.referring_eps
-    preservation_tau: float = MetricParams.preservation_tau
-    workers: int = 2
-    chunk_size: int = 32
-    executor: str = "local"
-    """where editing runs: local (this process) or ray (``workers`` Ray actors; see ``edit_on_ray``)"""
-    ray_address: Optional[str] = None
-    num_gpus_per_worker: float = 0.0
-    gallery: bool = True
-    plots: bool = True
-    progress: Optional[bool] = None
-
-    def models(self) -> Dict[str, Optional[str]]:
-        return {"clip_model": self.clip_model, "aesthetic_weights": self.aesthetic_weights,
-                "dino_model": self.dino_model, "lpips_weights": self.lpips_weights}
-
-    def params(self) -> MetricParams:
-        return MetricParams(referring_eps=float(self.referring_eps), preservation_tau=float(self.preservation_tau))
 
 
 @dataclass

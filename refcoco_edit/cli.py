@@ -11,104 +11,26 @@ Exit codes: 0 done (quarantined samples do not fail a run), 2 bad usage or unusa
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import difflib
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
+from . import config
+from .config import UsageError
 from .errors import InputError, RunError, disk_error_message, is_disk_error
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
-class UsageError(InputError):
-    pass
-
-
-def _csv(text: str) -> List[str]:
-    return [t.strip() for t in str(text).split(",") if t.strip()]
-
-
-def _optional_int(text: str) -> Optional[int]:
-    if str(text).lower() in ("none", "all", "null", ""):
-        return None
-    return int(text)
-
-
-def _kind(f: dataclasses.Field) -> str:
-    t = str(f.type).replace("typing.", "")
-    if "bool" in t:
-        return "bool"
-    if "List" in t or "list" in t:
-        return "list"
-    if "int" in t:
-        return "optint" if "Optional" in t else "int"
-    if "float" in t:
-        return "float"
-    return "str"
-
-
-def _add_config_flags(parser: argparse.ArgumentParser, config_cls: Any) -> None:
-    """One flag per config field (``--num-images``), defaulting to "not given"."""
-    for f in dataclasses.fields(config_cls):
-        flag = "--" + f.name.replace("_", "-")
-        kind = _kind(f)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_ = f"{f.metadata.get('help', '')} (default: {default})"
-        kw: Dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_}
-        if kind == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-            continue
-        if kind == "list":
-            kw["type"] = _csv
-        elif kind == "int":
-            kw["type"] = int
-        elif kind == "optint":
-            kw["type"] = _optional_int
-        elif kind == "float":
-            kw["type"] = float
-        if "choices" in f.metadata:
-            kw["choices"] = f.metadata["choices"]
-        parser.add_argument(flag, **kw)
-
-
 def load_config_file(path: Optional[str], config_cls: Any) -> Dict[str, Any]:
-    """Read a YAML config; keys are setting names (dashes or underscores)."""
-    if not path:
-        return {}
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"--config {p}: no such file")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UsageError(f"--config {p}: not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--config {p}: expected a mapping of settings")
-    names = {f.name: f for f in dataclasses.fields(config_cls)}
-    out = {}
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in names:
-            close = difflib.get_close_matches(name, list(names), n=1)
-            raise UsageError(f"--config {p}: unknown setting {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
-        kind = _kind(names[name])
-        if kind == "list" and isinstance(value, str):
-            value = _csv(value)
-        out[name] = value
-    return out
+    """Read a YAML config of ``config_cls`` (see :func:`refcoco_edit.config.read_file`)."""
+    return config.read_file(path, config_cls)
 
 
 def make_config(config_cls: Any, args: argparse.Namespace) -> Any:
-    values = load_config_file(getattr(args, "config", None), config_cls)
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    values.update({k: v for k, v in vars(args).items() if k in names})
-    cfg = config_cls(**values)
-    return cfg
+    """defaults < ``--config`` YAML < the flags given: the command line wins."""
+    return config.make(config_cls, args, getattr(args, "config", None))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="select, prompt, generate and export (resumable)",
                        description="Build a RefCOCO-Edit dataset. With no --refcoco, the bundled demo data.")
     p.add_argument("--config", help="YAML file of settings (the command line wins)", default=None)
-    _add_config_flags(p, BuildConfig)
+    config.add_flags(p, BuildConfig)
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("export", help="export a workspace as Parquet + dataset card")

@@ -17,7 +17,7 @@ def test_help_does_not_import_torch_or_heavy_modules():
     code = (
         "import sys\n"
         "from refcoco_edit.cli import main\n"
-        "for args in (['--help'], ['build', '--help'], ['export', '--help'], ['demo', '--help']):\n"
+        "for args in (['--help'], ['build', '--help'], ['export', '--help'], ['demo', '--help'], ['score', '--help']):\n"
         "    assert main(args) == 0\n"
         "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'ray', 'openai', 'label_studio_sdk', 'cv2', 'pyarrow') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"

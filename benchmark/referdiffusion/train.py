@@ -37,41 +37,54 @@ import os
 import re
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from refcoco_edit import config
+from refcoco_edit.config import setting
+
+
+_MODEL = "refcoco_edit.benchmark.referdiffusion.model:ReferDiffusionConfig"
+_LOSS = "refcoco_edit.benchmark.referdiffusion.losses:LossWeights"
+
 
 @dataclass
 class TrainConfig:
-    pretrained: str = "timbrooks/instruct-pix2pix"  # InstructPix2Pix folder or hub id
-    local_files_only: bool = True
-    data: str = ""                # export folder or workspace
-    output_dir: str = "runs/referdiffusion"
-    stage: str = "stage2"         # stage1 | stage2
-    split: Optional[str] = None
-    status: str = "accepted"      # stage 2: accepted | all
-    limit: Optional[int] = None
-    resolution: int = 480
-    batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    lr: float = 5e-5
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    adam_weight_decay: float = 1e-2
-    max_grad_norm: float = 1.0
-    max_steps: int = 10000
-    mixed_precision: str = "no"   # no | fp16 | bf16
-    checkpoint_every: int = 500
-    checkpoints_total_limit: Optional[int] = None
-    resume: Optional[str] = None  # None | latest | a checkpoint folder
-    seed: int = 0
-    num_workers: int = 0
-    synth: Dict[str, Any] = field(default_factory=dict)   # synth.synthesize options
-    model: Dict[str, Any] = field(default_factory=dict)   # ReferDiffusionConfig
-    loss: Dict[str, Any] = field(default_factory=dict)    # LossWeights
+    """Every setting of the trainer: a YAML key of ``--config`` and a ``--key value`` override."""
+
+    pretrained: str = setting("timbrooks/instruct-pix2pix", "InstructPix2Pix (or ReferDiffusion) folder or hub id")
+    local_files_only: bool = setting(True, "hub ids only from the local cache, never downloaded")
+    data: str = setting("", "a RefCOCO-Edit export folder or workspace")
+    output_dir: str = setting("runs/referdiffusion", "checkpoints/, final/, log.jsonl, config.json")
+    stage: str = setting("stage2", "stage1: self-supervised samples synthesised from the data; stage2: the "
+                                   "dataset's own samples", choices=("stage1", "stage2"))
+    split: Optional[str] = setting(None, "train on this split only (default: all)")
+    status: str = setting("accepted", "stage 2: reviewed-accepted samples only, or all", choices=("accepted", "all"))
+    limit: Optional[int] = setting(None, "the first N samples only (default: all)")
+    resolution: int = setting(480, "training resolution (a multiple of 8)")
+    batch_size: int = setting(4, "micro-batch size per process")
+    gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step")
+    lr: float = setting(5e-5, "learning rate")
+    lr_scheduler: str = setting("constant", "diffusers LR scheduler name (constant, cosine, linear, ...)")
+    lr_warmup_steps: int = setting(0, "LR warm-up steps")
+    adam_weight_decay: float = setting(1e-2, "AdamW weight decay")
+    max_grad_norm: float = setting(1.0, "gradient clipping norm")
+    max_steps: int = setting(10000, "optimizer steps")
+    mixed_precision: str = setting("no", "accelerate mixed precision", choices=("no", "fp16", "bf16", "fp8"))
+    checkpoint_every: int = setting(500, "optimizer steps between checkpoints (0: none)")
+    checkpoints_total_limit: Optional[int] = setting(None, "keep at most this many checkpoints (default: all)")
+    resume: Optional[str] = setting(None, "latest, or a checkpoint folder (default: start afresh)")
+    seed: int = setting(0, "seed of the data order, noise and REM initialisation")
+    num_workers: int = setting(0, "data-loading threads")
+    synth: Dict[str, Any] = setting({}, "stage-1 synthesis options (expand_ratio, min_expand_px, crop_scale, "
+                                        "flip_prob, colours, llm_rephrase: {model, base_url, cache, variants, ...})")
+    model: Dict[str, Any] = setting({}, "ReferDiffusionConfig options (use_rem, num_heads, image_features, "
+                                        "image_feature_dim, conditioning_dropout_prob, ...)", schema=_MODEL)
+    loss: Dict[str, Any] = setting({}, "LossWeights (eps, mask, mask_bce, mask_dice, edit, rcl, edit_loss, "
+                                       "rcl_mask_downsample, rcl_weighting)", schema=_LOSS)
 
     def __post_init__(self) -> None:
         if self.mixed_precision is False:  # YAML 1.1 reads `mixed_precision: no` (and `--mixed_precision no`) as false
@@ -82,48 +95,17 @@ class TrainConfig:
             raise ValueError(f"resolution {self.resolution} is not a multiple of 8")
 
 
-_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
-
-
-def _scalar(v: Any) -> Any:
-    """YAML 1.1 reads ``2e-4`` (no dot) as a string; take it as the float it means."""
-    return float(v) if isinstance(v, str) and _FLOAT.match(v) else v
-
-
 def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> TrainConfig:
-    """YAML file + ``--key value`` / ``--a.b value`` overrides (the command line wins)."""
-    import yaml
-
-    d: Dict[str, Any] = {}
+    """The YAML file (a path, or a shipped config's name: ``3_rem_rcl``, ``builtin:3_rem_rcl``) then
+    ``--key value`` / ``--a.b value`` / ``--a.b=value`` overrides (values read as YAML; the command
+    line wins), through :mod:`refcoco_edit.config`. Unknown keys and bad values raise
+    ``refcoco_edit.config.UsageError`` (a ValueError) with a did-you-mean."""
+    values: Dict[str, Any] = {}
     if path:
         from .configs import resolve as resolve_config
 
-        path = str(resolve_config(path))  # a file, or a shipped config's name (3_rem_rcl, builtin:3_rem_rcl)
-        d = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(d, dict):
-            raise ValueError(f"{path}: a config must be a mapping")
-    it = iter(overrides)
-    for tok in it:
-        if not tok.startswith("--"):
-            raise ValueError(f"unexpected argument {tok!r}")
-        key = tok[2:]
-        if "=" in key:
-            key, raw = key.split("=", 1)
-        else:
-            try:
-                raw = next(it)
-            except StopIteration:
-                raise ValueError(f"{tok} needs a value") from None
-        cur = d
-        parts = key.replace("-", "_").split(".")
-        for p in parts[:-1]:
-            cur = cur.setdefault(p, {})
-        cur[parts[-1]] = _scalar(yaml.safe_load(raw))
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = set(d) - known
-    if unknown:
-        raise ValueError(f"unknown config keys: {sorted(unknown)}")
-    return TrainConfig(**d)
+        values = config.read_file(resolve_config(path), TrainConfig)
+    return config.build(TrainConfig, values, config.read_overrides(TrainConfig, overrides))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -431,12 +413,36 @@ def _loop(cfg: TrainConfig, acc: Any, model: Any, core: Any, opt: Any, sched: An
     return step
 
 
+_CONFIG_HELP = ("YAML config: a file, or a shipped config's name (1_finetune, 2_rem, 3_rem_rcl, 4_selfsup; also "
+                "builtin:NAME)")
+
+
+def help_parser() -> argparse.ArgumentParser:
+    """The trainer's options for ``--help``: every TrainConfig setting, generated from its fields
+    (the values themselves are read by :func:`load_config`, as YAML)."""
+    ap = argparse.ArgumentParser(
+        prog="refcoco-edit train", description="Train ReferDiffusion (the reference baseline) with accelerate.",
+        epilog="Settings: the defaults, then --config, then the options given here (the command line wins). "
+               "Each option is also a YAML key of --config (dashes or underscores); values are read as YAML "
+               "(--local_files_only false, --synth.colours '[red, blue]', --resume null; --key=value works too). "
+               "Nested options: --model.num_heads 4, --loss.rcl=0.5, --synth.llm_rephrase.model NAME. Exit codes: 0 done, 2 bad config, 1 other errors.")
+    ap.add_argument("--config", help=_CONFIG_HELP)
+    config.add_flags(ap, TrainConfig, style="tokens")
+    return ap
+
+
+class _HelpAction(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: D401 - argparse API
+        help_parser().print_help()
+        parser.exit()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from refcoco_edit.errors import disk_error_message, is_disk_error
 
-    ap = argparse.ArgumentParser(prog="referdiffusion-train", description=__doc__.split("\n")[0])
-    ap.add_argument("--config", help="YAML config: a file, or a shipped config's name (1_finetune, 2_rem, 3_rem_rcl, "
-                                       "4_selfsup; also builtin:NAME)")
+    ap = argparse.ArgumentParser(prog="referdiffusion-train", add_help=False, allow_abbrev=False)
+    ap.add_argument("--config", help=_CONFIG_HELP)
+    ap.add_argument("-h", "--help", action=_HelpAction, nargs=0)
     args, rest = ap.parse_known_args(argv)
     try:
         cfg = load_config(args.config, rest)

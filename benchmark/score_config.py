@@ -1,0 +1,91 @@
+"""The settings of `refcoco-edit score`, declared once (see :mod:`refcoco_edit.config`).
+
+The ``score`` flags, the keys of ``score --config FILE.yaml`` and ``ScoreConfig`` itself all come
+from the fields below. Light on purpose (no numpy, no metrics): ``refcoco-edit --help`` builds the
+score parser from it. ``refcoco_edit.benchmark.harness`` re-exports :class:`ScoreConfig`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+from refcoco_edit.config import setting
+
+if TYPE_CHECKING:
+    from .metrics import MetricParams
+
+__all__ = ["ScoreConfig"]
+
+
+@dataclass
+class ScoreConfig:
+    """Every setting of `refcoco-edit score` (each a YAML key of ``--config`` and a flag)."""
+
+    model: str = setting(help="the editor (see below); --list-editors shows the known names")
+    data: str = setting("refcoco-edit-work", "export folder, .parquet file or workspace (default: refcoco-edit-work)")
+    out: Optional[str] = setting(None, "results folder (default: refcoco-edit-results/<model>)")
+    split: Optional[str] = setting(None, "score only this split (default: all)")
+    metrics: Optional[List[str]] = setting(
+        None, "comma-separated metric or family names: paper, pie, magicbrush, referring (default: all)")
+    seed: int = setting(0, "seed of editor seeds and bootstrap (default: 0)")
+    status: str = setting("all", "all samples or reviewed-accepted only", choices=("all", "accepted"))
+    limit: Optional[int] = setting(None, "score only the first N samples (by sample_id)")
+    batch_size: Optional[int] = setting(None, "editor batch size (default: the editor's)", runtime=True)
+    editor_args: Dict[str, Any] = setting(
+        {}, "editor constructor option (repeatable), e.g. --editor-arg protocol=gt_mask for dir:; in YAML a "
+            "mapping (editor_args: {steps: 20})", flag="editor-arg", aliases=("editor_arg",), metavar="KEY=VALUE")
+    resize_outputs: bool = setting(False, "resize outputs of the wrong size to the source's (recorded); "
+                                          "default: they fail")
+    retry_failed: bool = setting(False, "edit samples that failed in an earlier run again (default: off)")
+    overwrite: bool = setting(False, "discard cached outputs of another configuration (default: off)")
+    cmd_timeout: Optional[float] = setting(None, "cmd: time limit per call in seconds (default: 600)")
+    cmd_shell: bool = setting(False, "cmd: run the template through /bin/sh (values shlex-quoted); only for "
+                                     "pipes/redirections (default: off)")
+    clip_model: Optional[str] = setting(
+        None, "CLIP model folder or hub id, e.g. openai/clip-vit-large-patch14 (AP, CLIP-Sim_fg, CLIP whole/edited, "
+              "CLIP-I, CLIP-T)")
+    aesthetic_weights: Optional[str] = setting(
+        None, "LAION aesthetic predictor v2 MLP (sac+logos+ava1-l14-linearMSE.pth; a file or owner/repo/file in the "
+              "hub cache) for AP, with --clip-model ViT-L/14")
+    dino_model: Optional[str] = setting(None, "DINO ViT model folder or hub id, e.g. facebook/dino-vits16 "
+                                              "(MagicBrush DINO)")
+    lpips_weights: Optional[str] = setting(
+        None, "LPIPS weights (PIE-Bench LPIPS_bg): one file with the whole lpips.LPIPS state dict, or a folder with "
+              "the lpips package's alex.pth and torchvision's alexnet weights")
+    device: str = setting("auto", "device of the metric models: auto (cuda when present), cpu, cuda, cuda:1 ... "
+                                  "(default: auto)", runtime=True)
+    dtype: str = setting("auto", "dtype of the CLIP/DINO models: auto = fp16 on CUDA, fp32 elsewhere (default: auto)",
+                         choices=("auto", "fp32", "fp16", "bf16"))
+    metric_batch_size: int = setting(32, "images per model forward pass (default: 32)", runtime=True)
+    local_files_only: bool = setting(True, "metric models: hub ids only from the local cache, never downloaded "
+                                           "(default: on)", runtime=True)
+    bootstrap: int = setting(1000, "bootstrap resamples for the 95% CIs (default: 1000)")
+    referring_eps: float = setting(0.01, "referring accuracy margin (default: 0.01)")
+    preservation_tau: float = setting(0.05, "distractor preservation threshold (default: 0.05)")
+    workers: int = setting(2, "threads decoding images and computing metrics; with --executor ray also the number "
+                              "of Ray actors editing (default: 2)", runtime=True)
+    chunk_size: int = setting(32, "samples decoded, edited and scored together; with --executor ray the unit of "
+                                  "work of an actor (default: 32)", runtime=True)
+    executor: str = setting("local", "where editing runs: local (this process) or ray (--workers actors, each "
+                                     "loading the editor once; RESULTS must be on storage every node sees); metrics "
+                                     "and reports run here (default: local)", choices=("local", "ray"), runtime=True)
+    ray_address: Optional[str] = setting(
+        None, "ray executor: the cluster to attach to (auto, HOST:6379, ray://HOST:10001; default: a private local "
+              "Ray instance with --workers CPUs, listening on 127.0.0.1 only)", runtime=True)
+    num_gpus_per_worker: float = setting(
+        0.0, "ray executor: GPUs reserved by each actor (fractions share a GPU; Ray sets each actor's "
+             "CUDA_VISIBLE_DEVICES, the editor picks its device as it does locally)", runtime=True)
+    gallery: bool = setting(True, "write gallery.html and thumbnails (--no-gallery skips them)", runtime=True)
+    plots: bool = setting(True, "write plots/*.png (--no-plots skips them)", runtime=True)
+    progress: Optional[bool] = setting(None, "progress bar (default: on a terminal only)", runtime=True)
+
+    def models(self) -> Dict[str, Optional[str]]:
+        """The metric model settings (what the model-based metrics need)."""
+        return {"clip_model": self.clip_model, "aesthetic_weights": self.aesthetic_weights,
+                "dino_model": self.dino_model, "lpips_weights": self.lpips_weights}
+
+    def params(self) -> "MetricParams":
+        """The weight-free metrics' parameters."""
+        from .metrics import MetricParams
+
+        return MetricParams(referring_eps=float(self.referring_eps), preservation_tau=float(self.preservation_tau))
