@@ -47,7 +47,6 @@ import argparse
 import collections.abc
 import copy
 import dataclasses
-import difflib
 import functools
 import importlib
 import re
@@ -56,6 +55,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import InputError
+from .suggest import did_you_mean
 
 __all__ = [
     "UsageError", "setting", "section", "Setting", "settings_of", "add_flags", "read_file", "read_mapping",
@@ -362,10 +362,7 @@ def _check_mapping(s: Setting, d: Dict[str, Any], where: str, key: str) -> Dict[
 
 
 def _unknown(where: str, key: str, known: Iterable[str]) -> str:
-    known = list(known)
-    norm = str(key).replace("-", "_")
-    close = difflib.get_close_matches(norm, known, n=1)
-    return f"{where}: unknown setting {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+    return f"{where}: unknown setting {key!r}{did_you_mean(str(key).replace('-', '_'), known, n=1)}"
 
 
 def _set_path(d: Dict[str, Any], path: Tuple[str, ...], value: Any) -> None:
