@@ -120,7 +120,7 @@ def _cpu_overhead(quick: bool) -> Dict[str, Any]:
 
     from refcoco_edit.pipelines.base import get_pipeline
     from refcoco_edit.pipelines.masks import check_output, crop_window, dilate, mask_box, paste_back
-    from refcoco_edit.pipelines.models import Runtime, load_diffusers
+    from refcoco_edit.models import Runtime, load_diffusers
 
     torch.manual_seed(0)
     n = 4 if quick else 8  # one batch: the per-sample overhead needs no more (keeps `python -m perf` < 5 min)
@@ -223,7 +223,7 @@ def _cuda_throughput(quick: bool, device: str = "cuda", res: int = 512, steps: i
     from diffusers import StableDiffusionPipeline
 
     from refcoco_edit.pipelines.blended_latent import BlendedLatentAttribute
-    from refcoco_edit.pipelines.models import Runtime, optimize
+    from refcoco_edit.models import Runtime, optimize
 
     batch = int(os.environ.get("REFCOCO_EDIT_BENCH_BATCH", "8"))
     compile_ = os.environ.get("REFCOCO_EDIT_BENCH_COMPILE", "0") == "1"

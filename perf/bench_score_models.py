@@ -143,7 +143,7 @@ def _run(quick: bool, cuda: bool) -> Dict[str, Any]:
     import torch
 
     from refcoco_edit.benchmark.metrics.aesthetic import AestheticPredictor, build_mlp
-    from refcoco_edit.benchmark.metrics.clip_metrics import ClipEncoder
+    from refcoco_edit.models import ClipEncoder
     from refcoco_edit.benchmark.metrics.model_based import ModelMetrics
     from perf.bench_score import dataset
 

@@ -5,7 +5,7 @@ diffusers has no pipeline for it, so the loop is written here, on the components
 text-to-image SD model (``--sd-model``: 4-channel UNet) or, as the alternative backbone, of an SD
 inpainting model (``--bld-backbone inpaint``: its 9-channel UNet also sees the mask and the masked
 image). Steps of one batched call (``run_model``; the frame is
-``refcoco_edit.pipelines.models.DiffusionGTPipeline``):
+``refcoco_edit.pipelines.diffusion.DiffusionGTPipeline``):
 
 1. ``check_inputs``: base checks, plus a non-empty edit target;
 2. ``prepare``: the edit region — for ``replace`` the source box grown by ``region_growth`` (the
@@ -29,16 +29,21 @@ image). Steps of one batched call (``run_model``; the frame is
 8. ``finish``: back into the window; M_e = dilate(source mask ∪ new object), the new object from
    SAM (box prompt, replace) or the pixels of the region that changed; paste back through the
    feathered M_e (exact outside it) and check.
+
+``edit_regions`` runs steps 3-7 on regions and texts the caller gives (the benchmark's
+``blended-latent`` editor: the region is M_e, the text the edit phrase) and returns the full-size
+generated images; the caller pastes back.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from refcoco_edit.pipelines.base import EditRequest, PipelineError, PipelineOutput
 from refcoco_edit.pipelines.masks import box_mask, dilate, edit_mask, grow_box, mask_box, replacement_edit_mask
-from refcoco_edit.pipelines.models import DiffusionGTPipeline, Job, Runtime
+from refcoco_edit.models import Runtime
+from refcoco_edit.pipelines.diffusion import DiffusionGTPipeline, Job
 
 __all__ = ["BlendedLatentEdit", "BlendedLatentReplace", "BlendedLatentAttribute", "DEFAULT_SD_MODEL", "edit_text"]
 
@@ -213,6 +218,27 @@ class BlendedLatentEdit(DiffusionGTPipeline):
                              for k in range(n)])
         out = ((dec.float().clamp(-1, 1) + 1.0) / 2.0).permute(0, 2, 3, 1).cpu().numpy()
         return [o for o in out]
+
+    def edit_regions(self, images: Sequence[np.ndarray], regions: Sequence[np.ndarray], prompts: Sequence[str],
+                     negative_prompts: Sequence[str], seeds: Sequence[int]) -> List[np.ndarray]:
+        """Steps 3-7 on caller-given edit regions, in one model call: for each image, the window
+        around its region (HxW bool, non-empty) is generated with its text prompt (used as is: no
+        ``prompt_template``) and put back into the source. Returns the full-size generated images
+        (uint8; no M_e and no paste-back: the caller pastes through its own mask)."""
+        jobs: List[Job] = []
+        items = zip(images, regions, prompts, negative_prompts, seeds)
+        for k, (im, region, prompt, negative, seed) in enumerate(items):
+            image = np.ascontiguousarray(im)
+            m = np.asarray(region, dtype=bool)
+            box = mask_box(m)
+            win, img, mk = self.crop(image, m, box)
+            req = EditRequest(sample_id=str(k), edit_type="replace", image=image, mask=m, bbox=list(box), prompt=prompt,
+                              edit_phrase=prompt, edit_target=prompt, seed=int(seed))
+            jobs.append(Job(req, win, m, img, mk, {"prompt": prompt, "negative_prompt": negative}))
+        if not jobs:
+            return []
+        crops = self.run_model(jobs)
+        return [self.uncrop(j.request.image, j.window, c) for j, c in zip(jobs, crops)]
 
     def _refine(self, z: Any, x: Any, m: Any, first: Any) -> Any:
         """Background-preservation refinement (Avrahami et al. 2023, Sec. 4.1): fine-tune a copy of

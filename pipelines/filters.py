@@ -23,21 +23,21 @@ candidates first, then the higher score (CLIP-based when available, else the sma
 change), ties to the earlier candidate. Steps of ``CandidateFilter.score_many``:
 
 1. crops: the box of M_e (grown) in the source and in each candidate;
-2. one batched CLIP call for all crops and one for all texts (when CLIP is loaded);
+2. one CLIP pass over all crops and one over all texts (when CLIP is loaded; the encoder batches them);
 3. per candidate: the scores above, ``passed`` and the names of the ``failed`` checks.
 """
 from __future__ import annotations
 
 import math
-import pickle
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from refcoco_edit.models import ClipEncoder, ModelUnavailable, Runtime
 from refcoco_edit.pipelines.masks import grow_box, mask_box
 
-__all__ = ["FilterConfig", "ClipEmbedder", "CandidateFilter", "FilterItem", "rank_candidates", "DEFAULT_CLIP_MODEL"]
+__all__ = ["FilterConfig", "CandidateFilter", "FilterItem", "rank_candidates", "DEFAULT_CLIP_MODEL", "load_clip"]
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 
@@ -71,55 +71,12 @@ class FilterItem:
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
-class ClipEmbedder:
-    """L2-normalised CLIP image and text embeddings from a transformers ``CLIPModel``."""
-
-    def __init__(self, model: Any, processor: Any, device: Any = "cpu", name: str = "") -> None:
-        self.model = model.eval()
-        self.processor = processor
-        self.device = device
-        self.name = name
-
-    @classmethod
-    def load(cls, spec: str, runtime: Any = None) -> "ClipEmbedder":
-        """Load a CLIP model from a local path or a (cached) hub id; ``ModelError`` otherwise."""
-        from refcoco_edit.pipelines.models import ModelError, Runtime, check_model, resolve_device
-
-        runtime = runtime or Runtime()
-        src, _ = check_model(spec, "clip", "--clip-model", runtime.local_files_only)
-        from transformers import CLIPModel, CLIPProcessor
-
-        try:
-            model = CLIPModel.from_pretrained(src.load_arg, local_files_only=runtime.local_files_only)
-            proc = CLIPProcessor.from_pretrained(src.load_arg, local_files_only=runtime.local_files_only)
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise ModelError(f"--clip-model {spec}: cannot be loaded as a CLIP model: {first}") from None
-        device = resolve_device(runtime.device)
-        return cls(model.to(device), proc, device, str(spec))
-
-    @staticmethod
-    def _features(out: Any) -> Any:
-        return out.pooler_output if hasattr(out, "pooler_output") else out  # transformers 5 / 4
-
-    def images(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            inp = self.processor(images=list(crops), return_tensors="pt").to(self.device)
-            f = self._features(self.model.get_image_features(pixel_values=inp["pixel_values"]))
-            f = torch.nn.functional.normalize(f.float(), dim=-1)
-        return f.cpu().numpy()
-
-    def texts(self, texts: Sequence[str]) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            inp = self.processor(text=list(texts), return_tensors="pt", padding=True, truncation=True).to(self.device)
-            f = self._features(self.model.get_text_features(input_ids=inp["input_ids"],
-                                                            attention_mask=inp.get("attention_mask")))
-            f = torch.nn.functional.normalize(f.float(), dim=-1)
-        return f.cpu().numpy()
+def load_clip(spec: str, runtime: Optional[Runtime] = None) -> ClipEncoder:
+    """The filters' CLIP: ``refcoco_edit.models.ClipEncoder`` giving unit vectors (the checks'
+    dot products are cosines), float32 on the runtime's device, from a local path or a cached hub
+    id; ``ModelError`` (``ModelUnavailable`` for a hub id that is not cached) otherwise."""
+    runtime = runtime or Runtime()
+    return ClipEncoder.load(spec, device=runtime.device, local_files_only=runtime.local_files_only, normalize=True)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -140,16 +97,14 @@ class CandidateFilter:
             self.skip_reason = "no CLIP model configured (--clip-model)"
 
     @classmethod
-    def from_config(cls, config: FilterConfig, runtime: Any = None) -> "CandidateFilter":
+    def from_config(cls, config: FilterConfig, runtime: Optional[Runtime] = None) -> "CandidateFilter":
         """Load CLIP when it is available locally; a hub id that is not cached (or no model)
         switches the CLIP checks off with the reason. A local path that does not exist or is not
         a CLIP model raises ``ModelError`` (a configuration mistake, not a missing optional)."""
-        from refcoco_edit.pipelines.models import ModelUnavailable
-
         if not config.clip_model or str(config.clip_model).lower() in ("none", "off", ""):
             return cls(config, None, "CLIP filters off (--clip-model none)")
         try:
-            return cls(config, ClipEmbedder.load(config.clip_model, runtime))
+            return cls(config, load_clip(config.clip_model, runtime))
         except ModelUnavailable as e:
             return cls(config, None, f"CLIP weights not available: {e}")
 

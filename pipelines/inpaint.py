@@ -4,7 +4,7 @@ inpainting UNet, ``--inpaint-model``).
 
 The model is steered with a *background* prompt and a *negative* prompt that names the removed
 object ("cow, a cow, ..."), so it does not paint the object (or another of its kind) back.
-Steps of ``generate_batch`` (frame: ``refcoco_edit.pipelines.models.DiffusionGTPipeline``):
+Steps of ``generate_batch`` (frame: ``refcoco_edit.pipelines.diffusion.DiffusionGTPipeline``):
 
 1. ``check_inputs``: base checks (edit type, image, non-empty mask);
 2. ``prepare``: hole = dilate(source mask, max(min_dilate_px, dilate_frac x object size)), so
@@ -23,7 +23,8 @@ import numpy as np
 
 from refcoco_edit.pipelines.base import EditRequest, PipelineOutput
 from refcoco_edit.pipelines.masks import dilate, mask_box
-from refcoco_edit.pipelines.models import DiffusionGTPipeline, Job, Runtime
+from refcoco_edit.models import Runtime
+from refcoco_edit.pipelines.diffusion import DiffusionGTPipeline, Job
 
 __all__ = ["InpaintRemove", "DEFAULT_INPAINT_MODEL", "negative_for"]
 

@@ -6,7 +6,7 @@ the data, or takes it from ``--exemplar-dir``), masked onto a neutral background
 square, as Paint-by-Example was trained on object crops. The edit region is the source object's
 box grown by ``region_growth`` on each side, not its silhouette: the new object may have another
 shape than the old one (the paper's Fig. 3). Steps of ``generate_batch`` (see
-``refcoco_edit.pipelines.models.DiffusionGTPipeline``):
+``refcoco_edit.pipelines.diffusion.DiffusionGTPipeline``):
 
 1. ``check_inputs``: base checks, plus a usable RGBA exemplar (non-empty alpha, at least 4x4 px);
 2. ``prepare``: region = grown box; a square context window around it (``context`` times its
@@ -19,7 +19,7 @@ shape than the old one (the paper's Fig. 3). Steps of ``generate_batch`` (see
    region that changed; M_e = dilate(source mask ∪ new object); paste back through the feathered
    M_e (exact outside it) and check. The exemplar used is kept on the output.
 
-The model is loaded through ``refcoco_edit.pipelines.models.load_diffusers`` (the deprecated-module alias that
+The model is loaded through ``refcoco_edit.models.load_diffusers`` (the deprecated-module alias that
 makes hub and locally saved checkpoints load the same way lives there).
 """
 from __future__ import annotations
@@ -30,7 +30,8 @@ import numpy as np
 
 from refcoco_edit.pipelines.base import EditRequest, PipelineError, PipelineOutput
 from refcoco_edit.pipelines.masks import box_mask, grow_box, mask_box, replacement_edit_mask
-from refcoco_edit.pipelines.models import DiffusionGTPipeline, Job, Runtime
+from refcoco_edit.models import Runtime
+from refcoco_edit.pipelines.diffusion import DiffusionGTPipeline, Job
 
 __all__ = ["PaintByExampleReplace", "exemplar_on_background", "DEFAULT_PBE_MODEL"]
 

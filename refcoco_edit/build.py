@@ -391,7 +391,7 @@ class Builder:
 
     def runtime(self) -> Any:
         """The diffusion runtime (device, dtype, hub policy, speed switches) of this build."""
-        from refcoco_edit.pipelines.models import Runtime
+        from refcoco_edit.models import Runtime
 
         c = self.cfg
         return Runtime(device=c.device, dtype=c.dtype, local_files_only=c.local_files_only,
@@ -446,7 +446,7 @@ class Builder:
         runs: a model that cannot be loaded stops the run with ``InputError`` (exit 2) instead
         of quarantining every sample. Returns notes for the log."""
         from refcoco_edit.pipelines.masks import SamCheckpointError
-        from refcoco_edit.pipelines.models import ModelError
+        from refcoco_edit.models import ModelError
 
         notes = []
         try:
@@ -797,7 +797,7 @@ def check_diffusion_config(cfg: BuildConfig) -> None:
         raise InputError(f"--resolution must be a multiple of 8 and at least 16, got {cfg.resolution}")
     if cfg.num_inference_steps < 1 or cfg.batch_size < 1 or cfg.num_candidates < 1:
         raise InputError("--num-inference-steps, --batch-size and --num-candidates must be at least 1")
-    from refcoco_edit.pipelines.models import ModelError, ModelUnavailable, check_model
+    from refcoco_edit.models import ModelError, ModelUnavailable, check_model
 
     for spec, kind, option in diffusion_models(cfg):
         try:

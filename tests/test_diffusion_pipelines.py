@@ -27,7 +27,7 @@ from conftest import REPO, run_cli  # noqa: E402
 from refcoco_edit.pipelines.base import EditRequest, PipelineError, get_pipeline  # noqa: E402
 from refcoco_edit.pipelines.masks import (SamBoxSegmenter, SamCheckpointError, box_mask, crop_window, dilate, grow_box,  # noqa: E402
                              load_sam, mask_box, replacement_edit_mask)
-from refcoco_edit.pipelines.models import ModelError, ModelUnavailable, Runtime, check_model, load_diffusers  # noqa: E402
+from refcoco_edit.models import ModelError, ModelUnavailable, Runtime, check_model, load_diffusers  # noqa: E402
 from refcoco_edit import rle  # noqa: E402
 from refcoco_edit.build import BuildConfig, build  # noqa: E402
 from refcoco_edit.errors import InputError  # noqa: E402
@@ -419,7 +419,7 @@ def test_a_sam_checkpoint_of_the_wrong_type_stops_the_build(demo_dir, tmp_path):
 
 
 def test_help_and_imports_never_import_torch():
-    code = ("import sys, refcoco_edit, refcoco_edit.pipelines.base, refcoco_edit.pipelines.models, refcoco_edit.pipelines.masks, refcoco_edit.pipelines.filters, "
+    code = ("import sys, refcoco_edit, refcoco_edit.pipelines.base, refcoco_edit.models, refcoco_edit.pipelines.diffusion, refcoco_edit.pipelines.windows, refcoco_edit.pipelines.masks, refcoco_edit.pipelines.filters, "
             "refcoco_edit.pipelines.paint_by_example, refcoco_edit.pipelines.blended_latent, refcoco_edit.pipelines.inpaint, refcoco_edit.build, refcoco_edit.cli\n"
             "from refcoco_edit.cli import main\n"
             "try:\n    main(['build', '--help'])\nexcept SystemExit:\n    pass\n"

@@ -14,8 +14,8 @@ from tiny_models import tiny  # noqa: E402  (sets HF_HUB_OFFLINE before any hub 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from refcoco_edit.pipelines.filters import CandidateFilter, ClipEmbedder, FilterConfig, FilterItem, rank_candidates  # noqa: E402
-from refcoco_edit.pipelines.models import ModelError  # noqa: E402
+from refcoco_edit.models import ModelError  # noqa: E402
+from refcoco_edit.pipelines.filters import CandidateFilter, FilterConfig, FilterItem, load_clip, rank_candidates  # noqa: E402
 
 H, W = 64, 80
 
@@ -110,7 +110,7 @@ def test_background_check_needs_no_weights_and_catches_spill():
 
 
 def test_tiny_clip_loads_through_the_user_path_and_scores(tmp_path):
-    emb = ClipEmbedder.load(str(tiny("clip")))
+    emb = load_clip(str(tiny("clip")))
     imgs = emb.images([np.zeros((20, 30, 3), np.uint8), np.full((50, 40, 3), 200, np.uint8)])
     txts = emb.texts(["a photo of a cow", "a photo of giraffe"])
     assert imgs.shape == (2, 32) and txts.shape == (2, 32)

@@ -166,10 +166,10 @@ def test_sam_checkpoint_payload_is_refused(tmp_path):
 
 def test_metric_weight_file_payload_is_refused(tmp_path):
     _torch()
-    from refcoco_edit.benchmark.metrics.model_based import load_state_dict
+    from refcoco_edit.models import ModelError, load_state_dict
 
     marker = tmp_path / "pwned"
-    with pytest.raises(InputError):
+    with pytest.raises(ModelError):
         load_state_dict(_torch_evil(tmp_path / "aesthetic.pth", marker), "--aesthetic-weights")
     assert not marker.exists()
 
@@ -204,7 +204,7 @@ def test_diffusers_bin_payload_is_refused(tmp_path):
 
     from tiny_models import tiny
 
-    from refcoco_edit.pipelines.models import ModelError, Runtime, load_diffusers
+    from refcoco_edit.models import ModelError, Runtime, load_diffusers
 
     sd = tmp_path / "sd"
     shutil.copytree(tiny("sd"), sd)

@@ -134,7 +134,7 @@ def save_tiny_pbe(path: PathLike, seed: int = 0) -> Path:
     import torch
     from transformers import CLIPImageProcessor, CLIPVisionConfig
 
-    from refcoco_edit.pipelines.models import install_pbe_alias
+    from refcoco_edit.models import install_pbe_alias
 
     mod = install_pbe_alias()
     torch.manual_seed(seed)

@@ -64,6 +64,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from refcoco_edit.errors import InputError
+from refcoco_edit.models import DTYPES, ModelError, Runtime
 
 from .base import Editor, EditFailure
 
@@ -73,7 +74,6 @@ __all__ = ["InstructPix2PixEditor", "MagicBrushEditor", "BlendedLatentEditor", "
 PAPER_SUFFIX = "and do not change any pixel else"
 DEFAULT_IP2P_MODEL = "timbrooks/instruct-pix2pix"
 DEFAULT_MAGICBRUSH_MODEL = "vinesmsuic/magicbrush-jul7"
-DTYPES = ("auto", "fp32", "fp16", "bf16")
 
 
 def instruction(prompt: str, suffix: Optional[str]) -> str:
@@ -136,9 +136,8 @@ class _DiffusionEditor(Editor):
         super().__init__(**config)
         self._pipe: Any = None
 
-    def runtime(self) -> Any:
-        from refcoco_edit.pipelines.models import Runtime
-
+    def runtime(self) -> Runtime:
+        """The model layer's runtime of this editor's options."""
         c = self.config
         return Runtime(device=str(c["device"]), dtype=str(c["dtype"]).lower(), local_files_only=bool(c["local_files_only"]),
                        batch_size=int(self.batch_size))
@@ -178,7 +177,7 @@ class InstructPix2PixEditor(_DiffusionEditor):
     def load(self) -> None:
         import json
 
-        from refcoco_edit.pipelines.models import ModelError, optimize, resolve_source
+        from refcoco_edit.models import optimize, resolve_source
 
         c = self.config
         rt = self.runtime()
@@ -196,7 +195,7 @@ class InstructPix2PixEditor(_DiffusionEditor):
                                  "InstructPix2Pix model")
         from diffusers import StableDiffusionInstructPix2PixPipeline
 
-        from refcoco_edit.pipelines.models import dtype_kwargs
+        from refcoco_edit.models import dtype_kwargs
 
         try:
             pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
@@ -275,7 +274,6 @@ class BlendedLatentEditor(_DiffusionEditor):
 
     def load(self) -> None:
         from refcoco_edit.pipelines.blended_latent import BlendedLatentEdit
-        from refcoco_edit.pipelines.models import ModelError
 
         c = self.config
         gt = BlendedLatentEdit(model=c["model"], runtime=self.runtime(), num_inference_steps=c["steps"],
@@ -290,29 +288,23 @@ class BlendedLatentEditor(_DiffusionEditor):
 
     def edit(self, images: List[np.ndarray], prompts: List[str], seeds: List[int],
              extras: List[Dict[str, Any]]) -> List[Union[np.ndarray, EditFailure]]:
-        from refcoco_edit.pipelines.base import EditRequest
-        from refcoco_edit.pipelines.masks import mask_box, paste_back
-        from refcoco_edit.pipelines.models import Job
+        from refcoco_edit.pipelines.masks import paste_back
 
         gt, c = self._pipe, self.config
         out: List[Any] = [None] * len(images)
-        jobs: List[Tuple[int, Any]] = []
-        for i, (im, p, s, e) in enumerate(zip(images, prompts, seeds, extras)):
+        todo: List[Tuple[int, np.ndarray, np.ndarray, str]] = []
+        for i, (im, p, e) in enumerate(zip(images, prompts, extras)):
             m = np.asarray(e["gt_mask"], dtype=bool)
             if not m.any():
                 out[i] = _empty_mask_failure()
                 continue
             phrase = str(e.get("edit_phrase") or "").strip() or p
-            win, img, mk = gt.crop(np.ascontiguousarray(im), m, mask_box(m))
-            req = EditRequest(sample_id=str(e.get("sample_id", i)), edit_type="replace", image=np.ascontiguousarray(im),
-                              mask=m, bbox=list(mask_box(m)), prompt=p, edit_phrase=phrase, edit_target=phrase, seed=int(s))
-            jobs.append((i, Job(req, win, m, img, mk, {"prompt": c["prompt_template"].format(text=phrase),
-                                                        "negative_prompt": c["negative_prompt"]})))
-        if jobs:
-            crops = gt.run_model([j for _, j in jobs])
-            for (i, job), crop in zip(jobs, crops):
-                gen = gt.uncrop(job.request.image, job.window, crop)
-                out[i] = paste_back(job.request.image, gen, job.region, feather_px=c["feather_px"])
+            todo.append((i, np.ascontiguousarray(im), m, c["prompt_template"].format(text=phrase)))
+        if todo:
+            gens = gt.edit_regions([t[1] for t in todo], [t[2] for t in todo], [t[3] for t in todo],
+                                   [c["negative_prompt"]] * len(todo), [seeds[t[0]] for t in todo])
+            for (i, src, m, _), gen in zip(todo, gens):
+                out[i] = paste_back(src, gen, m, feather_px=c["feather_px"])
         return out
 
 
@@ -341,7 +333,6 @@ class InpaintAnythingEditor(_DiffusionEditor):
 
     def load(self) -> None:
         from refcoco_edit.pipelines.inpaint import InpaintRemove
-        from refcoco_edit.pipelines.models import ModelError
 
         c = self.config
         gt = InpaintRemove(model=c["model"], runtime=self.runtime(), num_inference_steps=c["steps"],
@@ -359,6 +350,7 @@ class InpaintAnythingEditor(_DiffusionEditor):
         import torch
 
         from refcoco_edit.pipelines.masks import dilate, mask_box, paste_back
+        from refcoco_edit.pipelines.windows import crop_to_window, uncrop
 
         gt, c = self._pipe, self.config
         out: List[Any] = [None] * len(images)
@@ -369,7 +361,7 @@ class InpaintAnythingEditor(_DiffusionEditor):
                 out[i] = _empty_mask_failure()
                 continue
             hole = dilate(m, c["dilate_px"])
-            win, img, mk = gt.crop(np.ascontiguousarray(im), hole, mask_box(hole))
+            win, img, mk = crop_to_window(np.ascontiguousarray(im), hole, mask_box(hole), c["context"], c["resolution"])
             text = (str(e.get("edit_phrase") or "").strip() or p) if c["text"] == "edit_phrase" else p
             todo.append((i, hole, win, img, mk, text))
         if todo:
@@ -382,6 +374,6 @@ class InpaintAnythingEditor(_DiffusionEditor):
                               generator=_generators([seeds[t[0]] for t in todo]), output_type="np")
             for (i, hole, win, _, _, _), g in zip(todo, res.images):
                 src = np.ascontiguousarray(images[i])
-                gen = gt.uncrop(src, win, np.asarray(g, dtype=np.float32))
+                gen = uncrop(src, win, np.asarray(g, dtype=np.float32))
                 out[i] = paste_back(src, gen, hole, feather_px=c["feather_px"])
         return out

@@ -56,28 +56,30 @@ class AestheticPredictor:
 
     @classmethod
     def load(cls, spec: str, local_files_only: bool = True) -> "AestheticPredictor":
-        from .model_based import _input_error, load_state_dict, model_details, resolve_weights_file
+        """The MLP from ``--aesthetic-weights``, checked against the published architecture;
+        ``ModelError`` when unusable."""
+        from refcoco_edit.models import ModelError, load_state_dict, model_details, resolve_weights_file
 
         what = "--aesthetic-weights"
         path, hub_id = resolve_weights_file(spec, what, local_files_only)
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix in (".pth", ".pt", ".safetensors", ".bin"))
             if len(found) != 1:
-                raise _input_error(f"{what} {spec}: a folder must hold exactly one .pth/.safetensors file, found "
+                raise ModelError(f"{what} {spec}: a folder must hold exactly one .pth/.safetensors file, found "
                                    f"{[p.name for p in found]}")
             path = found[0]
         sd = load_state_dict(path, what)
         sd = {k[len("model."):] if k.startswith("model.") else k: v for k, v in sd.items()}  # Lightning prefixes
         expected = {f"{k}.{p}" for k in LINEAR_KEYS for p in ("weight", "bias")}
         if set(sd) != expected:
-            raise _input_error(f"{what} {spec}: not a LAION aesthetic predictor v2 state dict: expected the keys "
+            raise ModelError(f"{what} {spec}: not a LAION aesthetic predictor v2 state dict: expected the keys "
                                f"{sorted(expected)}, got {sorted(sd)[:12]}")
         d = int(sd["layers.0.weight"].shape[1])
         mlp = build_mlp(d)
         try:
             mlp.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
         except RuntimeError as e:
-            raise _input_error(f"{what} {spec}: shapes differ from the published MLP (input {d}, hidden "
+            raise ModelError(f"{what} {spec}: shapes differ from the published MLP (input {d}, hidden "
                                f"{HIDDEN}): {(str(e).strip().splitlines() or [''])[-1].strip()}") from None
         return cls(mlp, model_details(spec, Path(path), hub_id, input_dim=d, architecture=
                                       f"Linear({d},1024)-Dropout(0.2)-Linear(1024,128)-Dropout(0.2)-Linear(128,64)-"

@@ -36,11 +36,13 @@ class DinoEncoder:
     @classmethod
     def load(cls, spec: str, device: Any = "cpu", dtype: Any = None, batch_size: int = 32,
              local_files_only: bool = True) -> "DinoEncoder":
+        """A ViT/DINOv2 model + its image processor from a folder or (cached) hub id; ``ModelError``
+        when it is missing, of another kind, or cannot be loaded."""
         import torch
         from transformers import AutoImageProcessor, AutoModel
 
-        from .clip_metrics import _input_size
-        from .model_based import _input_error, model_details, read_model_config, resolve_model_dir
+        from refcoco_edit.models import (ModelError, model_details, processor_input_size, read_model_config,
+                                         resolve_model_dir)
 
         what = "--dino-model"
         load_arg, folder, hub_id = resolve_model_dir(spec, what, local_files_only)
@@ -53,11 +55,11 @@ class DinoEncoder:
             proc = AutoImageProcessor.from_pretrained(load_arg, local_files_only=local_files_only)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise _input_error(f"{what} {spec}: cannot be loaded: {type(e).__name__}: {first}") from None
+            raise ModelError(f"{what} {spec}: cannot be loaded: {type(e).__name__}: {first}") from None
         model.to(device)
         details = model_details(spec, folder, hub_id, cls=type(model).__name__, model_type=mt,
                                 hidden_size=int(model.config.hidden_size), embedding="last_hidden_state[:, 0] (CLS)",
-                                processor=type(proc).__name__, image_input=_input_size(proc),
+                                processor=type(proc).__name__, image_input=processor_input_size(proc),
                                 device=str(torch.device(device)), dtype=str(dtype).replace("torch.", ""))
         return cls(model, proc, device=device, dtype=dtype, batch_size=batch_size, details=details)
 
@@ -68,14 +70,12 @@ class DinoEncoder:
         """(n, d) float32 CLS embeddings."""
         import torch
 
-        from .clip_metrics import _writable
+        from refcoco_edit.models import pixel_values
 
         out: List[np.ndarray] = []
         for k in range(0, len(images), self.batch_size):
-            ts = [torch.from_numpy(_writable(im)).permute(2, 0, 1).to(self.device, non_blocking=True)
-                  for im in images[k:k + self.batch_size]]
-            px = self.image_processor(images=ts, return_tensors="pt", device=self.device)["pixel_values"]
+            px = pixel_values(self.image_processor, images[k:k + self.batch_size], self.device, self.dtype)
             with torch.inference_mode():
-                h = self.model(pixel_values=px.to(self.device, self.dtype)).last_hidden_state[:, 0]
+                h = self.model(pixel_values=px).last_hidden_state[:, 0]
             out.append(h.float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 1), np.float32)

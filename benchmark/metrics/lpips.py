@@ -193,9 +193,10 @@ class LPIPS:
 
     @classmethod
     def load(cls, spec: str, device: Any = "cpu", local_files_only: bool = True) -> "LPIPS":
+        """LPIPS from ``--lpips-weights`` (see the module docstring); ``ModelError`` when unusable."""
         import torch
 
-        from .model_based import _input_error, load_state_dict, model_details, resolve_weights_file
+        from refcoco_edit.models import ModelError, load_state_dict, model_details, resolve_weights_file
 
         what = "--lpips-weights"
         path, hub_id = resolve_weights_file(spec, what, local_files_only)
@@ -217,29 +218,29 @@ class LPIPS:
         elif lin and backbone:
             net = _net_from_lins(lin)
             if net is None:
-                raise _input_error(f"{what} {spec}: the linear layers match no LPIPS net ({', '.join(NETS)})")
+                raise ModelError(f"{what} {spec}: the linear layers match no LPIPS net ({', '.join(NETS)})")
             sd = {**_backbone_keys(backbone, net), **lin}
         elif lin:
-            raise _input_error(f"{what} {spec}: holds LPIPS's linear layers only; give a folder holding them and the "
+            raise ModelError(f"{what} {spec}: holds LPIPS's linear layers only; give a folder holding them and the "
                                "torchvision backbone weights (e.g. alexnet-owt-7be5be79.pth), or one file with the "
                                "whole lpips.LPIPS state dict")
         else:
-            raise _input_error(f"{what} {spec}: no LPIPS weights found (expected net.slice* + lin* keys, or a folder "
+            raise ModelError(f"{what} {spec}: no LPIPS weights found (expected net.slice* + lin* keys, or a folder "
                                "with lin* and features.* files)")
         net = _net_from_lins(sd)
         if net is None:
-            raise _input_error(f"{what} {spec}: the linear layers match no LPIPS net ({', '.join(NETS)})")
+            raise ModelError(f"{what} {spec}: the linear layers match no LPIPS net ({', '.join(NETS)})")
         module = build_lpips(net)
         want = {k for k in module.state_dict() if not k.startswith("scaling_layer.")}
         have = {k for k in sd if not k.startswith("scaling_layer.")}
         if want != have:
             missing, extra = sorted(want - have), sorted(have - want)
-            raise _input_error(f"{what} {spec}: not an LPIPS-{net} state dict (missing {missing[:5]}, "
+            raise ModelError(f"{what} {spec}: not an LPIPS-{net} state dict (missing {missing[:5]}, "
                                f"unexpected {extra[:5]})")
         try:
             module.load_state_dict({k: v.float() for k, v in sd.items() if k in want}, strict=False)
         except RuntimeError as e:
-            raise _input_error(f"{what} {spec}: shapes differ from LPIPS-{net}: "
+            raise ModelError(f"{what} {spec}: shapes differ from LPIPS-{net}: "
                                f"{(str(e).strip().splitlines() or [''])[-1].strip()}") from None
         details = model_details(spec, path, hub_id, net=net, version="0.1", spatial=True,
                                 device=str(torch.device(device)), dtype="float32",

@@ -38,26 +38,28 @@ tests inject tiny random models and the perf benchmark a full-size architecture 
 weights: ``ModelMetrics(names, models, clip=..., aesthetic=..., dino=..., lpips=...)``.
 
 Models are given as a local path or a Hugging Face hub id; with ``local_files_only`` (the
-default) a hub id must already be in the local cache. What was loaded (the spec, the hub
-revision when known, a sha256 of the weight files, the architecture) goes to results.json
-``config.model_details``.
+default) a hub id must already be in the local cache. Resolving, checking and loading them is the
+model layer's (``refcoco_edit.models``: ``ClipEncoder``, ``resolve_model_dir``,
+``resolve_weights_file``, ``load_state_dict``); its ``ModelError`` becomes ``InputError`` (exit 2)
+in ``ModelMetrics.load``. What was loaded (the spec, the hub revision when known, a sha256 of the
+weight files, the architecture) goes to results.json ``config.model_details``.
+
+Imports go one way: this module -> ``aesthetic``, ``clip_metrics``, ``dino``, ``lpips`` ->
+``refcoco_edit.models``; none of them imports this module.
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from refcoco_edit.errors import InputError
+
 from .base import MetricSpec
 
-__all__ = ["SPECS", "NAMES", "CLIP_NAMES", "ModelSample", "ModelMetrics", "MODEL_RULES", "target_text",
-           "resolve_model_dir", "resolve_weights_file", "load_state_dict", "model_details"]
+__all__ = ["SPECS", "NAMES", "CLIP_NAMES", "ModelSample", "ModelMetrics", "MODEL_RULES", "target_text"]
 
 SPECS = (
     MetricSpec("ap", "paper", "AP", "LAION aesthetic predictor v2 score of the output (MLP on the L2-normalised "
@@ -133,145 +135,6 @@ class ModelSample:
 
 
 # ----------------------------------------------------------------------------------------------
-# where models come from
-# ----------------------------------------------------------------------------------------------
-
-_HEX40 = re.compile(r"^[0-9a-f]{40}$")
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
-_HASH_CACHE: Dict[Tuple[str, int, int], str] = {}
-
-
-def _input_error(msg: str) -> Exception:
-    from refcoco_edit.errors import InputError
-
-    return InputError(msg)
-
-
-def _revision_of(path: Path) -> Optional[str]:
-    """The hub commit of a file or folder inside a Hugging Face cache snapshot (``.../snapshots/<sha>/...``)."""
-    parts = Path(path).parts
-    for i, p in enumerate(parts[:-1] if Path(path).is_file() else parts):
-        if p == "snapshots" and i + 1 < len(parts) and _HEX40.match(parts[i + 1]):
-            return parts[i + 1]
-    return None
-
-
-def _sha256_file(path: Path) -> str:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    got = _HASH_CACHE.get(key)
-    if got is None:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        got = _HASH_CACHE[key] = h.hexdigest()
-    return got
-
-
-def weights_sha256(path: Path) -> Optional[str]:
-    """sha256 of a weight file, or of a folder's ``config.json`` + weight files (name and hash of each)."""
-    path = Path(path)
-    if path.is_file():
-        return _sha256_file(path)
-    if not path.is_dir():
-        return None
-    files = sorted(p for p in path.iterdir() if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json"))
-    if not files:
-        return None
-    h = hashlib.sha256()
-    for p in files:
-        h.update(f"{p.name}\0{_sha256_file(p)}\n".encode())
-    return h.hexdigest()
-
-
-def resolve_model_dir(spec: str, what: str, local_files_only: bool = True) -> Tuple[str, Path, Optional[str]]:
-    """A transformers model from a local folder or a hub id -> (what to pass to ``from_pretrained``,
-    its folder, hub_id or None). A hub id must be in the local cache when ``local_files_only``."""
-    from refcoco_edit.pipelines.models import ModelError, resolve_source
-
-    try:
-        src = resolve_source(spec, what, local_files_only, "config.json")
-    except ModelError as e:
-        raise _input_error(str(e)) from None
-    assert src.local is not None
-    if not src.local.is_dir():
-        raise _input_error(f"{what} {spec}: is a file; expected a model folder (config.json + weights)")
-    return src.load_arg, src.local, src.hub_id
-
-
-def read_model_config(folder: Path, spec: str, what: str, model_types: Sequence[str], expected: str) -> Dict[str, Any]:
-    """The ``config.json`` of a transformers model folder, checked to be one of ``model_types``
-    (``expected`` says in words what should have been given)."""
-    import json
-
-    try:
-        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise _input_error(f"{what} {spec}: unreadable config.json ({e})") from None
-    if cfg.get("model_type") not in model_types:
-        raise _input_error(f"{what} {spec}: model_type is {cfg.get('model_type')!r}; expected {expected}")
-    return cfg
-
-
-def resolve_weights_file(spec: str, what: str, local_files_only: bool = True) -> Tuple[Path, Optional[str]]:
-    """A weights file or folder from a local path, or a hub file ``owner/repo/path/in/repo.pth``
-    (looked up in the local cache; downloaded only without ``local_files_only``)."""
-    s = str(spec).strip()
-    p = Path(os.path.expanduser(s))
-    if p.exists():
-        return p, None
-    parts = s.split("/")
-    if s.startswith(("/", ".", "~")) or len(parts) < 3 or not all(parts):
-        raise _input_error(f"{what} {spec}: no such file or folder (give a local path, or owner/repo/file for a "
-                           "file of a Hugging Face hub repository)")
-    repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
-    from huggingface_hub import try_to_load_from_cache
-
-    got = try_to_load_from_cache(repo, filename)
-    if isinstance(got, str):
-        return Path(got), repo
-    if local_files_only:
-        raise _input_error(f"{what} {spec}: not a local path and {filename} of {repo} is not in the local Hugging "
-                           f"Face cache (download it first, or pass --no-local-files-only)")
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(repo, filename)), repo
-    except Exception as e:  # noqa: BLE001 - any hub failure becomes one line for the user
-        raise _input_error(f"{what} {spec}: cannot download: {type(e).__name__}: {e}") from None
-
-
-def load_state_dict(path: Path, what: str) -> Dict[str, Any]:
-    """A state dict from ``.safetensors`` or a torch pickle loaded with ``weights_only=True``
-    (a Lightning-style ``{"state_dict": ...}`` is unwrapped)."""
-    import torch
-
-    path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd: Any = load_file(str(path))
-        else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - an unreadable file is one line for the user
-        raise _input_error(f"{what} {path}: cannot be read as a state dict: {type(e).__name__}: "
-                           f"{(str(e).strip().splitlines() or [''])[0]}") from None
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise _input_error(f"{what} {path}: not a state dict of tensors")
-    return sd
-
-
-def model_details(spec: str, path: Path, hub_id: Optional[str], **extra: Any) -> Dict[str, Any]:
-    """What results.json records about a loaded model."""
-    return {"spec": str(spec), "hub_id": hub_id, "revision": _revision_of(Path(path)),
-            "weights_sha256": weights_sha256(Path(path)), **extra}
-
-
-# ----------------------------------------------------------------------------------------------
 # the batched pass
 # ----------------------------------------------------------------------------------------------
 
@@ -302,7 +165,7 @@ class ModelMetrics:
         if unknown:
             raise ValueError(f"not model-based metrics: {unknown}")
         if int(batch_size) < 1:
-            raise _input_error("--metric-batch-size must be >= 1")
+            raise InputError("--metric-batch-size must be >= 1")
         self.names = [n for n in NAMES if n in set(names)]
         self.models = dict(models)
         self.device = str(device or "auto")
@@ -318,20 +181,27 @@ class ModelMetrics:
         return any(n in CLIP_NAMES for n in self.names)
 
     def _runtime(self) -> Tuple[Any, Any]:
-        from refcoco_edit.pipelines.models import ModelError, resolve_device, resolve_dtype
+        from refcoco_edit.models import resolve_device, resolve_dtype
 
-        try:
-            dev = resolve_device(self.device)
-            return dev, resolve_dtype(self.dtype, dev)
-        except ModelError as e:
-            raise _input_error(str(e)) from None
+        dev = resolve_device(self.device)
+        return dev, resolve_dtype(self.dtype, dev)
 
     def load(self) -> "ModelMetrics":
         """Load every backbone that is needed and was not injected (``InputError`` when one cannot be)."""
+        from refcoco_edit.models import ModelError
+
         if self._loaded:
             return self
+        try:
+            self._load_backbones()
+        except ModelError as e:
+            raise InputError(str(e)) from None
+        self._loaded = True
+        return self
+
+    def _load_backbones(self) -> None:
         if self.needs_clip and self.clip is None:
-            from .clip_metrics import ClipEncoder
+            from refcoco_edit.models import ClipEncoder
 
             dev, dt = self._runtime()
             self.clip = ClipEncoder.load(self.models["clip_model"], device=dev, dtype=dt, batch_size=self.batch_size,
@@ -344,9 +214,9 @@ class ModelMetrics:
             dim_a = getattr(self.aesthetic, "input_dim", None)
             dim_c = getattr(self.clip, "embed_dim", None)
             if dim_a is not None and dim_c is not None and int(dim_a) != int(dim_c):
-                raise _input_error(f"--aesthetic-weights expects {dim_a}-d image embeddings but --clip-model "
-                                   f"{self.models.get('clip_model')} gives {dim_c}-d ones (AP is defined on CLIP "
-                                   "ViT-L/14: 768-d)")
+                raise InputError(f"--aesthetic-weights expects {dim_a}-d image embeddings but --clip-model "
+                                 f"{self.models.get('clip_model')} gives {dim_c}-d ones (AP is defined on CLIP "
+                                 "ViT-L/14: 768-d)")
         if "dino" in self.names and self.dino is None:
             from .dino import DinoEncoder
 
@@ -358,8 +228,6 @@ class ModelMetrics:
 
             dev, _ = self._runtime()
             self.lpips = LPIPS.load(self.models["lpips_weights"], device=dev, local_files_only=self.local_files_only)
-        self._loaded = True
-        return self
 
     def describe(self) -> Dict[str, Any]:
         """results.json ``config.model_details``: one entry per model option in use."""

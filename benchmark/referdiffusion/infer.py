@@ -33,8 +33,9 @@ import numpy as np
 
 from refcoco_edit.benchmark.editors.base import Editor, EditFailure, EditOutput
 from refcoco_edit.benchmark.metrics.referring import mask_iou
-from refcoco_edit.benchmark.editors.diffusion import DTYPES, working_size
+from refcoco_edit.benchmark.editors.diffusion import working_size
 from refcoco_edit.errors import InputError
+from refcoco_edit.models import DTYPES
 
 __all__ = ["ReferDiffusionEditor", "mask_iou"]
 
@@ -83,7 +84,7 @@ class ReferDiffusionEditor(Editor):
         return d
 
     def load(self) -> None:
-        from refcoco_edit.pipelines.models import ModelError, resolve_device, resolve_dtype
+        from refcoco_edit.models import ModelError, resolve_device, resolve_dtype
 
         from .model import REM_CONFIG, REM_WEIGHTS, ReferDiffusion
 
