@@ -273,6 +273,7 @@ def choose(pools: List[List[str]], rng: np.random.Generator, k_max: int) -> List
 
 
 def sentence(raw: str, sent_id: int) -> Dict[str, Any]:
+    """A refer sentence record: {tokens, raw, sent_id, sent} (lower-case alphanumeric tokens)."""
     tokens = re.findall(r"[a-z0-9]+", raw.lower())
     return {"tokens": tokens, "raw": raw, "sent_id": int(sent_id), "sent": " ".join(tokens)}
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Callable, Dict, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -10,7 +10,15 @@ import numpy as np
 from .scene import PAD, Obj, pick
 from .shapes import blob, contrast, fine_noise, height_normals, lathe, opening, rgb, shade, unit3
 
-def render_object(o: Obj, rng: np.random.Generator, light: Tuple[float, float, float], side: int) -> None:
+Light = Tuple[float, float, float]             # unit vector towards the key light
+Normals = Tuple[np.ndarray, np.ndarray, np.ndarray]
+# (obj, rng, xx, yy, light, side) -> (mask, colour) of the obj's crop; side: -1 light from the left, +1 right
+Renderer = Callable[[Obj, np.random.Generator, np.ndarray, np.ndarray, Light, int],
+                    Tuple[np.ndarray, np.ndarray]]
+
+
+def render_object(o: Obj, rng: np.random.Generator, light: Light, side: int) -> None:
+    """Render ``o`` at its placement: sets its crop origin (x0, y0), mask, alpha and colour."""
     bh, bw = o.h + 2 * PAD, o.w + 2 * PAD
     yy, xx = np.mgrid[0:bh, 0:bw].astype(np.float32)
     mask, col = _RENDERERS[o.cat](o, rng, xx, yy, light, side)
@@ -29,7 +37,8 @@ def render_object(o: Obj, rng: np.random.Generator, light: Tuple[float, float, f
     o.y0 = int(round(o.base - o.h)) - PAD
 
 
-def _r_cup(o: Obj, rng: np.random.Generator, xx, yy, light, side) -> Tuple[np.ndarray, np.ndarray]:
+def _r_cup(o: Obj, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, light: Light,
+           side: int) -> Tuple[np.ndarray, np.ndarray]:
     w, h = o.w, o.h
     R = w / 2.55
     hs = int(pick(rng, (-1, 1)))
@@ -70,7 +79,8 @@ def _r_cup(o: Obj, rng: np.random.Generator, xx, yy, light, side) -> Tuple[np.nd
     return mask, col
 
 
-def _r_bottle(o: Obj, rng, xx, yy, light, side):
+def _r_bottle(o: Obj, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, light: Light,
+              side: int) -> Tuple[np.ndarray, np.ndarray]:
     w, h = o.w, o.h
     R = w / 2
     cx, y_top, y_bot = PAD + w / 2, PAD + 1.0, PAD + h
@@ -93,7 +103,8 @@ def _r_bottle(o: Obj, rng, xx, yy, light, side):
     return mask, col
 
 
-def _r_vase(o: Obj, rng, xx, yy, light, side):
+def _r_vase(o: Obj, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, light: Light,
+            side: int) -> Tuple[np.ndarray, np.ndarray]:
     w, h = o.w, o.h
     R = w / 2
     cx, y_bot = PAD + w / 2, PAD + h
@@ -114,7 +125,8 @@ def _r_vase(o: Obj, rng, xx, yy, light, side):
     return mask | outer, col
 
 
-def _r_bowl(o: Obj, rng, xx, yy, light, side):
+def _r_bowl(o: Obj, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, light: Light,
+            side: int) -> Tuple[np.ndarray, np.ndarray]:
     w, h = o.w, o.h
     R = w / 2
     cx, y_bot = PAD + w / 2, PAD + h
@@ -137,7 +149,10 @@ def _r_bowl(o: Obj, rng, xx, yy, light, side):
     return mask | outer, col
 
 
-def _sphere_like(o: Obj, rng, xx, yy, parts, noise: float = 0.0, blur: float = 0.0):
+def _sphere_like(o: Obj, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray,
+                 parts: Sequence[Tuple[float, ...]], noise: float = 0.0, blur: float = 0.0
+                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Normals]:
+    """A union of ellipsoids, optionally roughened or smoothed: (mask, part index, height, normals)."""
     hmap, idx = blob(xx, yy, parts)
     mask = idx >= 0
     if noise:
@@ -147,7 +162,8 @@ def _sphere_like(o: Obj, rng, xx, yy, parts, noise: float = 0.0, blur: float = 0
     return mask, idx, hmap, height_normals(hmap)
 
 
-def _r_ball(o: Obj, rng, xx, yy, light, side):
+def _r_ball(o: Obj, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, light: Light,
+            side: int) -> Tuple[np.ndarray, np.ndarray]:
     d = o.w
     r = d / 2
     mask, _, _, n = _sphere_like(o, rng, xx, yy, [(PAD + r, PAD + r, r, r, 0.0, 0.0)])
@@ -163,7 +179,8 @@ def _r_ball(o: Obj, rng, xx, yy, light, side):
     return mask, shade(alb, n, light, spec=0.4, shin=28)
 
 
-def _r_orange(o: Obj, rng, xx, yy, light, side):
+def _r_orange(o: Obj, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, light: Light,
+              side: int) -> Tuple[np.ndarray, np.ndarray]:
     rx, ry = o.w / 2, o.h / 2
     cx, cy = PAD + rx, PAD + ry
     mask, _, _, n = _sphere_like(o, rng, xx, yy, [(cx, cy, rx, ry, 0.0, 0.0)], noise=0.5)
@@ -175,7 +192,8 @@ def _r_orange(o: Obj, rng, xx, yy, light, side):
     return mask, col
 
 
-def _r_apple(o: Obj, rng, xx, yy, light, side):
+def _r_apple(o: Obj, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, light: Light,
+             side: int) -> Tuple[np.ndarray, np.ndarray]:
     w, h = o.w, o.h
     cx = PAD + w / 2
     y = lambda f: PAD + f * h  # noqa: E731
@@ -209,7 +227,8 @@ def _r_apple(o: Obj, rng, xx, yy, light, side):
     return mu8 > 0, col
 
 
-def _r_donut(o: Obj, rng, xx, yy, light, side):
+def _r_donut(o: Obj, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, light: Light,
+             side: int) -> Tuple[np.ndarray, np.ndarray]:
     w, h = o.w, o.h
     R, ry = w / 2, h / 2
     cx, cy = PAD + R, PAD + ry
@@ -249,7 +268,8 @@ def _r_donut(o: Obj, rng, xx, yy, light, side):
     return mask, col
 
 
-def _r_book(o: Obj, rng, xx, yy, light, side):
+def _r_book(o: Obj, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, light: Light,
+            side: int) -> Tuple[np.ndarray, np.ndarray]:
     w, h = o.w, o.h
     sw = max(3, int(round(0.15 * w)))
     top = max(2, int(round(0.055 * h)))
@@ -297,7 +317,8 @@ def _r_book(o: Obj, rng, xx, yy, light, side):
     return mask > 0, col
 
 
-def _r_teddy(o: Obj, rng, xx, yy, light, side):
+def _r_teddy(o: Obj, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, light: Light,
+             side: int) -> Tuple[np.ndarray, np.ndarray]:
     h = float(o.h)
     cx = PAD + o.w / 2
     y = lambda f: PAD + f * h  # noqa: E731
@@ -343,7 +364,8 @@ def _r_teddy(o: Obj, rng, xx, yy, light, side):
     return mask, col
 
 
-def _r_plant(o: Obj, rng, xx, yy, light, side):
+def _r_plant(o: Obj, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, light: Light,
+             side: int) -> Tuple[np.ndarray, np.ndarray]:
     w, h = o.w, o.h
     cx = PAD + w / 2
     pot_top = PAD + 0.58 * h
@@ -375,7 +397,8 @@ def _r_plant(o: Obj, rng, xx, yy, light, side):
     return mask, col
 
 
-_RENDERERS = {
+# A new category needs a renderer here, its size/colours/patterns in scene.py and its words in grammar.py.
+_RENDERERS: Dict[str, Renderer] = {
     "cup": _r_cup, "bottle": _r_bottle, "vase": _r_vase, "bowl": _r_bowl, "sports ball": _r_ball,
     "orange": _r_orange, "apple": _r_apple, "donut": _r_donut, "book": _r_book, "teddy bear": _r_teddy,
     "potted plant": _r_plant,

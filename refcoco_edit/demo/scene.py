@@ -35,9 +35,6 @@ _TALL_FRONT = ("bottle", "vase")   # their occluders: they split the back object
 PAD = 3  # padding of an object's render crop (px)
 
 
-# ----------------------------------------------------------------------------------------------
-# Scene model
-# ----------------------------------------------------------------------------------------------
 @dataclass
 class Obj:
     """One drawn object: its attributes (for the expressions) and its placement/render state."""
@@ -73,6 +70,8 @@ class Obj:
 
 @dataclass
 class Scene:
+    """One planned image: its size, horizon (top of the table), surface, light side and objects."""
+
     index: int
     width: int
     height: int
@@ -85,6 +84,7 @@ class Scene:
 
 
 def pick(rng: np.random.Generator, seq: Sequence[Any]) -> Any:
+    """One element of ``seq``, uniformly (one ``rng.integers`` draw)."""
     return seq[int(rng.integers(len(seq)))]
 
 
@@ -227,6 +227,7 @@ def _place(scene: Scene, rng: np.random.Generator, scale: float = 1.0) -> None:
 
 def _fits(o: Obj, box: Tuple[float, float, float, float], placed: List[Obj],
           pair: Optional[Tuple[Obj, Obj]]) -> bool:
+    """Whether ``box`` clears every placed object (the occlusion pair may overlap each other)."""
     x0, y0, x1, y1 = box
     area = (x1 - x0) * (y1 - y0)
     for p in placed:

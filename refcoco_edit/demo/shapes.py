@@ -10,6 +10,7 @@ import numpy as np
 from ..vocab import COLOURS
 
 def unit3(x: Any, y: Any, z: Any) -> Tuple[Any, Any, Any]:
+    """Normalise a 3-vector (scalars or arrays of the same shape)."""
     n = np.sqrt(x * x + y * y + z * z) + 1e-6
     return x / n, y / n, z / n
 
@@ -28,6 +29,7 @@ def shade(alb: Any, n: Tuple[np.ndarray, np.ndarray, np.ndarray], light: Tuple[f
 
 
 def height_normals(h: np.ndarray, strength: float = 1.0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit normals (nx, ny, nz) of a height map, from its Sobel gradients."""
     h = np.asarray(h, np.float32)
     gx = cv2.Sobel(h, cv2.CV_32F, 1, 0, ksize=3) * (strength / 8.0)
     gy = cv2.Sobel(h, cv2.CV_32F, 0, 1, ksize=3) * (strength / 8.0)
@@ -89,6 +91,7 @@ def lathe(xx: np.ndarray, yy: np.ndarray, cx: float, y_top: float, y_bot: float,
 
 def opening(xx: np.ndarray, yy: np.ndarray, cx: float, yc: float, rx: float, ry: float,
              rim: float) -> Tuple[np.ndarray, np.ndarray]:
+    """The elliptical opening of a cup, vase, bowl or pot: (outer, inner) masks; the rim lies between."""
     outer = ((xx - cx) / rx) ** 2 + ((yy - yc) / ry) ** 2 <= 1.0
     irx, iry = max(1.0, rx - rim), max(1.0, ry - rim * ry / rx)
     inner = ((xx - cx) / irx) ** 2 + ((yy - yc) / iry) ** 2 <= 1.0
@@ -96,6 +99,7 @@ def opening(xx: np.ndarray, yy: np.ndarray, cx: float, yc: float, rx: float, ry:
 
 
 def rgb(name: Optional[str], rng: np.random.Generator, default: Tuple[int, int, int] = (235, 125, 25)) -> np.ndarray:
+    """The float albedo of colour ``name`` (``default`` when None), with a little brightness jitter."""
     base = np.asarray(COLOURS[name] if name else default, np.float32) / 255.0
     # brightness varies, hue barely: a "white" cup must not turn lavender
     jitter = rng.uniform(0.93, 1.05) * rng.uniform(0.985, 1.015, 3)
@@ -108,6 +112,7 @@ def contrast(name: Optional[str]) -> np.ndarray:
 
 
 def fine_noise(rng: np.random.Generator, shape: Tuple[int, int], sigma: float = 0.8) -> np.ndarray:
+    """Blurred Gaussian noise (a bump/texture map)."""
     n = rng.standard_normal(shape, dtype=np.float32)
     return cv2.GaussianBlur(n, (0, 0), sigma)
 

@@ -18,6 +18,7 @@ from .image import make_image
 from .layout import DATASETS, DEFAULT_NUM_IMAGES, DEMO_VERSION, MARKER_NAME, MAX_IMAGES, SPLIT_CYCLES, SUPER_OF
 
 def _check_params(num_images: int, seed: int) -> None:
+    """ValueError unless 1 <= num_images <= MAX_IMAGES and seed >= 0 (integers, not bools)."""
     if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or not 1 <= num_images <= MAX_IMAGES:
         raise ValueError(f"num_images must be an integer in [1, {MAX_IMAGES}], got {num_images!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -25,7 +26,7 @@ def _check_params(num_images: int, seed: int) -> None:
 
 
 def write_demo(out_dir: str | Path, num_images: int = DEFAULT_NUM_IMAGES, seed: int = 0) -> Dict[str, Any]:
-    """Write the synthetic mini-RefCOCO (layout in the module docstring) into ``out_dir``.
+    """Write the synthetic mini-RefCOCO (layout in the package docstring) into ``out_dir``.
 
     Not atomic (use :func:`ensure_demo` for that). Returns a summary:
     {images, annotations, refs: {dataset: n}, sentences (all datasets), sentences_by_dataset, root, images_dir}.
