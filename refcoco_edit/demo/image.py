@@ -1,0 +1,153 @@
+"""One image: render its scene, annotate the visible parts (polygons, a crowd RLE) and describe its refs."""
+from __future__ import annotations
+
+from io import BytesIO
+from typing import Any, Dict, List, Tuple
+
+import cv2
+import numpy as np
+
+from .backdrop import background, camera, light_field, shadow_factor, shelf
+from .grammar import Phrases, choose, refcoco_candidates, refcoco_plus_candidates, refcocog_candidates, sentence
+from .layout import CAT_IDS, DATASETS, FIRST_IMAGE_ID, JPEG_QUALITY, SENT_ID_BASE
+from .objects import render_object
+from .scene import Obj, plan
+from .shapes import unit3
+
+def polygons(mask: np.ndarray) -> List[List[float]]:
+    """Visible mask -> simplified external contours, each a flat [x1, y1, ...] list of >= 3 points."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    polys = []
+    for c in contours:
+        if cv2.contourArea(c) < 6.0:
+            continue
+        a = cv2.approxPolyDP(c, 0.7, True).reshape(-1, 2)
+        if len(a) < 3:
+            continue
+        polys.append([float(v) for v in a.reshape(-1)])
+    # a fixed order: left to right by the first point
+    polys.sort(key=lambda p: (min(p[0::2]), min(p[1::2])))
+    return polys
+
+
+def uncompressed_rle(mask: np.ndarray) -> Dict[str, Any]:
+    """COCO uncompressed RLE: column-major runs, alternating 0s and 1s, starting with 0s."""
+    flat = np.asfortranarray(mask.astype(np.uint8)).ravel(order="F")
+    change = np.flatnonzero(np.diff(flat)) + 1
+    runs = np.diff(np.concatenate([[0], change, [flat.size]]))
+    if flat.size and flat[0] == 1:
+        runs = np.concatenate([[0], runs])
+    return {"counts": [int(v) for v in runs], "size": [int(mask.shape[0]), int(mask.shape[1])]}
+
+
+def ann_geometry(segmentation: Any, h: int, w: int) -> Tuple[float, List[float]]:
+    """pycocotools area and bbox of the union of a segmentation's parts."""
+    from pycocotools import mask as mask_api
+
+    if isinstance(segmentation, list):
+        rle = mask_api.merge(mask_api.frPyObjects(segmentation, h, w))
+    else:
+        rle = mask_api.frPyObjects(segmentation, h, w)
+    return float(mask_api.area(rle)), [float(v) for v in mask_api.toBbox(rle)]
+
+
+
+
+def make_image(seed: int, index: int) -> Tuple[bytes, Dict[str, Any], List[Dict[str, Any]], Dict[str, List[Dict[str, Any]]]]:
+    """Render one scene; returns (jpeg bytes, image record, annotations, refs per dataset)."""
+    scene = plan(seed, index)
+    rrng = np.random.default_rng([seed, index, 1])   # rendering stream
+    # one text stream per dataset, so that changing one dataset's wording leaves the others alone
+    trngs = {ds: np.random.default_rng([seed, index, 2, j]) for j, ds in enumerate(DATASETS)}
+    W, H = scene.width, scene.height
+    image_id = FIRST_IMAGE_ID + index
+    file_name = f"COCO_train2014_{image_id:012d}.jpg"
+    light = unit3(0.55 * scene.side, -0.7, 0.55)
+
+    tone, colours = background(scene, rrng)
+    wb = (1.0 + np.asarray((1.0, 0.0, -1.0), np.float32) * rrng.uniform(-0.035, 0.05)).astype(np.float32)
+    colours *= wb
+    for o in scene.objs:
+        render_object(o, rrng, light, scene.side)
+    lf = light_field(scene, rrng)
+    tone *= shadow_factor(scene)
+    tone *= lf
+    img = tone[..., None] * colours[:, None, :]
+    books = shelf(scene, img, rrng, lf) if scene.shelf else None
+    draw = sorted(scene.objs, key=lambda a: (a.base, a.cx))
+    for o in draw:
+        ys, xs = slice(o.y0, o.y0 + o.alpha.shape[0]), slice(o.x0, o.x0 + o.alpha.shape[1])
+        a = o.alpha[..., None]
+        img[ys, xs] = (o.rgb * wb) * (lf[ys, xs, None] * a) + img[ys, xs] * (1 - a)
+    pixels = camera(img, rrng)
+
+    # visible masks, front to back
+    occ = np.zeros((H, W), bool)
+    for o in reversed(draw):
+        full = np.zeros((H, W), bool)
+        full[o.y0:o.y0 + o.mask.shape[0], o.x0:o.x0 + o.mask.shape[1]] = o.mask
+        o.visible = full & ~occ
+        o.full_area = float(full.sum())
+        occ |= full
+    annotations: List[Dict[str, Any]] = []
+    kept: List[Obj] = []
+    for o in scene.objs:
+        polys = polygons(o.visible)
+        if not polys:
+            continue
+        area, bbox = ann_geometry(polys, H, W)
+        if area < 1:
+            continue
+        o.vis_area = area
+        o.ann = {"id": image_id * 100 + len(kept), "image_id": image_id, "category_id": CAT_IDS[o.cat],
+                 "segmentation": polys, "area": area, "bbox": bbox, "iscrowd": 0}
+        annotations.append(o.ann)
+        kept.append(o)
+    if books is not None:
+        vis = books & ~occ
+        if vis.any():
+            seg = uncompressed_rle(vis)
+            area, bbox = ann_geometry(seg, H, W)
+            annotations.append({"id": image_id * 100 + 90, "image_id": image_id, "category_id": CAT_IDS["book"],
+                                "segmentation": seg, "area": area, "bbox": bbox, "iscrowd": 1})
+    scene.objs = kept
+
+    # refs: every object that has look-alikes (>= 2 of its category in the image)
+    refs: Dict[str, List[Dict[str, Any]]] = {ds: [] for ds in DATASETS}
+    n_sent = {ds: 0 for ds in DATASETS}
+    by_cat: Dict[str, List[Obj]] = {}
+    for o in kept:
+        by_cat.setdefault(o.cat, []).append(o)
+    for k, o in enumerate(kept):
+        group = by_cat[o.cat]
+        if len(group) < 2 or o.cat == "potted plant":
+            continue
+        ph = Phrases(o, group, H)
+        r0, r1, r2 = trngs["refcoco"], trngs["refcoco+"], trngs["refcocog"]
+        texts = {
+            "refcoco": choose(refcoco_candidates(ph, r0), r0, 3),
+            "refcoco+": choose(refcoco_plus_candidates(ph, r1), r1, 3),
+            "refcocog": choose(refcocog_candidates(ph, scene, r2), r2, 2),
+        }
+        for ds, sents in texts.items():
+            if not sents:
+                continue  # e.g. RefCOCO+ has no appearance-only way to tell identical twins apart
+            if ds == "refcocog":
+                sents = [s[0].upper() + s[1:] + "." for s in sents]
+            recs = []
+            for s in sents:
+                recs.append(sentence(s, SENT_ID_BASE[ds] + index * 100 + n_sent[ds]))
+                n_sent[ds] += 1
+            refs[ds].append({
+                "ref_id": index * 20 + k, "ann_id": o.ann["id"], "image_id": image_id, "split": "",
+                "sent_ids": [r["sent_id"] for r in recs], "sentences": recs,
+                "category_id": CAT_IDS[o.cat], "file_name": f"COCO_train2014_{image_id:012d}_{o.ann['id']}.jpg",
+            })
+    buf = BytesIO()
+    from PIL import Image
+
+    Image.fromarray(pixels, "RGB").save(buf, format="JPEG", quality=JPEG_QUALITY)
+    record = {"id": image_id, "file_name": file_name, "height": H, "width": W}
+    return buf.getvalue(), record, annotations, refs
+
+
