@@ -22,7 +22,7 @@ is what ``refcoco-edit score`` does:
    pass then finds them cached, so results equal a local run's.
 5. **aggregate** — per metric: mean, std and a seeded percentile bootstrap 95% CI, overall and
    per edit type (``aggregate``).
-6. **report** — ``RESULTS/results.json`` (schema in ``refcoco_edit.benchmark.report``), ``samples.parquet``,
+6. **report** — ``RESULTS/results.json`` (schema in ``refcoco_edit.benchmark.report_schema``), ``samples.parquet``,
    ``report.md``, ``gallery.html`` (+ ``gallery/`` thumbnails), ``plots/*.png``, and
    ``timing.json`` (wall times and cache reuse: the only file that differs between two runs).
 
