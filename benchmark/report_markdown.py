@@ -1,0 +1,146 @@
+"""report.md: Markdown tables of one or several runs' results.json (the paper's Table 1 layout,
+then the PIE-Bench, MagicBrush and referring families, by edit type, exclusions, config)."""
+from __future__ import annotations
+
+import html
+from typing import Any, Dict, List, Optional, Sequence
+
+__all__ = ["TABLE_FAMILIES", "fmt_value", "protocol_text", "run_label", "render_markdown"]
+
+TABLE_FAMILIES = (
+    ("paper", "Table 1 (the paper's metrics)"),
+    ("pie", "PIE-Bench (background preservation; over pixels outside M_e)"),
+    ("magicbrush", "MagicBrush (against the reference image)"),
+    ("referring", "Referring (instance level: the referred object vs its same-category distractors)"),
+)
+
+
+def _md(text: Any) -> str:
+    """A table cell: no pipes or newlines, HTML-escaped."""
+    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+
+
+def fmt_value(v: Optional[float], scale: float = 1.0) -> str:
+    """A value for a table: 3 decimals (2 from 10 on), 3 significant digits when tiny or huge, — for None."""
+    if v is None:
+        return "—"
+    x = v * scale
+    a = abs(x)
+    if a != 0 and (a >= 1e4 or a < 1e-3):
+        return f"{x:.3g}"
+    return f"{x:.3f}" if a < 10 else f"{x:.2f}"
+
+
+def _cell(m: Optional[Dict[str, Any]], scale: float, ci: bool = True) -> str:
+    if not m or m.get("mean") is None:
+        return "—"
+    s = fmt_value(m["mean"], scale)
+    if ci and m.get("ci95"):
+        s += f" [{fmt_value(m['ci95'][0], scale)}, {fmt_value(m['ci95'][1], scale)}]"
+    return s
+
+
+def _arrow(hib: Optional[bool]) -> str:
+    return " ↑" if hib is True else (" ↓" if hib is False else "")
+
+
+def protocol_text(editor: Dict[str, Any]) -> str:
+    """What the editor saw, e.g. ``image+prompt+gt_mask``."""
+    p = editor.get("protocol") or []
+    return "image+prompt" + "".join(f"+{x}" for x in p)
+
+
+def run_label(results: Dict[str, Any]) -> str:
+    """A run's name in tables: its editor spec, cut to 40 characters."""
+    e = results.get("editor", {})
+    spec = e.get("spec") or e.get("name") or "?"
+    return spec if len(spec) <= 40 else spec[:37] + "..."
+
+
+def render_markdown(runs: Sequence[Dict[str, Any]], labels: Optional[Sequence[str]] = None,
+                    title: Optional[str] = None) -> str:
+    """Markdown tables in the layout of the paper's Table 1 (one row per run), then the PIE-Bench,
+    MagicBrush and referring families, the breakdown by edit type, exclusions and the config."""
+    from .metrics import FAMILIES, METRICS
+
+    labels = list(labels or [run_label(r) for r in runs])
+    lines: List[str] = [f"# {_md(title or 'refcoco-edit score: ' + ', '.join(labels))}", ""]
+    first = runs[0]
+    for lab, r in zip(labels, runs):
+        c, d = r["counts"], r["data"]
+        lines.append(f"- **{_md(lab)}** (protocol `{_md(protocol_text(r['editor']))}`): data `{_md(d['path'])}` "
+                     f"({_md(d['kind'])}), split `{_md(d['split'] or 'all')}`; {c['samples']} samples: "
+                     f"{c['scored']} scored, {c['failed']} failed, {c['skipped']} skipped"
+                     + (f", {c['resized']} outputs resized" if c["resized"] else "") + ".")
+    hashes = {r["data"]["sample_ids_sha256"] for r in runs}
+    if len(hashes) > 1:
+        lines += ["", "**Warning: these runs were scored on different sample sets; compare with care.**"]
+    lines += ["", "Values: mean over scored samples [bootstrap 95% CI]; — = not computed (see below). "
+              "Protocol: what the editor saw beyond (image, prompt, seed); `reference` marks an oracle.", ""]
+    for fam, heading in TABLE_FAMILIES:
+        cols = [n for n in FAMILIES[fam] if any(n in r["metrics"] or n in r["not_computed"] for r in runs)]
+        if not cols:
+            continue
+        lines += [f"## {heading}", ""]
+        head = ["Method", "Protocol"] + [METRICS[n].title + _arrow(METRICS[n].higher_is_better) for n in cols]
+        lines.append("| " + " | ".join(_md(h) for h in head) + " |")
+        lines.append("|" + "---|" * 2 + "---:|" * len(cols))
+        for lab, r in zip(labels, runs):
+            cells = [_md(lab), _md(protocol_text(r["editor"]))]
+            for n in cols:
+                cells.append(_cell(r["metrics"].get(n), METRICS[n].display_scale) if n in r["metrics"] else "—")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    # by edit type
+    types = sorted({t for r in runs for m in r["metrics"].values() for t in m.get("by_edit_type", {})})
+    shown = [n for n in METRICS if any(n in r["metrics"] for r in runs)]
+    if types and shown:
+        lines += ["## By edit type", "", "Mean (n) per edit type.", ""]
+        lines.append("| Metric | Method | " + " | ".join(_md(t) for t in types) + " |")
+        lines.append("|---|---|" + "---:|" * len(types))
+        for n in shown:
+            for lab, r in zip(labels, runs):
+                m = r["metrics"].get(n)
+                if m is None:
+                    continue
+                cells = []
+                for t in types:
+                    b = m["by_edit_type"].get(t)
+                    cells.append(f"{_cell(b, METRICS[n].display_scale, ci=False)} ({b['n']})" if b else "—")
+                lines.append(f"| {_md(METRICS[n].title)} | {_md(lab)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    # not computed
+    nc = sorted({(n, r["not_computed"][n]["reason"]) for r in runs for n in r["not_computed"]},
+                key=lambda x: list(METRICS).index(x[0]) if x[0] in METRICS else 999)
+    if nc:
+        lines += ["## Not computed", ""]
+        lines += [f"- `{_md(n)}` ({_md(METRICS[n].title) if n in METRICS else ''}): {_md(reason)}" for n, reason in nc]
+        lines.append("")
+    # exclusions
+    rows = []
+    for lab, r in zip(labels, runs):
+        for kind, key in (("failed", "failed_by_reason"), ("skipped", "skipped_by_reason")):
+            for reason, cnt in r["counts"][key].items():
+                rows.append(f"| {_md(lab)} | {kind} | `{_md(reason)}` | {cnt} |")
+    if rows:
+        lines += ["## Failed and skipped samples", "", "Left out of every mean.", "",
+                  "| Method | kind | reason | count |", "|---|---|---|---:|"] + rows + [""]
+    # config
+    cfgs = first["config"]
+    lines += ["## Metric configuration", "",
+              f"- image size: {_md(cfgs['image_size'])}; crop: {_md(cfgs['crop_rule'])}",
+              f"- outputs of another size: {'resized (' + _md(cfgs['resize_rule']) + ')' if cfgs['resize_outputs'] else 'failures (wrong_size)'}",
+              f"- background: {_md(cfgs['mask_protocol']['background'])}",
+              f"- target: {_md(cfgs['mask_protocol']['target'])}; distractors: {_md(cfgs['mask_protocol']['distractors'])}",
+              f"- referring: eps = {cfgs['metric_params'].get('referring_eps')}, "
+              f"tau = {cfgs['metric_params'].get('preservation_tau')}; seed {cfgs['seed']}; "
+              f"bootstrap {cfgs['bootstrap']['resamples']} resamples, {cfgs['bootstrap']['method']}",
+              "- models: " + ", ".join(f"{k} = {_md(v) if v else 'none'}" for k, v in sorted(cfgs["models"].items())),
+              *[f"  - {_md(k)}: {_md(d.get('spec'))}" + (f" (revision {_md(d['revision'])})" if d.get("revision") else "")
+                + (f", sha256 {_md(str(d['weights_sha256'])[:16])}…" if d.get("weights_sha256") else "")
+                + (f", {_md(d.get('device'))}/{_md(d.get('dtype'))}" if d.get("device") else "")
+                for k, d in sorted((cfgs.get("model_details") or {}).items())],
+              f"- refcoco-edit {_md(first['tool']['version'])}, git {_md(first['tool']['git_revision'] or 'unknown')}"
+              + (" (dirty)" if first["tool"]["git_dirty"] else ""),
+              ""]
+    return "\n".join(lines)

@@ -1,0 +1,193 @@
+"""The results.json schema of a score run (``RESULTS_SCHEMA``) and its checker, no dependency.
+
+results.json (``results_schema_version`` "1.0")
+================================================
+One JSON object, keys sorted, no NaN/Infinity (a missing value is ``null``). Two runs of the
+same command on the same data give the same bytes: wall times and cache reuse go to
+``timing.json`` instead. ``RESULTS_SCHEMA`` is the JSON Schema; ``validate_results`` checks it.
+
+``results_schema_version``  "1.0"; bumped on any incompatible change.
+``tool``       ``{name, version, git_revision, git_dirty}``: the refcoco-edit that scored (git
+               fields null outside a git checkout).
+``editor``     ``{spec, name, class, protocol, config, batch_size, version}`` (+ ``timeout_s`` for
+               cmd:). ``protocol``: what the editor saw beyond (image, prompt, seed), a subset of
+               ``gt_mask, object_mask, edit_phrase, referring_phrase, edit_type, reference``.
+``data``       ``{path, kind: export|workspace, split, splits_available, status, limit, rows,
+               samples, schema_version, sample_ids_sha256}``: ``rows`` read after the split and
+               status filters, ``samples`` scorable; the hash is of the sorted scored sample_ids.
+``config``     the metric configuration: ``seed`` and ``editor_seed_rule``; ``metrics_requested``
+               and ``metrics_computed``; ``image_size``, ``crop_rule``, ``resize_outputs``,
+               ``resize_rule``; ``mask_protocol`` {background, target, distractors};
+               ``metric_params`` (eps, tau, SSIM window, PSNR floor); ``models`` (clip_model,
+               aesthetic_weights, dino_model, lpips_weights: ids/paths as given, or null);
+               ``model_details`` (one object per model actually loaded: ``spec``, ``hub_id``,
+               ``revision`` (the hub commit of a cached snapshot, else null), ``weights_sha256``
+               (of the weight file, or of a folder's config.json + weight files), architecture,
+               processor input size, device, dtype); ``model_metrics`` (``metrics``, ``device``,
+               ``dtype`` as asked, ``batch_size``, ``local_files_only``, ``rules``: the crop,
+               text, preprocessing and scale rules of every model metric) — both ``{}`` when no
+               model metric ran; ``bootstrap`` {resamples, confidence, method, seed_rule};
+               ``aggregation`` (how failures count).
+``versions``   Python and package versions (numpy, pillow, opencv, pycocotools, pyarrow, pandas;
+               torch, torchvision, transformers, diffusers, safetensors: null when absent).
+``counts``     ``{rows, samples, scored, failed, skipped, resized, failed_by_reason,
+               skipped_by_reason}``; ``skipped`` counts load-time and decode-time skips.
+``failures``   ``[{sample_id, reason, error}]``: editor failures, sorted by sample_id.
+``skipped``    ``[{sample_id, reason, error}]``: unscorable data rows, sorted by sample_id.
+``edit_types`` ``{edit_type: number of scored samples}``.
+``metrics``    ``{name: {family, title, description, higher_is_better, display_scale, n,
+               n_not_applicable, mean, std, ci95: [lo, hi], by_edit_type: {type: {n, mean, std,
+               ci95}}}}`` for each computed metric; values are raw (``display_scale`` is only
+               what report.md multiplies by); ``n`` counts scored samples where it applies.
+``not_computed`` ``{name: {family, title, reason}}``: requested metrics that were not computed
+               (e.g. "needs --clip-model").
+
+samples.parquet: one row per sample (scored, failed or skipped): ``sample_id, split, image_id,
+category, edit_type, prompt, referring_span, edit_span, seed, n_distractors, status
+(ok|failed|skipped), reason, error, resized, output (relative path), height, width`` and one
+float64 column per computed metric (NaN where it does not apply or the sample was not scored).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List
+
+from refcoco_edit.errors import InputError
+
+__all__ = ["RESULTS_SCHEMA_VERSION", "RESULTS_SCHEMA", "schema_errors", "validate_results"]
+
+RESULTS_SCHEMA_VERSION = "1.0"
+
+_NUM = {"type": ["number", "null"]}
+_CI = {"type": ["array", "null"], "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+_SUMMARY = {"type": "object", "required": ["n", "mean", "std", "ci95"],
+            "properties": {"n": {"type": "integer"}, "mean": _NUM, "std": _NUM, "ci95": _CI}}
+_RECORD_LIST = {"type": "array", "items": {"type": "object", "required": ["sample_id", "reason", "error"],
+                                           "properties": {"sample_id": {"type": "string"}, "reason": {"type": "string"},
+                                                          "error": {"type": ["string", "null"]}}}}
+_COUNTS_MAP = {"type": "object", "additionalProperties": {"type": "integer"}}
+
+RESULTS_SCHEMA: Dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "refcoco-edit score results",
+    "type": "object",
+    "required": ["results_schema_version", "tool", "editor", "data", "config", "versions", "counts", "failures",
+                 "skipped", "edit_types", "metrics", "not_computed"],
+    "additionalProperties": False,
+    "properties": {
+        "results_schema_version": {"const": RESULTS_SCHEMA_VERSION},
+        "tool": {"type": "object", "required": ["name", "version", "git_revision", "git_dirty"],
+                 "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+                                "git_revision": {"type": ["string", "null"]}, "git_dirty": {"type": ["boolean", "null"]}}},
+        "editor": {"type": "object", "required": ["spec", "name", "class", "protocol", "config", "batch_size", "version"],
+                   "properties": {"spec": {"type": "string"}, "name": {"type": "string"}, "class": {"type": "string"},
+                                  "protocol": {"type": "array", "items": {"enum": ["gt_mask", "object_mask", "edit_phrase",
+                                                                                   "referring_phrase", "edit_type", "reference"]}},
+                                  "config": {"type": "object"}, "batch_size": {"type": "integer"},
+                                  "version": {"type": "string"}, "timeout_s": {"type": "number"}}},
+        "data": {"type": "object",
+                 "required": ["path", "kind", "split", "splits_available", "status", "limit", "rows", "samples",
+                              "schema_version", "sample_ids_sha256"],
+                 "properties": {"path": {"type": "string"}, "kind": {"enum": ["export", "workspace"]},
+                                "split": {"type": ["string", "null"]},
+                                "splits_available": {"type": "array", "items": {"type": "string"}},
+                                "status": {"enum": ["all", "accepted"]}, "limit": {"type": ["integer", "null"]},
+                                "rows": {"type": "integer"}, "samples": {"type": "integer"},
+                                "schema_version": {"type": ["string", "null"]}, "sample_ids_sha256": {"type": "string"}}},
+        "config": {"type": "object",
+                   "required": ["seed", "editor_seed_rule", "metrics_requested", "metrics_computed", "image_size",
+                                "crop_rule", "resize_outputs", "resize_rule", "mask_protocol", "metric_params", "models",
+                                "bootstrap", "aggregation"],
+                   "properties": {
+                       "seed": {"type": "integer"}, "editor_seed_rule": {"type": "string"},
+                       "metrics_requested": {"type": "array", "items": {"type": "string"}},
+                       "metrics_computed": {"type": "array", "items": {"type": "string"}},
+                       "image_size": {"type": "string"}, "crop_rule": {"type": "string"},
+                       "resize_outputs": {"type": "boolean"}, "resize_rule": {"type": "string"},
+                       "mask_protocol": {"type": "object", "required": ["background", "target", "distractors"]},
+                       "metric_params": {"type": "object"},
+                       "models": {"type": "object", "required": ["clip_model", "aesthetic_weights", "dino_model", "lpips_weights"],
+                                  "additionalProperties": {"type": ["string", "null"]}},
+                       "model_details": {"type": "object", "additionalProperties": {"type": "object"}},
+                       "model_metrics": {"type": "object"},
+                       "bootstrap": {"type": "object", "required": ["resamples", "confidence", "method", "seed_rule"]},
+                       "aggregation": {"type": "string"}}},
+        "versions": {"type": "object", "required": ["python"], "additionalProperties": {"type": ["string", "null"]}},
+        "counts": {"type": "object",
+                   "required": ["rows", "samples", "scored", "failed", "skipped", "resized", "failed_by_reason",
+                                "skipped_by_reason"],
+                   "properties": {"rows": {"type": "integer"}, "samples": {"type": "integer"}, "scored": {"type": "integer"},
+                                  "failed": {"type": "integer"}, "skipped": {"type": "integer"},
+                                  "resized": {"type": "integer"}, "failed_by_reason": _COUNTS_MAP,
+                                  "skipped_by_reason": _COUNTS_MAP}},
+        "failures": _RECORD_LIST,
+        "skipped": _RECORD_LIST,
+        "edit_types": _COUNTS_MAP,
+        "metrics": {"type": "object", "additionalProperties": {
+            "type": "object",
+            "required": ["family", "title", "description", "higher_is_better", "display_scale", "n", "n_not_applicable",
+                         "mean", "std", "ci95", "by_edit_type"],
+            "properties": {"family": {"enum": ["paper", "pie", "magicbrush", "referring"]}, "title": {"type": "string"},
+                           "description": {"type": "string"}, "higher_is_better": {"type": ["boolean", "null"]},
+                           "display_scale": {"type": "number"}, "n": {"type": "integer"},
+                           "n_not_applicable": {"type": "integer"}, "mean": _NUM, "std": _NUM, "ci95": _CI,
+                           "by_edit_type": {"type": "object", "additionalProperties": _SUMMARY}}}},
+        "not_computed": {"type": "object", "additionalProperties": {
+            "type": "object", "required": ["family", "title", "reason"],
+            "properties": {"family": {"type": "string"}, "title": {"type": "string"}, "reason": {"type": "string"}}}},
+    },
+}
+
+_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+
+
+def _is_type(v: Any, t: str) -> bool:
+    if t == "integer":
+        return isinstance(v, int) and not isinstance(v, bool)
+    if t == "number":
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return isinstance(v, _TYPES[t])
+
+
+def schema_errors(doc: Any, schema: Dict[str, Any] = RESULTS_SCHEMA, path: str = "$") -> List[str]:
+    """Violations of a JSON Schema subset (type, const, enum, required, properties,
+    additionalProperties, items, minItems, maxItems): enough for RESULTS_SCHEMA, no dependency."""
+    errs: List[str] = []
+    if "const" in schema and doc != schema["const"]:
+        errs.append(f"{path}: expected {schema['const']!r}, got {doc!r}")
+    if "enum" in schema and doc not in schema["enum"]:
+        errs.append(f"{path}: {doc!r} is not one of {schema['enum']}")
+    if "type" in schema:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if not any(_is_type(doc, t) for t in types):
+            return errs + [f"{path}: expected {'/'.join(types)}, got {type(doc).__name__}"]
+    if isinstance(doc, dict):
+        for k in schema.get("required", []):
+            if k not in doc:
+                errs.append(f"{path}: missing key {k!r}")
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties", True)
+        for k, v in doc.items():
+            if k in props:
+                errs += schema_errors(v, props[k], f"{path}.{k}")
+            elif extra is False:
+                errs.append(f"{path}: unexpected key {k!r}")
+            elif isinstance(extra, dict):
+                errs += schema_errors(v, extra, f"{path}.{k}")
+    if isinstance(doc, list):
+        if "minItems" in schema and len(doc) < schema["minItems"]:
+            errs.append(f"{path}: fewer than {schema['minItems']} items")
+        if "maxItems" in schema and len(doc) > schema["maxItems"]:
+            errs.append(f"{path}: more than {schema['maxItems']} items")
+        if "items" in schema:
+            for i, v in enumerate(doc):
+                errs += schema_errors(v, schema["items"], f"{path}[{i}]")
+    return errs
+
+
+def validate_results(doc: Any) -> None:
+    """Raise InputError listing what does not follow RESULTS_SCHEMA."""
+    errs = schema_errors(doc)
+    if errs:
+        raise InputError("results.json does not follow results schema "
+                         f"{RESULTS_SCHEMA_VERSION}: " + "; ".join(errs[:10]))
