@@ -28,6 +28,7 @@ import gc
 import json
 import pickle
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
@@ -194,6 +195,181 @@ def _as_id_set(ids: IdArg) -> Optional[set]:
 
 
 # ----------------------------------------------------------------------------------------------
+# the index
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class _Index:
+    """What :func:`_build_index` makes of the two files; :class:`RefCOCO` adopts it as attributes."""
+
+    refs: Dict[int, Dict[str, Any]]
+    anns: Dict[int, Dict[str, Any]]
+    images: Dict[int, Dict[str, Any]]
+    cats: Dict[int, str]
+    sents: Dict[int, Dict[str, Any]]
+    image_to_refs: Dict[int, List[int]]
+    image_to_anns: Dict[int, List[int]]
+    cat_to_refs: Dict[int, List[int]]
+    ref_to_ann: Dict[int, int]
+    ann_to_ref: Dict[int, int]
+    sent_to_ref: Dict[int, int]
+    split_refs: Dict[str, List[int]]
+    problems: List[Tuple[str, str, str]]
+
+
+def _build_index(refs: List[Dict[str, Any]], instances: Dict[str, Any], refs_path: Path,
+                instances_path: Path) -> _Index:
+    """Index refs and instances in single passes (the paths only name the files in errors).
+
+    Raises InputError for records the loader cannot use (missing keys, duplicate ids, a bad image
+    size or file name, an unsafe split name); broken refs are not errors but ``problems``.
+    """
+    images = _index_images(instances["images"], instances_path)
+    anns, image_to_anns = _index_annotations(instances["annotations"], instances_path)
+    try:
+        cats = {c["id"]: c["name"] for c in instances["categories"]}
+    except (KeyError, TypeError) as e:
+        raise InputError(f"{instances_path}: every category needs 'id' and 'name'") from e
+    return _index_refs(refs, refs_path, images, anns, cats, image_to_anns)
+
+
+def _index_images(image_list: List[Any], src: Path) -> Dict[int, Dict[str, Any]]:
+    """image_id -> image record, one pass, with the size and file_name containment checks."""
+    images: Dict[int, Dict[str, Any]] = {}
+    try:
+        for img in image_list:
+            iid = img["id"]
+            h, w = img["height"], img["width"]
+            if not (type(h) is int and type(w) is int and h > 0 and w > 0):
+                if not (isinstance(h, (int, float)) and isinstance(w, (int, float)) and h > 0 and w > 0
+                        and float(h).is_integer() and float(w).is_integer()):
+                    raise InputError(f"{src}: image {iid} has an invalid size {w!r}x{h!r} (width x height)")
+            if _bad_file_name(img["file_name"]):
+                raise InputError(
+                    f"image file_name {img['file_name']!r} of image {iid} escapes the images folder "
+                    "(absolute, '..', backslash or NUL); refusing the data set"
+                )
+            images[iid] = img
+    except (KeyError, TypeError) as e:
+        raise InputError(_explain_bad_records(src, "image", image_list, IMAGE_KEYS)) from e
+    if len(images) != len(image_list):
+        raise InputError(f"{src}: {len(image_list) - len(images)} duplicate image ids")
+    return images
+
+
+def _index_annotations(ann_list: List[Any], src: Path) -> Tuple[Dict[int, Dict[str, Any]], Dict[int, List[int]]]:
+    """(ann_id -> annotation, image_id -> ann ids in file order), one pass."""
+    anns: Dict[int, Dict[str, Any]] = {}
+    image_to_anns: Dict[int, List[int]] = defaultdict(list)
+    try:
+        for ann in ann_list:
+            aid = ann["id"]
+            anns[aid] = ann
+            image_to_anns[ann["image_id"]].append(aid)
+    except (KeyError, TypeError) as e:
+        raise InputError(_explain_bad_records(src, "annotation", ann_list, ("id", "image_id"))) from e
+    if len(anns) != len(ann_list):
+        raise InputError(f"{src}: {len(ann_list) - len(anns)} duplicate annotation ids")
+    return anns, dict(image_to_anns)
+
+
+def _index_refs(refs: List[Dict[str, Any]], refs_path: Path, images: Dict[int, Dict[str, Any]],
+                anns: Dict[int, Dict[str, Any]], cats: Dict[int, str],
+                image_to_anns: Dict[int, List[int]]) -> _Index:
+    """Refs and sentences in one pass (adds ``ref_id`` to each sentence dict); the whole index."""
+    refs_by_id: Dict[int, Dict[str, Any]] = {}
+    image_to_refs: Dict[int, List[int]] = defaultdict(list)
+    cat_to_refs: Dict[int, List[int]] = defaultdict(list)
+    ref_to_ann: Dict[int, int] = {}
+    ann_to_ref: Dict[int, int] = {}
+    sents: Dict[int, Dict[str, Any]] = {}
+    sent_to_ref: Dict[int, int] = {}
+    split_refs: Dict[str, List[int]] = defaultdict(list)
+    problems: List[Tuple[str, str, str]] = []
+    n_sents = 0
+    try:
+        for ref in refs:
+            rid = ref["ref_id"]
+            aid = ref["ann_id"]
+            iid = ref["image_id"]
+            split = ref["split"]
+            sentences = ref["sentences"]
+            if split not in split_refs and not is_safe_name(split):
+                raise InputError(f"{refs_path}: ref {rid} has the split {split!r}, which is not a plain "
+                                 "name ([A-Za-z0-9_.-]); split names become export file names")
+            refs_by_id[rid] = ref
+            image_to_refs[iid].append(rid)
+            cat_to_refs[ref["category_id"]].append(rid)
+            split_refs[split].append(rid)
+            ref_to_ann[rid] = aid
+            ann_to_ref[aid] = rid
+            if aid not in anns:
+                problems.append((f"ref:{rid}", "missing_annotation",
+                                 f"ref {rid} points to annotation {aid}, which instances.json does not have"))
+            if iid not in images:
+                problems.append((f"ref:{rid}", "missing_image",
+                                 f"ref {rid} points to image {iid}, which instances.json does not have"))
+            if not sentences:
+                problems.append((f"ref:{rid}", "empty_sentence", f"ref {rid} has no sentences"))
+            n_sents += len(sentences)
+            for s in sentences:
+                sid = s["sent_id"]
+                s["ref_id"] = rid
+                sents[sid] = s
+                sent_to_ref[sid] = rid
+                text = s.get("sent") or s.get("raw")
+                if not text or type(text) is not str or text.isspace():
+                    problems.append((f"sent:{sid}", "empty_sentence",
+                                     f"sentence {sid} of ref {rid} is empty"))
+    except (KeyError, TypeError, AttributeError) as e:
+        raise InputError(_explain_bad_refs(refs, refs_path)) from e
+    if len(refs_by_id) != len(refs):
+        raise InputError(f"{refs_path}: {len(refs) - len(refs_by_id)} duplicate ref ids")
+    if len(sents) != n_sents:
+        raise InputError(f"{refs_path}: {n_sents - len(sents)} duplicate sentence ids")
+    for split_name in split_refs:
+        if not isinstance(split_name, str):
+            raise InputError(f"{refs_path}: split names must be strings, got {split_name!r}")
+    return _Index(refs=refs_by_id, anns=anns, images=images, cats=cats, sents=sents,
+                  image_to_refs=dict(image_to_refs), image_to_anns=image_to_anns,
+                  cat_to_refs=dict(cat_to_refs), ref_to_ann=ref_to_ann, ann_to_ref=ann_to_ref,
+                  sent_to_ref=sent_to_ref, split_refs=dict(split_refs), problems=problems)
+
+
+def _explain_bad_records(src: Path, what: str, records: List[Any], keys: Tuple[str, ...]) -> str:
+    """Slow path, only after the fast loop failed: say which record and key is wrong."""
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            return f"{src}: {what} {i} is a {type(rec).__name__}, expected an object"
+        for k in keys:
+            if k not in rec:
+                return f"{src}: {what} {rec.get('id', f'#{i}')} has no '{k}'"
+    return f"{src}: malformed {what} records"
+
+
+def _explain_bad_refs(refs: List[Dict[str, Any]], src: Path) -> str:
+    """Slow path for refs: the first ref (and key or sentence) that made the fast loop fail."""
+    for i, ref in enumerate(refs):
+        rid = ref.get("ref_id", f"#{i}")
+        for k in REF_KEYS:
+            if k not in ref:
+                return f"{src}: ref {rid} has no '{k}'"
+        if not isinstance(ref["sentences"], list):
+            return f"{src}: ref {rid}: 'sentences' is a {type(ref['sentences']).__name__}, expected a list"
+        for j, s in enumerate(ref["sentences"]):
+            if not isinstance(s, dict):
+                return f"{src}: ref {rid}: sentence {j} is a {type(s).__name__}, expected a dict"
+            if "sent_id" not in s:
+                return f"{src}: ref {rid}: sentence {j} has no 'sent_id'"
+        for k in ("ref_id", "ann_id", "image_id", "category_id"):
+            try:
+                hash(ref[k])
+            except TypeError:
+                return f"{src}: ref {rid}: '{k}' is a {type(ref[k]).__name__}, expected an int"
+    return f"{src}: malformed refs"
+
+
+# ----------------------------------------------------------------------------------------------
 # the loader
 # ----------------------------------------------------------------------------------------------
 
@@ -240,9 +416,21 @@ class RefCOCO:
         self.refs_path, self.instances_path = refs_path, inst_path
 
         with _gc_paused():
-            refs = load_refs(refs_path)
-            instances = load_instances(inst_path)
-            self._build_index(refs, instances)
+            index = _build_index(load_refs(refs_path), load_instances(inst_path), refs_path, inst_path)
+        self.refs = index.refs
+        self.anns = index.anns
+        self.images = index.images
+        self.cats = index.cats
+        self.sents = index.sents
+        self.image_to_refs = index.image_to_refs
+        self.image_to_anns = index.image_to_anns
+        self.cat_to_refs = index.cat_to_refs
+        self.ref_to_ann = index.ref_to_ann
+        self.ann_to_ref = index.ann_to_ref
+        self.sent_to_ref = index.sent_to_ref
+        self._split_refs = index.split_refs
+        self.splits = sorted(index.split_refs)
+        self._problems = index.problems
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -279,152 +467,6 @@ class RefCOCO:
         return self.data_root / "images"
 
     # -- indexing --------------------------------------------------------------------------
-
-    def _build_index(self, refs: List[Dict[str, Any]], instances: Dict[str, Any]) -> None:
-        src = self.instances_path
-
-        # images: one pass, with the file_name containment check.
-        images: Dict[int, Dict[str, Any]] = {}
-        image_list = instances["images"]
-        try:
-            for img in image_list:
-                iid = img["id"]
-                h, w = img["height"], img["width"]
-                if not (type(h) is int and type(w) is int and h > 0 and w > 0):
-                    if not (isinstance(h, (int, float)) and isinstance(w, (int, float)) and h > 0 and w > 0
-                            and float(h).is_integer() and float(w).is_integer()):
-                        raise InputError(f"{src}: image {iid} has an invalid size {w!r}x{h!r} (width x height)")
-                if _bad_file_name(img["file_name"]):
-                    raise InputError(
-                        f"image file_name {img['file_name']!r} of image {iid} escapes the images folder "
-                        "(absolute, '..', backslash or NUL); refusing the data set"
-                    )
-                images[iid] = img
-        except (KeyError, TypeError) as e:
-            raise InputError(self._explain_bad_records(src, "image", image_list, IMAGE_KEYS)) from e
-        if len(images) != len(image_list):
-            raise InputError(f"{src}: {len(image_list) - len(images)} duplicate image ids")
-
-        # annotations
-        anns: Dict[int, Dict[str, Any]] = {}
-        image_to_anns: Dict[int, List[int]] = defaultdict(list)
-        ann_list = instances["annotations"]
-        try:
-            for ann in ann_list:
-                aid = ann["id"]
-                anns[aid] = ann
-                image_to_anns[ann["image_id"]].append(aid)
-        except (KeyError, TypeError) as e:
-            raise InputError(self._explain_bad_records(src, "annotation", ann_list, ("id", "image_id"))) from e
-        if len(anns) != len(ann_list):
-            raise InputError(f"{src}: {len(ann_list) - len(anns)} duplicate annotation ids")
-
-        # categories
-        try:
-            cats = {c["id"]: c["name"] for c in instances["categories"]}
-        except (KeyError, TypeError) as e:
-            raise InputError(f"{src}: every category needs 'id' and 'name'") from e
-
-        # refs and sentences: one pass.
-        refs_by_id: Dict[int, Dict[str, Any]] = {}
-        image_to_refs: Dict[int, List[int]] = defaultdict(list)
-        cat_to_refs: Dict[int, List[int]] = defaultdict(list)
-        ref_to_ann: Dict[int, int] = {}
-        ann_to_ref: Dict[int, int] = {}
-        sents: Dict[int, Dict[str, Any]] = {}
-        sent_to_ref: Dict[int, int] = {}
-        split_refs: Dict[str, List[int]] = defaultdict(list)
-        problems: List[Tuple[str, str, str]] = []
-        n_sents = 0
-        try:
-            for ref in refs:
-                rid = ref["ref_id"]
-                aid = ref["ann_id"]
-                iid = ref["image_id"]
-                split = ref["split"]
-                sentences = ref["sentences"]
-                if split not in split_refs and not is_safe_name(split):
-                    raise InputError(f"{self.refs_path}: ref {rid} has the split {split!r}, which is not a plain "
-                                     "name ([A-Za-z0-9_.-]); split names become export file names")
-                refs_by_id[rid] = ref
-                image_to_refs[iid].append(rid)
-                cat_to_refs[ref["category_id"]].append(rid)
-                split_refs[split].append(rid)
-                ref_to_ann[rid] = aid
-                ann_to_ref[aid] = rid
-                if aid not in anns:
-                    problems.append((f"ref:{rid}", "missing_annotation",
-                                     f"ref {rid} points to annotation {aid}, which instances.json does not have"))
-                if iid not in images:
-                    problems.append((f"ref:{rid}", "missing_image",
-                                     f"ref {rid} points to image {iid}, which instances.json does not have"))
-                if not sentences:
-                    problems.append((f"ref:{rid}", "empty_sentence", f"ref {rid} has no sentences"))
-                n_sents += len(sentences)
-                for s in sentences:
-                    sid = s["sent_id"]
-                    s["ref_id"] = rid
-                    sents[sid] = s
-                    sent_to_ref[sid] = rid
-                    text = s.get("sent") or s.get("raw")
-                    if not text or type(text) is not str or text.isspace():
-                        problems.append((f"sent:{sid}", "empty_sentence",
-                                         f"sentence {sid} of ref {rid} is empty"))
-        except (KeyError, TypeError, AttributeError) as e:
-            raise InputError(self._explain_bad_refs(refs)) from e
-        if len(refs_by_id) != len(refs):
-            raise InputError(f"{self.refs_path}: {len(refs) - len(refs_by_id)} duplicate ref ids")
-        if len(sents) != n_sents:
-            raise InputError(f"{self.refs_path}: {n_sents - len(sents)} duplicate sentence ids")
-        for split_name in split_refs:
-            if not isinstance(split_name, str):
-                raise InputError(f"{self.refs_path}: split names must be strings, got {split_name!r}")
-
-        self.refs = refs_by_id
-        self.anns = anns
-        self.images = images
-        self.cats = cats
-        self.sents = sents
-        self.image_to_refs = dict(image_to_refs)
-        self.image_to_anns = dict(image_to_anns)
-        self.cat_to_refs = dict(cat_to_refs)
-        self.ref_to_ann = ref_to_ann
-        self.ann_to_ref = ann_to_ref
-        self.sent_to_ref = sent_to_ref
-        self._split_refs = dict(split_refs)
-        self.splits = sorted(split_refs)
-        self._problems = problems
-
-    def _explain_bad_records(self, src: Path, what: str, records: List[Any], keys: Tuple[str, ...]) -> str:
-        """Slow path, only after the fast loop failed: say which record and key is wrong."""
-        for i, rec in enumerate(records):
-            if not isinstance(rec, dict):
-                return f"{src}: {what} {i} is a {type(rec).__name__}, expected an object"
-            for k in keys:
-                if k not in rec:
-                    return f"{src}: {what} {rec.get('id', f'#{i}')} has no '{k}'"
-        return f"{src}: malformed {what} records"
-
-    def _explain_bad_refs(self, refs: List[Dict[str, Any]]) -> str:
-        src = self.refs_path
-        for i, ref in enumerate(refs):
-            rid = ref.get("ref_id", f"#{i}")
-            for k in REF_KEYS:
-                if k not in ref:
-                    return f"{src}: ref {rid} has no '{k}'"
-            if not isinstance(ref["sentences"], list):
-                return f"{src}: ref {rid}: 'sentences' is a {type(ref['sentences']).__name__}, expected a list"
-            for j, s in enumerate(ref["sentences"]):
-                if not isinstance(s, dict):
-                    return f"{src}: ref {rid}: sentence {j} is a {type(s).__name__}, expected a dict"
-                if "sent_id" not in s:
-                    return f"{src}: ref {rid}: sentence {j} has no 'sent_id'"
-            for k in ("ref_id", "ann_id", "image_id", "category_id"):
-                try:
-                    hash(ref[k])
-                except TypeError:
-                    return f"{src}: ref {rid}: '{k}' is a {type(ref[k]).__name__}, expected an int"
-        return f"{src}: malformed refs"
 
     # -- queries ---------------------------------------------------------------------------
 

@@ -108,6 +108,62 @@ def _colour_similarity(ha: np.ndarray, hb: np.ndarray) -> float:
     return float(max(0.0, cv2.compareHist(ha.astype(np.float32), hb.astype(np.float32), cv2.HISTCMP_CORREL)))
 
 
+def _sample_row(refer: Any, image_id: int, v: _Verdict, sent: Dict[str, Any], objs: Dict[int, _Obj],
+                etype: str, target: str) -> Dict[str, Any]:
+    """The select-stage record of one sample (the data model's columns; later stages fill the rest)."""
+    ref = refer.refs[v.ref_id]
+    me = objs[int(ref["ann_id"])]
+    return {
+        "sample_id": sample_id(refer.dataset, v.ref_id, sent["sent_id"], etype, target),
+        "dataset": refer.dataset,
+        "split": ref.get("split"),
+        "image_id": int(image_id),
+        "ref_id": int(v.ref_id),
+        "ann_id": int(ref["ann_id"]),
+        "sent_id": int(sent["sent_id"]),
+        "category": me.category,
+        "source_image": {"bytes": None, "path": str(refer.images[image_id]["file_name"])},
+        "source_mask": me.rle,
+        "bbox": me.bbox,
+        "distractor_ann_ids": [a for a, _ in v.distractors],
+        "distractor_categories": [c for _, c in v.distractors],
+        "distractor_masks": [objs[a].rle for a, _ in v.distractors],
+        "selection": {k: v.scores[k] for k in ("area_fraction", "n_sizeable_others", "n_same_category",
+                                               "max_similarity", "score")},
+        "referring_expression": sent["text"],
+        "edit_type": etype,
+        "edit_target": target,
+        "candidates": [],
+        "review": empty_review(),
+        "schema_version": SCHEMA_VERSION,
+    }
+
+
+def _obj_mask(o: _Obj) -> np.ndarray:
+    """The object's boolean mask, decoded once and kept on the object."""
+    if o.mask is None:
+        o.mask = rle_mod.decode(o.rle)
+    return o.mask
+
+
+def _pixels_once(refer: Any, image_id: int) -> Callable[[], Optional[np.ndarray]]:
+    """A loader of the image's RGB pixels for the colour test, decoding at most once and only if
+    asked; None when the image cannot be used in the annotation frame as is (not upright, or
+    unreadable: the generate stage quarantines the image itself)."""
+    cache: Dict[str, Any] = {}
+
+    def pixels() -> Optional[np.ndarray]:
+        if "img" not in cache:
+            try:
+                li = refer.load_image(image_id)
+                cache["img"] = li.array if li.annotation_frame == "upright" and li.orientation == 1 else None
+            except SampleError:
+                cache["img"] = None  # the generate stage quarantines the image itself
+        return cache["img"]
+
+    return pixels
+
+
 class Selector:
     """Applies the rules to a RefCOCO index (``refcoco_edit.refcoco.RefCOCO``)."""
 
@@ -191,13 +247,13 @@ class Selector:
         else:
             best, similar = 0.0, []
             image = pixels() if cfg.use_pixels else None
-            hist_me = _colour_hist(image, self._mask(me)) if image is not None else None
+            hist_me = _colour_hist(image, _obj_mask(me)) if image is not None else None
             for o in others:
                 if o.area < cfg.min_distractor_fraction * img_area:
                     continue
                 s = _shape_similarity(me, o)
                 if hist_me is not None:
-                    s = 0.5 * s + 0.5 * _colour_similarity(hist_me, _colour_hist(image, self._mask(o)))
+                    s = 0.5 * s + 0.5 * _colour_similarity(hist_me, _colour_hist(image, _obj_mask(o)))
                 best = max(best, s)
                 if s >= cfg.similarity_threshold:
                     similar.append((o.ann_id, o.category))
@@ -213,12 +269,6 @@ class Selector:
         size_pref = float(np.exp(-((np.log(frac) - np.log(0.05)) ** 2) / 2.0))
         v.scores["score"] = round(size_pref + 0.25 * min(len(distractors), 4) + 0.5 * v.scores["max_similarity"], 6)
         return v
-
-    @staticmethod
-    def _mask(o: _Obj) -> np.ndarray:
-        if o.mask is None:
-            o.mask = rle_mod.decode(o.rle)
-        return o.mask
 
     def _sentences(self, ref: Dict[str, Any]) -> List[Dict[str, Any]]:
         from .prompts import normalize_expression
@@ -262,17 +312,7 @@ class Selector:
             info = refer.images[image_id]
             hw = (int(info["height"]), int(info["width"]))
             objs = self._objects(image_id)
-            cache: Dict[str, Any] = {}
-
-            def pixels(image_id: int = image_id, cache: Dict[str, Any] = cache) -> Optional[np.ndarray]:
-                if "img" not in cache:
-                    try:
-                        li = refer.load_image(image_id)
-                        cache["img"] = li.array if li.annotation_frame == "upright" and li.orientation == 1 else None
-                    except SampleError:
-                        cache["img"] = None  # the generate stage quarantines the image itself
-                return cache["img"]
-
+            pixels = _pixels_once(refer, image_id)
             eligible = []
             for ref_id in refer.image_to_refs.get(image_id, []):
                 if ref_id not in ref_set:
@@ -351,31 +391,7 @@ class Selector:
                 self._quarantine(f"ref:{v.ref_id}:{etype}", e.reason, str(e))
                 self._target_failed.add(v.ref_id)
                 continue
-            sid = sample_id(refer.dataset, v.ref_id, sent["sent_id"], etype, target)
-            rows.append({
-                "sample_id": sid,
-                "dataset": refer.dataset,
-                "split": ref.get("split"),
-                "image_id": int(image_id),
-                "ref_id": int(v.ref_id),
-                "ann_id": int(ref["ann_id"]),
-                "sent_id": int(sent["sent_id"]),
-                "category": me.category,
-                "source_image": {"bytes": None, "path": str(refer.images[image_id]["file_name"])},
-                "source_mask": me.rle,
-                "bbox": me.bbox,
-                "distractor_ann_ids": [a for a, _ in v.distractors],
-                "distractor_categories": [c for _, c in v.distractors],
-                "distractor_masks": [objs[a].rle for a, _ in v.distractors],
-                "selection": {k2: v.scores[k2] for k2 in ("area_fraction", "n_sizeable_others", "n_same_category",
-                                                          "max_similarity", "score")},
-                "referring_expression": sent["text"],
-                "edit_type": etype,
-                "edit_target": target,
-                "candidates": [],
-                "review": empty_review(),
-                "schema_version": SCHEMA_VERSION,
-            })
+            rows.append(_sample_row(refer, image_id, v, sent, objs, etype, target))
         return rows
 
 
