@@ -39,6 +39,9 @@ Metadata keys: ``help``, ``choices``, ``runtime`` (does not change outputs: left
 spelling, e.g. ``"editor-arg"``), ``metavar``, ``schema``, ``cli=False`` (YAML only); any other
 key (e.g. ``diffusion=True``) is kept for the owner's use.
 
+The argparse flags themselves (actions that record which flags were given, help texts) live in
+:mod:`refcoco_edit.config_flags`; :func:`add_flags` and :func:`from_namespace` are their entry points.
+
 Core layer: imports nothing from pipelines / benchmark / annotation / cli; yaml is imported lazily.
 """
 from __future__ import annotations
@@ -54,6 +57,7 @@ import typing
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .config_flags import GIVEN, NONE_WORDS, add_setting_flags, parse_csv
 from .errors import InputError
 from .suggest import did_you_mean
 
@@ -62,11 +66,7 @@ __all__ = [
     "read_overrides", "from_namespace", "merge", "build", "make", "to_dict", "parse_key_values", "parse_csv",
 ]
 
-GIVEN = "_config_given"
-"""Namespace attribute: the dests given on the command line (the rest are defaults)."""
-
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
-_NONE_WORDS = ("none", "null", "")
 
 
 class UsageError(InputError, ValueError):
@@ -227,23 +227,6 @@ def _index(cls: type) -> Dict[str, Setting]:
 # values: parsing and checking
 # ----------------------------------------------------------------------------------------------
 
-def parse_csv(text: Any) -> List[str]:
-    """``"a, b,c"`` -> ``["a", "b", "c"]``."""
-    return [t.strip() for t in str(text).split(",") if t.strip()]
-
-
-def _optional_int(text: str) -> Optional[int]:
-    if str(text).strip().lower() in _NONE_WORDS + ("all",):
-        return None
-    return int(text)
-
-
-def _optional_float(text: str) -> Optional[float]:
-    if str(text).strip().lower() in _NONE_WORDS:
-        return None
-    return float(text)
-
-
 def _yaml_scalar(text: str) -> Any:
     """A command-line value read as YAML (numbers, true/false, null, [lists], {maps}); text that
     is not valid YAML stays text; ``2e-4`` is a float."""
@@ -295,14 +278,14 @@ def _check(s: Setting, value: Any, where: str, key: str) -> Any:
             return value
         raise bad("true or false")
     if s.kind == "int":
-        if isinstance(value, str) and s.optional and value.strip().lower() in _NONE_WORDS + ("all",):
+        if isinstance(value, str) and s.optional and value.strip().lower() in NONE_WORDS + ("all",):
             return None
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         raise bad("an integer")
     if s.kind == "float":
         value = _fix_float(value)
-        if isinstance(value, str) and s.optional and value.strip().lower() in _NONE_WORDS:
+        if isinstance(value, str) and s.optional and value.strip().lower() in NONE_WORDS:
             return None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -479,50 +462,8 @@ def read_overrides(cls: type, tokens: Sequence[str], where: str = "command line"
 
 
 # ----------------------------------------------------------------------------------------------
-# argparse
+# argparse (the flags themselves: refcoco_edit.config_flags)
 # ----------------------------------------------------------------------------------------------
-
-def _mark(namespace: argparse.Namespace, dest: str) -> None:
-    given = getattr(namespace, GIVEN, None)
-    if not isinstance(given, set):  # the parser's default is an empty tuple: a new set per parse
-        given = set(given or ())
-        setattr(namespace, GIVEN, given)
-    given.add(dest)
-
-
-class _Store(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):  # noqa: D401 - argparse API
-        setattr(namespace, self.dest, values)
-        _mark(namespace, self.dest)
-
-
-class _Append(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
-        items = list(getattr(namespace, self.dest, None) or [])
-        items.append(values)
-        setattr(namespace, self.dest, items)
-        _mark(namespace, self.dest)
-
-
-class _Bool(argparse.BooleanOptionalAction):
-    def __init__(self, *a: Any, **kw: Any) -> None:
-        help_ = kw.get("help")
-        super().__init__(*a, **kw)
-        self.help = help_  # the default is already in the help text (3.9-3.13 would add it again)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        super().__call__(parser, namespace, values, option_string)
-        _mark(namespace, self.dest)
-
-
-def _help(s: Setting) -> str:
-    h = s.help
-    d = s.default()
-    if "default" in h or d is None or d == "" or s.kind == "mapping" or s.required:
-        return h.replace("%", "%%")
-    shown = ",".join(map(str, d)) if isinstance(d, list) else d
-    return f"{h} (default: {shown})".replace("%", "%%")
-
 
 def add_flags(parser: argparse.ArgumentParser, cls: type, style: str = "flags") -> None:
     """One flag per setting of ``cls``: ``--name`` (dashes), ``--section.name`` and every flat
@@ -531,36 +472,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, style: str = "flags") 
 
     ``style="tokens"``: for the help of a command that reads ``--key value`` tokens with
     :func:`read_overrides` (train): ``--key VALUE`` with the underscore names, ``--map.KEY VALUE``."""
-    parser.set_defaults(**{GIVEN: ()})
-    for s in settings_of(cls):
-        if s.meta.get("cli", True) is False:
-            continue
-        kw: Dict[str, Any] = {"dest": s.dotted, "default": s.default(), "help": _help(s)}
-        if style == "tokens":
-            opts = ["--" + n for n in s.names]
-            if s.kind == "mapping":
-                opts, kw["metavar"] = [o + ".KEY" for o in opts], "VALUE"
-            elif s.kind == "bool":
-                kw["metavar"] = "{true,false}"
-            parser.add_argument(*opts, action=_Store, choices=s.choices, **kw)
-            continue
-        flags = [n.replace("_", "-") for n in s.names[1:]] + [s.flag_name]
-        opts = list(dict.fromkeys("--" + f for f in flags))
-        if s.meta.get("metavar"):
-            kw["metavar"] = s.meta["metavar"]
-        if s.kind == "bool":
-            parser.add_argument(*opts, action=_Bool, **kw)
-            continue
-        if s.kind == "mapping":
-            parser.add_argument(*opts, action=_Append, **{"metavar": "KEY=VALUE", **kw, "default": []})
-            continue
-        conv = {"list": parse_csv, "int": _optional_int if s.optional else int,
-                "float": _optional_float if s.optional else float}.get(s.kind)
-        if conv is not None:
-            kw["type"] = conv
-        if s.choices:
-            kw["choices"] = s.choices
-        parser.add_argument(*opts, action=_Store, **kw)
+    add_setting_flags(parser, settings_of(cls), style)
 
 
 def from_namespace(cls: type, args: argparse.Namespace) -> Dict[str, Any]:
