@@ -35,7 +35,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple
 
 __all__ = [
     "ModelError", "ModelUnavailable", "ModelSource", "KINDS", "resolve_source", "validate_kind", "check_model",
@@ -396,6 +396,10 @@ class DiffusionGTPipeline(GTPipeline):
 
     model_kind: str = "sd"
     model_option: str = "--sd-model"
+    uses: ClassVar[Tuple[str, ...]] = ("runtime",)
+    build_settings: ClassVar[Mapping[str, str]] = {
+        "num_inference_steps": "num_inference_steps", "guidance_scale": "guidance_scale",
+        "resolution": "resolution", "context": "context"}
 
     def __init__(
         self,
