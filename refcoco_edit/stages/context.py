@@ -6,13 +6,10 @@ there, not once per shard.
 """
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
-
-import numpy as np
 
 from ..errors import InputError, SampleError
 from ..workspace import Workspace
@@ -55,15 +52,6 @@ def load_refer(cfg: "BuildConfig", data: DataPaths) -> Any:
     from ..refcoco import RefCOCO
 
     return RefCOCO(data.root, dataset=cfg.dataset, split_by=cfg.split_by, images_dir=data.images)
-
-
-def encode_png(array: np.ndarray, level: int) -> bytes:
-    """PNG bytes of an image at compression ``level`` (``--png-compress-level``)."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", compress_level=int(level))
-    return buf.getvalue()
 
 
 class BuildContext:

@@ -26,7 +26,8 @@ from ..errors import SampleError, is_disk_error
 from ..schema import SCHEMA_VERSION, rows_to_table
 from ..seeds import derive_seed
 from ..workspace import quarantine_record
-from .context import BuildContext, encode_png
+from ..imageio import LoadedImage, encode_png
+from .context import BuildContext
 from .exemplars import exemplar_for
 
 
@@ -46,7 +47,7 @@ class PreparedSample:
     ``row`` is the prompts-stage row; ``assemble`` completes it into the sample row."""
 
     row: Dict[str, Any]
-    image: Any  # refcoco_edit.refcoco.LoadedImage: upright RGB array + its encoded bytes
+    image: LoadedImage  # the upright RGB array + the encoded source bytes
     mask: np.ndarray  # HxW bool: the source object, upright
     distractor_masks: List[np.ndarray]
     exemplar: Optional[np.ndarray]  # hxwx4 RGBA cut-out (replace edits), or None
