@@ -13,16 +13,28 @@ Contract every pipeline keeps:
 
 Pipelines are listed in ``PIPELINES`` as lazy ``"module:Class"`` strings so that naming a
 diffusion pipeline never imports torch until it is built.
+
+A pipeline also describes itself, so that the build has no switch on pipeline names (adding a
+pipeline is its file plus its line in ``PIPELINES`` and ``BACKENDS``):
+
+* ``model_needs(settings)``: the models it loads, each a ``ModelNeed`` (the constructor
+  parameter, the build setting that names the model, its kind for ``check_model``);
+* ``build_settings``: constructor parameter -> the build setting that gives its value;
+* ``uses``: constructor parameters filled from resources the build shares (``RESOURCES``:
+  ``runtime``, ``sam``);
+* ``parameters()``: its own settings section, the other constructor parameters and defaults;
+* ``from_build_config(settings, resources, params)``: the pipeline built from all of these.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
+import inspect
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from refcoco_edit.errors import ReasonError
+from refcoco_edit.errors import InputError, ReasonError
 from refcoco_edit.registry import Registry, UnknownNameError
 from refcoco_edit.suggest import did_you_mean
 
@@ -59,12 +71,88 @@ class PipelineOutput:
     exemplar: Optional[np.ndarray] = None  # the exemplar actually used (RGBA), if any
 
 
+# what a build hands to the pipelines that ask for it (``uses``): never a setting
+RESOURCES: Tuple[str, ...] = ("runtime", "sam")
+
+
+@dataclass(frozen=True)
+class ModelNeed:
+    """A model a pipeline loads: the constructor parameter it is passed as (``param``), the build
+    setting that names it (``setting``, e.g. ``pbe_model``) and its kind for
+    ``refcoco_edit.models.check_model`` (``pbe``, ``sd``, ``sd-inpaint``)."""
+
+    param: str
+    setting: str
+    kind: str
+
+    @property
+    def option(self) -> str:
+        """The command-line flag of the setting (``--pbe-model``), for messages."""
+        return "--" + self.setting.replace("_", "-")
+
+
 class GTPipeline(ABC):
     """Base class of ground-truth pipelines (see the module docstring for the contract)."""
 
     name: ClassVar[str] = ""
     edit_types: ClassVar[Tuple[str, ...]] = ()
     needs_exemplar: ClassVar[bool] = False
+    # self-description (see the module docstring): models, shared build settings, resources
+    models: ClassVar[Tuple[ModelNeed, ...]] = ()
+    build_settings: ClassVar[Mapping[str, str]] = {}  # constructor parameter -> build setting
+    uses: ClassVar[Tuple[str, ...]] = ()  # constructor parameters given by the build's resources
+
+    @classmethod
+    def model_needs(cls, settings: Mapping[str, Any]) -> List[ModelNeed]:
+        """The models this pipeline loads under these build settings (``models`` by default;
+        a pipeline whose model depends on a setting overrides this)."""
+        return list(cls.models)
+
+    @classmethod
+    def parameters(cls) -> Dict[str, Any]:
+        """This pipeline's own settings section: its constructor parameters and their defaults,
+        less the models and resources the build hands over."""
+        skip = set(RESOURCES) | set(cls.uses) | {m.param for m in cls.models}
+        out: Dict[str, Any] = {}
+        for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in skip:
+                continue
+            out[p.name] = None if p.default is p.empty else p.default
+        return out
+
+    @classmethod
+    def check_params(cls, params: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+        """``params`` (this pipeline's section) as a dict, or ``InputError`` naming a parameter
+        the pipeline does not take (with the closest one it does)."""
+        if params is not None and not isinstance(params, Mapping):
+            raise InputError(f"pipeline {cls.name}: its parameters must be a mapping, got {params!r}")
+        own = dict(params or {})
+        known = cls.parameters()
+        bad = [k for k in own if k not in known]
+        if bad:
+            raise InputError(f"pipeline {cls.name}: unknown parameter {bad[0]!r}{did_you_mean(bad[0], known)}"
+                             f" (its parameters: {', '.join(sorted(known))})")
+        return own
+
+    @classmethod
+    def from_build_config(cls, settings: Mapping[str, Any], resources: Mapping[str, Callable[[], Any]],
+                          params: Optional[Mapping[str, Any]] = None) -> "GTPipeline":
+        """Build this pipeline from the build's ``settings`` (setting name -> value; ``None``
+        keeps the constructor default), its ``resources`` (name -> factory, for ``uses``) and
+        ``params``, this pipeline's own section, which wins over the shared settings.
+
+        Raises ``InputError`` for a parameter the pipeline does not take."""
+        own = cls.check_params(params)
+        kw: Dict[str, Any] = {}
+        for param, setting in cls.build_settings.items():
+            if settings.get(setting) is not None:
+                kw[param] = settings[setting]
+        for need in cls.model_needs(settings):
+            kw[need.param] = settings[need.setting]
+        for name in cls.uses:
+            kw[name] = resources[name]()
+        kw.update(own)
+        return cls(**kw)
 
     def check_inputs(self, request: EditRequest) -> None:
         """Raise PipelineError with a precise reason when a request cannot be served."""
@@ -103,7 +191,7 @@ PIPELINES: Registry[Any] = Registry("pipeline", {
     "bld-replace": "refcoco_edit.pipelines.blended_latent:BlendedLatentReplace",
     "bld-attribute": "refcoco_edit.pipelines.blended_latent:BlendedLatentAttribute",
     "sd-inpaint-remove": "refcoco_edit.pipelines.inpaint:InpaintRemove",
-})
+}, normalize=lambda name: name.replace("_", "-"))  # YAML keys may write classical_remove
 
 # backend -> edit type -> pipeline names producing candidates for it
 BACKENDS: Dict[str, Dict[str, List[str]]] = {

@@ -36,11 +36,11 @@ generated images; the caller pastes back.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from refcoco_edit.pipelines.base import EditRequest, PipelineError, PipelineOutput
+from refcoco_edit.pipelines.base import EditRequest, ModelNeed, PipelineError, PipelineOutput
 from refcoco_edit.pipelines.masks import box_mask, dilate, edit_mask, grow_box, mask_box, replacement_edit_mask
 from refcoco_edit.models import Runtime
 from refcoco_edit.pipelines.diffusion import DiffusionGTPipeline, Job
@@ -68,6 +68,16 @@ class BlendedLatentEdit(DiffusionGTPipeline):
     needs_exemplar = False
     model_kind = "sd"
     model_option = "--sd-model"
+    models = (ModelNeed("model", "sd_model", "sd"),)  # --bld-backbone inpaint: see model_needs
+    build_settings = {**DiffusionGTPipeline.build_settings, "backbone": "bld_backbone",
+                      "region_growth": "region_growth", "refine_steps": "bld_refine_steps"}
+
+    @classmethod
+    def model_needs(cls, settings: Mapping[str, Any]) -> List[ModelNeed]:
+        """The text-to-image SD model, or the inpainting model with ``bld_backbone: inpaint``."""
+        if settings.get("bld_backbone") == "inpaint":
+            return [ModelNeed("model", "inpaint_model", "sd-inpaint")]
+        return list(cls.models)
 
     def __init__(
         self,
@@ -293,6 +303,7 @@ class BlendedLatentReplace(BlendedLatentEdit):
 
     name = "bld-replace"
     edit_types = ("replace",)
+    uses = ("runtime", "sam")  # SAM segments the new object
 
 
 class BlendedLatentAttribute(BlendedLatentEdit):

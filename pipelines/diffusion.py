@@ -13,7 +13,7 @@ torch and diffusers are imported inside the methods that need them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -49,6 +49,10 @@ class DiffusionGTPipeline(GTPipeline):
 
     model_kind: str = "sd"
     model_option: str = "--sd-model"
+    uses: ClassVar[Tuple[str, ...]] = ("runtime",)
+    build_settings: ClassVar[Mapping[str, str]] = {
+        "num_inference_steps": "num_inference_steps", "guidance_scale": "guidance_scale",
+        "resolution": "resolution", "context": "context"}
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from refcoco_edit.pipelines.base import EditRequest, PipelineOutput
+from refcoco_edit.pipelines.base import EditRequest, ModelNeed, PipelineOutput
 from refcoco_edit.pipelines.masks import dilate, mask_box
 from refcoco_edit.models import Runtime
 from refcoco_edit.pipelines.diffusion import DiffusionGTPipeline, Job
@@ -45,6 +45,7 @@ class InpaintRemove(DiffusionGTPipeline):
     needs_exemplar = False
     model_kind = "sd-inpaint"
     model_option = "--inpaint-model"
+    models = (ModelNeed("model", "inpaint_model", "sd-inpaint"),)
 
     def __init__(
         self,

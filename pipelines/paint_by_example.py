@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from refcoco_edit.pipelines.base import EditRequest, PipelineError, PipelineOutput
+from refcoco_edit.pipelines.base import EditRequest, ModelNeed, PipelineError, PipelineOutput
 from refcoco_edit.pipelines.masks import box_mask, grow_box, mask_box, replacement_edit_mask
 from refcoco_edit.models import Runtime
 from refcoco_edit.pipelines.diffusion import DiffusionGTPipeline, Job
@@ -71,6 +71,9 @@ class PaintByExampleReplace(DiffusionGTPipeline):
     needs_exemplar = True
     model_kind = "pbe"
     model_option = "--pbe-model"
+    models = (ModelNeed("model", "pbe_model", "pbe"),)
+    build_settings = {**DiffusionGTPipeline.build_settings, "region_growth": "region_growth"}
+    uses = ("runtime", "sam")
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ calls run; outputs are identical whichever runs them, because every random choic
 * ``ray``: on a Ray cluster (or a private local Ray instance, listening on 127.0.0.1 only):
   ``workers`` actors, each building its shard function once (pipelines stay loaded), fed one
   shard at a time from a work queue. The factory must be picklable
-  (``refcoco_edit.build.ShardTask``); the workspace, the data and the images must be on storage
+  (``refcoco_edit.stages.workers.ShardTask``); the workspace, the data and the images must be on storage
   every node sees under the same path.
 """
 from __future__ import annotations
@@ -108,7 +108,7 @@ class LocalExecutor:
 class _ShardActor:
     """A Ray actor: builds its shard function once per stage (on the stage's first shard) and runs
     shards with it. What the factory loads may be cached in the actor's process across stages
-    (``refcoco_edit.build.ShardTask`` keeps its Builder, hence its pipelines).
+    (``refcoco_edit.stages.workers.ShardTask`` keeps its BuildContext, hence its pipelines).
 
     The factory is called lazily, inside a method call, so an error while building it (a model
     that cannot be loaded) reaches the driver as that error, not as a dead actor."""

@@ -192,11 +192,11 @@ def test_shard_task_is_picklable_with_absolute_paths(demo_dir, tmp_path, monkeyp
     import pickle
 
     monkeypatch.chdir(tmp_path)
-    task = ShardTask(BuildConfig(out="rel-work", refcoco=str(demo_dir)), "generate_shard")
+    task = ShardTask(BuildConfig(out="rel-work", refcoco=str(demo_dir)), "generate")
     back = pickle.loads(pickle.dumps(task))
-    assert back.cfg.out == str((tmp_path / "rel-work").resolve()) and back.method == "generate_shard"
+    assert back.cfg.out == str((tmp_path / "rel-work").resolve()) and back.stage == "generate"
     with pytest.raises(ValueError):
-        ShardTask(BuildConfig(), "run_select")
+        ShardTask(BuildConfig(), "select")
 
 
 # -- network exposure --------------------------------------------------------------------------

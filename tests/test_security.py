@@ -438,9 +438,8 @@ def test_dir_adapter_never_reads_outside_its_folder(tmp_path):
 
 
 def test_exemplar_names_never_leave_the_exemplar_dir(tmp_path):
-    from refcoco_edit.build import Builder, BuildConfig
     from refcoco_edit.imageio import encode_png
-    from refcoco_edit.workspace import Workspace
+    from refcoco_edit.stages.exemplars import user_exemplar
 
     rgba = np.zeros((8, 8, 4), np.uint8)
     rgba[..., 3] = 255
@@ -450,12 +449,10 @@ def test_exemplar_names_never_leave_the_exemplar_dir(tmp_path):
     ex = tmp_path / "exemplars"
     (ex / "zebra").mkdir(parents=True)
     (ex / "zebra" / "z.png").write_bytes(encode_png(rgba[..., :3]))
-    b = Builder(BuildConfig(out=str(tmp_path / "W"), exemplar_dir=str(ex)), Workspace(tmp_path / "W"), data=None,
-                refer=object())
     rng = np.random.default_rng(0)
-    assert b._user_exemplar("a zebra", rng) is not None  # the folder works
+    assert user_exemplar(str(ex), "a zebra", rng) is not None  # the folder works
     for target in ("../secret", "a ../secrets", "../secrets", str(tmp_path / "secret"), "zebra/../../secret", ".."):
-        assert b._user_exemplar(target, np.random.default_rng(0)) is None, target
+        assert user_exemplar(str(ex), target, np.random.default_rng(0)) is None, target
 
 
 # ==============================================================================================

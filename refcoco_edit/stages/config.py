@@ -1,0 +1,125 @@
+"""The settings of `refcoco-edit build` (``BuildConfig``): each one a YAML key and a flag.
+
+Declared once with ``refcoco_edit.config``'s field metadata (help, choices, ``runtime`` for
+knobs that do not change outputs, ``diffusion`` for settings only the diffusion backend reads,
+``new`` for settings added after the first release: at their defaults they stay out of the
+workspace fingerprint, so older workspaces resume). Pipeline parameters live in one mapping,
+``pipeline_params`` (``{pipeline name: {parameter: value}}``), checked against each pipeline's
+own ``parameters()`` before anything runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+__all__ = ["BuildConfig"]
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
+def _f(default: Any, help: str, **meta: Any) -> Any:
+    """A config field with its command-line help (the CLI builds its flags from these)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=dict(help=help, **meta))
+    return field(default=default, metadata=dict(help=help, **meta))
+
+
+@dataclass
+class BuildConfig:
+    """Every setting of `refcoco-edit build`. Each is a YAML key and a command-line flag."""
+
+    out: str = _f("refcoco-edit-work", "workspace folder (WORKDIR)", runtime=True)
+    refcoco: Optional[str] = _f(None, "refer data root holding refcoco/, refcoco+/, refcocog/ (default: the bundled demo data)")
+    images: Optional[str] = _f(None, "folder holding the COCO train2014 images (default: <refcoco>/../images or the demo's)")
+    dataset: str = _f("refcoco", "which dataset", choices=("refcoco", "refcoco+", "refcocog"))
+    split_by: Optional[str] = _f(None, "refs file: unc | google | umd (default: unc, umd for refcocog)", choices=("unc", "google", "umd"))
+    splits: Optional[List[str]] = _f(None, "only refs of these splits, comma separated (default: all)")
+    num_images: Optional[int] = _f(400, "target number of images (0 or none: all)")
+    samples_per_image: int = _f(2, "samples per image where possible")
+    edit_types: List[str] = _f(["replace", "remove", "attribute"], "edit types to generate, comma separated")
+    seed: int = _f(0, "global seed: every random choice derives from (seed, sample_id)")
+    backend: str = _f("classical", "ground-truth backend", choices=("classical", "diffusion"))
+    num_candidates: int = _f(1, "candidates per pipeline and sample (different seeds)")
+    paraphrase: bool = _f(True, "vary template wording with the offline paraphraser")
+    image_modes: str = _f("convert", "non-RGB images (CMYK, grayscale, palette): convert them or quarantine them", choices=("convert", "quarantine"))
+    min_area_fraction: float = _f(0.005, "rule: drop objects smaller than this fraction of the image")
+    max_area_fraction: float = _f(0.6, "rule 1: drop objects larger than this fraction of the image")
+    sizeable_fraction: float = _f(0.01, "rule 1: another object is sizeable from this fraction of the image")
+    similarity_threshold: float = _f(0.7, "rule 2: visual similarity needed when no same-category object exists")
+    exemplar_min_fraction: float = _f(0.01, "exemplars: smallest instance, as a fraction of its image")
+    png_compress_level: int = _f(1, "PNG compression of generated images (0-9; bytes differ, pixels do not)")
+    llm_model: Optional[str] = _f(None, "rephrase prompts with this LLM (OpenAI-compatible; key from $OPENAI_API_KEY); default: the offline paraphraser")
+    llm_base_url: Optional[str] = _f(None, "OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (vLLM, Ollama, llama.cpp)", runtime=True)
+    llm_mode: str = _f("rephrase", "rephrase: rewrite the template prompt; propose: let the LLM choose the edit target and instruction", choices=("rephrase", "propose"))
+    llm_temperature: float = _f(0.7, "LLM sampling temperature")
+    llm_attempts: int = _f(3, "answers asked for per sample before it is quarantined")
+    llm_json_mode: bool = _f(True, "ask for response_format=json_object (turn off for servers without it)")
+    llm_concurrency: int = _f(4, "LLM requests in flight at once", runtime=True)
+    llm_timeout: float = _f(60.0, "seconds per LLM request", runtime=True)
+    llm_max_retries: int = _f(4, "the openai client's retries of 429/5xx/connection errors (Retry-After honoured)", runtime=True)
+    llm_batch: bool = _f(False, "send LLM requests through the Batch API (large runs; resumable)", runtime=True)
+    llm_batch_poll: float = _f(10.0, "seconds between Batch API polls", runtime=True)
+    shard_size: int = _f(16, "samples per shard (the unit of work and of resume)")
+    executor: str = _f("local", "where shards run", choices=("local", "ray"), runtime=True)
+    workers: int = _f(1, "worker processes (local executor) or Ray actors (ray executor)", runtime=True)
+    ray_address: Optional[str] = _f(None, "ray executor: the cluster to attach to (auto, HOST:6379, ray://HOST:10001; default: a local Ray instance with --workers CPUs)", runtime=True)
+    num_gpus_per_worker: float = _f(0.0, "ray executor: GPUs reserved by each actor (fractions share a GPU)", runtime=True)
+    overwrite: bool = _f(False, "redo every stage even if the workspace has done shards", runtime=True)
+    export_status: str = _f("all", "which samples the final export holds", choices=("accepted", "all"), runtime=True)
+    progress: Optional[bool] = _f(None, "progress bars (default: on a terminal only)", runtime=True)
+    # -- the diffusion backend (--backend diffusion); see README "Diffusion backend" -------------
+    pipelines: Optional[List[str]] = _f(None, "diffusion: only these pipelines of the backend, comma separated (pbe-replace, bld-replace, bld-attribute, sd-inpaint-remove; default: all)", diffusion=True)
+    pbe_model: str = _f("Fantasy-Studio/Paint-by-Example", "diffusion: Paint-by-Example model (local folder or hub id)", diffusion=True)
+    sd_model: str = _f("stable-diffusion-v1-5/stable-diffusion-v1-5", "diffusion: Stable Diffusion text-to-image model for Blended Latent Diffusion (local folder or hub id)", diffusion=True)
+    inpaint_model: str = _f("stable-diffusion-v1-5/stable-diffusion-inpainting", "diffusion: Stable Diffusion inpainting model for removals (local folder or hub id)", diffusion=True)
+    sam_checkpoint: str = _f("auto", "diffusion: segment-anything checkpoint (.pth) that segments new objects; auto: the official file of --sam-type in the working folder if there, else off; none: off", diffusion=True)
+    sam_type: str = _f("vit_h", "diffusion: SAM architecture of --sam-checkpoint", choices=("vit_b", "vit_l", "vit_h"), diffusion=True)
+    clip_model: str = _f("openai/clip-vit-large-patch14", "diffusion: CLIP model of the candidate filters (local folder or hub id); not available locally: the CLIP filters are skipped and say why; none: off", diffusion=True)
+    exemplar_dir: Optional[str] = _f(None, "diffusion: folder of exemplar images (DIR/<target>/*.png or DIR/<target>.png; RGBA alpha = object), tried before instances cut from the data", diffusion=True)
+    local_files_only: bool = _f(True, "diffusion: never download models; hub ids must be in the local Hugging Face cache (--no-local-files-only to download)", runtime=True, diffusion=True)
+    device: str = _f("auto", "diffusion: torch device (auto: cuda when available, else cpu)", runtime=True, diffusion=True)
+    dtype: str = _f("auto", "diffusion: model precision (auto: fp16 on CUDA, fp32 on CPU)", choices=("auto", "fp32", "fp16", "bf16"), diffusion=True)
+    batch_size: int = _f(4, "diffusion: requests per model call", runtime=True, diffusion=True)
+    compile: bool = _f(False, "diffusion: torch.compile the UNets (slow first batch, faster after)", runtime=True, diffusion=True)
+    channels_last: bool = _f(True, "diffusion: channels-last memory format for UNet and VAE", runtime=True, diffusion=True)
+    num_inference_steps: int = _f(50, "diffusion: denoising steps", diffusion=True)
+    guidance_scale: Optional[float] = _f(None, "diffusion: classifier-free guidance scale (default: 5 for Paint-by-Example, 7.5 for SD)", diffusion=True)
+    resolution: int = _f(512, "diffusion: working resolution of the square context window (a multiple of 8)", diffusion=True)
+    context: float = _f(1.5, "diffusion: context window side, as a multiple of the edit region's longer side", diffusion=True)
+    region_growth: float = _f(0.15, "diffusion: replace edits change a region = the source box grown by this fraction on each side (the new object may have another shape)", diffusion=True)
+    bld_backbone: str = _f("sd", "diffusion: Blended Latent Diffusion backbone: sd (--sd-model) or inpaint (--inpaint-model)", choices=("sd", "inpaint"), diffusion=True)
+    bld_refine_steps: int = _f(0, "diffusion: Blended Latent Diffusion background-preservation refinement steps (decoder fine-tuning per image; 0: off)", diffusion=True)
+    filter_min_clip_target: float = _f(20.0, "diffusion filters: least 100*cos(CLIP(edited crop), CLIP(target text))", diffusion=True)
+    filter_min_clip_directional: float = _f(0.0, "diffusion filters: least directional CLIP similarity", diffusion=True)
+    filter_max_removed_prob: float = _f(0.5, "diffusion filters: removals: most CLIP probability that the region still shows the removed category", diffusion=True)
+    filter_max_bg_change: float = _f(0.002, "diffusion filters: most mean squared change ([0,1]) outside the source box grown by 0.35 of its size on each side", diffusion=True)
+    # -- settings added after 0.1: at their defaults they stay out of the workspace fingerprint,
+    # so a workspace built before they existed resumes as it is ------------------------------
+    sizeable_relative: float = _f(0.2, "rule 1: another object is also sizeable from this fraction of the object's own area", new=True)
+    filter_crop_margin: float = _f(0.1, "diffusion filters: the CLIP crop is the box of M_e grown by this fraction of its size", diffusion=True, new=True)
+    pipeline_params: Dict[str, Any] = _f({}, "parameters of individual pipelines: NAME: {PARAM: VALUE} in YAML, "
+                                             "--pipeline-params NAME.PARAM=VALUE on the command line (see `refcoco-edit pipelines`)",
+                                         metavar="NAME.PARAM=VALUE", flag="pipeline-params", new=True)
+
+    def settings(self) -> Dict[str, Any]:
+        """What changes the outputs (the workspace fingerprint): everything but runtime knobs, and
+        the diffusion settings only for the diffusion backend (a classical build's fingerprint
+        does not depend on them)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.metadata.get("runtime"):
+                continue
+            if f.metadata.get("diffusion") and self.backend != "diffusion":
+                continue
+            value = getattr(self, f.name)
+            if f.metadata.get("new") and value == _default(f):
+                continue
+            out[f.name] = value
+        return out
+
+    def pipeline_section(self, name: str) -> Dict[str, Any]:
+        """The parameters given for pipeline ``name`` (its own settings section; may be empty)."""
+        return dict((self.pipeline_params or {}).get(name) or {})

@@ -1,0 +1,212 @@
+"""The generate stage: ground-truth candidates of each sample from the backend's pipelines, the
+best one as the reference image with its edit mask M_e, all in the upright image frame.
+
+A shard runs in three steps (``run_shard``):
+
+1. ``prepare_sample`` per sample: its image and masks, its exemplar, one ``EditRequest`` per
+   pipeline and candidate -> a ``PreparedSample``;
+2. each pipeline runs once over all its requests of the shard (batched model calls); a failed
+   request is recorded on its sample, the others go on;
+3. ``assemble`` per sample: the candidates that kept the pipeline contract, their filter scores
+   (diffusion backend), the best one as ``reference_image`` -> the sample row.
+
+A sample that fails is quarantined with its reason; the rest of the shard continues.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+from .. import rle as rle_mod
+from ..errors import SampleError, is_disk_error
+from ..schema import SCHEMA_VERSION, rows_to_table
+from ..seeds import derive_seed
+from ..workspace import quarantine_record
+from ..imageio import LoadedImage, encode_png
+from .context import BuildContext
+from .exemplars import exemplar_for
+
+
+@dataclass
+class CandidateRequest:
+    """One candidate to make: pipeline ``pipeline``, candidate number ``index``, its request."""
+
+    pipeline: str
+    index: int
+    request: Any  # refcoco_edit.pipelines.base.EditRequest
+
+
+@dataclass
+class PreparedSample:
+    """A sample ready for the pipelines (step 1), then their results (step 2).
+
+    ``row`` is the prompts-stage row; ``assemble`` completes it into the sample row."""
+
+    row: Dict[str, Any]
+    image: LoadedImage  # the upright RGB array + the encoded source bytes
+    mask: np.ndarray  # HxW bool: the source object, upright
+    distractor_masks: List[np.ndarray]
+    exemplar: Optional[np.ndarray]  # hxwx4 RGBA cut-out (replace edits), or None
+    source_rle: Dict[str, Any]
+    requests: List[CandidateRequest]
+    results: Dict[Tuple[str, int], Union[Any, Exception]] = field(default_factory=dict)  # (pipeline, index)
+
+
+def prepare_sample(ctx: BuildContext, row: Dict[str, Any], cache: Dict[int, Any]) -> PreparedSample:
+    """Load a sample's image and masks, cut its exemplar and make its edit requests."""
+    from refcoco_edit.pipelines.base import EditRequest, PipelineError
+
+    cfg = ctx.cfg
+    li = ctx.load_image(int(row["image_id"]), cache)
+    image = li.array
+    mask = li.orient_mask(rle_mod.decode(row["source_mask"]))
+    if not mask.any():
+        raise SampleError("empty_mask", "the source mask is empty")
+    dmasks = [li.orient_mask(rle_mod.decode(r)) for r in row["distractor_masks"]]
+    exemplar = exemplar_for(ctx.bank, ctx.cfg, row)
+    source_rle = rle_mod.encode(mask)
+    names = ctx.backend.active(row["edit_type"])
+    if not names:
+        raise PipelineError("pipeline_error", f"backend {cfg.backend!r} has no pipeline for {row['edit_type']!r} edits")
+    sp = row["edit_span"]
+    requests = []
+    for name in names:
+        for c in range(cfg.num_candidates):
+            requests.append(CandidateRequest(name, c, EditRequest(
+                sample_id=row["sample_id"], edit_type=row["edit_type"], image=image, mask=mask,
+                bbox=rle_mod.to_bbox(source_rle), prompt=row["prompt"], edit_phrase=row["prompt"][sp[0]:sp[1]],
+                edit_target=row["edit_target"], seed=derive_seed(cfg.seed, row["sample_id"], name, c),
+                category=row["category"], exemplar=exemplar, distractor_masks=dmasks,
+            )))
+    return PreparedSample(row, li, mask, dmasks, exemplar, source_rle, requests)
+
+
+def run_pipelines(ctx: BuildContext, prepared: List[PreparedSample]) -> None:
+    """Step 2: each pipeline once over all its requests; results land on their samples."""
+    jobs: Dict[str, List[Tuple[PreparedSample, CandidateRequest]]] = {}
+    for prep in prepared:
+        for cr in prep.requests:
+            jobs.setdefault(cr.pipeline, []).append((prep, cr))
+    for name, items in jobs.items():
+        for (prep, cr), out in zip(items, ctx.backend.run(name, [cr.request for _, cr in items])):
+            prep.results[(name, cr.index)] = out
+
+
+def _filter_scores(ctx: BuildContext, prep: PreparedSample, outputs: List[Any]) -> List[Dict[str, Any]]:
+    """The candidate filters' scores of each output (diffusion backend)."""
+    from refcoco_edit.pipelines.blended_latent import edit_text
+    from refcoco_edit.pipelines.filters import FilterItem
+
+    row = prep.row
+    text = edit_text(prep.requests[0].request) if row["edit_type"] != "remove" else ""
+    items = [FilterItem(prep.image.array, o.image, prep.mask, o.edit_mask, row["edit_type"], text, row["category"])
+             for o in outputs]
+    return ctx.backend.candidate_filter().score_many(items)
+
+
+def assemble(ctx: BuildContext, prep: PreparedSample, cand_failures: Dict[str, int]) -> Dict[str, Any]:
+    """Step 3, the sample row: its candidates (failed ones left out, counted in
+    ``cand_failures``), their filter scores, and the best candidate as ``reference_image`` (the
+    first one with the classical backend). Raises the first error when no candidate is left."""
+    from refcoco_edit.pipelines.base import PipelineError
+
+    cfg = ctx.cfg
+    row, li, image = prep.row, prep.image, prep.image.array
+    candidates, outputs, errors = [], [], []
+    exemplar_used = prep.exemplar
+    for cr in prep.requests:
+        name, c = cr.pipeline, cr.index
+        out = prep.results[(name, c)]
+        if isinstance(out, Exception):
+            errors.append(out)
+            key = f"{name}/{getattr(out, 'reason', 'pipeline_error')}"
+            cand_failures[key] = cand_failures.get(key, 0) + 1
+            continue
+        if out.image.shape != image.shape or not np.array_equal(out.image[~out.edit_mask], image[~out.edit_mask]):
+            errors.append(PipelineError("pipeline_error", f"{name} changed pixels outside its edit mask"))
+            continue
+        if out.exemplar is not None:
+            exemplar_used = out.exemplar
+        outputs.append(out)
+        candidates.append({
+            "pipeline": name,
+            "params": json.dumps(out.params, sort_keys=True, default=str),
+            "seed": int(cr.request.seed),
+            "image": {"bytes": encode_png(out.image, cfg.png_compress_level), "path": f"{row['sample_id']}-{name}-{c}.png"},
+            "edit_mask": rle_mod.encode(out.edit_mask),
+            "filter_scores": json.dumps({}),
+        })
+    if not candidates:
+        raise errors[0]
+    best = 0
+    if cfg.backend == "diffusion":
+        from refcoco_edit.pipelines.filters import rank_candidates
+
+        scores = _filter_scores(ctx, prep, outputs)
+        for cand, s in zip(candidates, scores):
+            cand["filter_scores"] = json.dumps(s, sort_keys=True)
+        best = rank_candidates(scores)
+    chosen = candidates[best]
+    source_rle = prep.source_rle
+    row.update(
+        source_image={"bytes": li.encoded, "path": row["source_image"]["path"]},
+        source_mask=source_rle,
+        bbox=rle_mod.to_bbox(source_rle),
+        distractor_masks=[rle_mod.encode(m) for m in prep.distractor_masks],
+        candidates=candidates,
+        reference_image={"bytes": chosen["image"]["bytes"], "path": f"{row['sample_id']}.png"},
+        edit_mask=chosen["edit_mask"],
+        exemplar_image=({"bytes": encode_png(exemplar_used, cfg.png_compress_level), "path": f"{row['sample_id']}-exemplar.png"}
+                        if exemplar_used is not None else None),
+        schema_version=SCHEMA_VERSION,
+    )
+    return row
+
+
+def _quarantine(row: Dict[str, Any], e: BaseException) -> Dict[str, Any]:
+    """The quarantine record of a failed sample; a full disk is not the sample's fault and
+    raises (quarantined, the sample would never be redone)."""
+    from refcoco_edit.pipelines.base import PipelineError
+
+    if is_disk_error(e):
+        raise e
+    if isinstance(e, (SampleError, PipelineError, rle_mod.MaskError)):
+        return quarantine_record("generate", row["sample_id"], e.reason, str(e))
+    # the shard boundary: one sample's surprise never stops the run
+    return quarantine_record("generate", row["sample_id"], "pipeline_error", f"{type(e).__name__}: {e}")
+
+
+def run_shard(ctx: BuildContext, i: int) -> Dict[str, Any]:
+    """Generate shard ``i`` (steps in the module docstring) and write it; returns its stats."""
+    t0 = time.perf_counter()
+    cache: Dict[int, Any] = {}
+    rows_in = ctx.ws.stage("prompts").read_shard(i).to_pylist()
+    prepared: Dict[int, PreparedSample] = {}
+    failed: Dict[int, Dict[str, Any]] = {}
+    for k, row in enumerate(rows_in):  # 1
+        try:
+            prepared[k] = prepare_sample(ctx, row, cache)
+        except Exception as e:  # noqa: BLE001 - the shard boundary: recorded per sample
+            failed[k] = _quarantine(row, e)
+    run_pipelines(ctx, list(prepared.values()))  # 2
+    rows = []
+    cand_failures: Dict[str, int] = {}
+    for k, row in enumerate(rows_in):  # 3
+        if k not in prepared:
+            continue
+        try:
+            rows.append(assemble(ctx, prepared[k], cand_failures))
+        except Exception as e:  # noqa: BLE001 - the shard boundary: recorded per sample
+            failed[k] = _quarantine(row, e)
+    quarantine = [failed[k] for k in sorted(failed)]
+    stats: Dict[str, Any] = {"seconds": round(time.perf_counter() - t0, 3)}
+    if cand_failures:
+        stats["candidate_failures"] = dict(sorted(cand_failures.items()))
+    stage = ctx.ws.stage("generate")
+    stage.write_shard(i, rows_to_table(rows), stats, quarantine)
+    return stage.stats(i)
+

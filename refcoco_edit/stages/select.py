@@ -1,0 +1,49 @@
+"""The select stage: one shard holding every planned sample (object + edit), with its report.
+
+It wraps the selection rules of ``refcoco_edit.select`` (the paper's two rules, with scores): the
+build settings become a ``SelectionConfig``, and with the classical backend only categories the
+exemplar bank can cut from another image are offered as replacement targets.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict
+
+from ..schema import rows_to_table
+from .context import BuildContext
+
+if TYPE_CHECKING:
+    from .config import BuildConfig
+    from ..select import SelectionConfig
+
+
+def selection_config(cfg: "BuildConfig") -> "SelectionConfig":
+    """The selection rules' settings of this build."""
+    from ..select import SelectionConfig
+
+    return SelectionConfig(
+        num_images=cfg.num_images or None,
+        samples_per_image=cfg.samples_per_image,
+        splits=cfg.splits,
+        edit_types=tuple(cfg.edit_types),
+        min_area_fraction=cfg.min_area_fraction,
+        max_area_fraction=cfg.max_area_fraction,
+        sizeable_fraction=cfg.sizeable_fraction,
+        sizeable_relative=cfg.sizeable_relative,
+        similarity_threshold=cfg.similarity_threshold,
+        imaginative_targets=cfg.backend != "classical",
+    )
+
+
+def run(ctx: BuildContext) -> Dict[str, Any]:
+    """Run (or reuse) the select shard; returns its stats (``report``: the selection report)."""
+    from ..select import Selector
+
+    stage = ctx.ws.stage("select")
+    if stage.is_done(0):
+        return stage.stats(0)
+    cfg = ctx.cfg
+    available = ctx.bank.categories() if cfg.backend == "classical" else None
+    result = Selector(ctx.refer, selection_config(cfg), seed=cfg.seed, available_categories=available).run()
+    stage.write_shard(0, rows_to_table(result.rows), {"report": result.report}, result.quarantine)
+    ctx.forget_plan()
+    return stage.stats(0)
