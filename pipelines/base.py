@@ -186,7 +186,7 @@ class GTPipeline(ABC):
 PIPELINES: Registry[Any] = Registry("pipeline", {
     "classical-remove": "refcoco_edit.pipelines.classical:InpaintRemoval",
     "classical-replace": "refcoco_edit.pipelines.classical:ExemplarComposite",
-    "classical-attribute": "refcoco_edit.pipelines.classical:Recolor",
+    "classical-attribute": "refcoco_edit.pipelines.recolor:Recolor",
     "pbe-replace": "refcoco_edit.pipelines.paint_by_example:PaintByExampleReplace",
     "bld-replace": "refcoco_edit.pipelines.blended_latent:BlendedLatentReplace",
     "bld-attribute": "refcoco_edit.pipelines.blended_latent:BlendedLatentAttribute",

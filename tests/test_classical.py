@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from refcoco_edit.pipelines.base import EditRequest, PipelineError, get_pipeline
-from refcoco_edit.pipelines.classical import ExemplarComposite, InpaintRemoval, Recolor, clean_exemplar
+from refcoco_edit.pipelines.classical import ExemplarComposite, InpaintRemoval, clean_exemplar
+from refcoco_edit.pipelines.recolor import Recolor
 from refcoco_edit.pipelines.masks import dilate, erode
 from refcoco_edit.vocab import COLOURS, MATERIALS
 

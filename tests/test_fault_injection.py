@@ -407,7 +407,7 @@ def test_build_disk_full_inside_a_sample_stops_instead_of_quarantining(built, de
     """A pipeline whose own write hits a full disk (a model cache, a temp file): the sample is not
     quarantined as broken (a done shard is never redone: the sample would be lost for good); the
     build stops, and the re-run makes it."""
-    from refcoco_edit.pipelines.classical import Recolor
+    from refcoco_edit.pipelines.recolor import Recolor
 
     wd = tmp_path / "work"
     argv = ["build", "--out", str(wd), "--refcoco", str(demo_dir), "--images", str(demo_dir / "images"), *BUILD_ARGS]
