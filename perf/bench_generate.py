@@ -11,7 +11,7 @@
   at a time in its default float32. ``ratio`` = baseline seconds per image / ours (higher is
   better). The goal of the issue: >= 4 img/s per H100 and >= 2.5x the naive loop.
 * **without CUDA** (CPU machines, CI) — full-size models are far too slow, so the figure is our
-  *per-sample overhead outside model compute*: tiny random models (tests/tiny_models.py), 64 px,
+  *per-sample overhead outside model compute*: tiny random models (tests/support/tiny_models.py), 64 px,
   10 steps; the time spent inside the UNet, VAE, text and image encoders is measured with forward
   hooks and subtracted from the wall time; ``value_s`` = our overhead per sample (all three
   pipelines: Paint-by-Example, BLD, SD inpainting, averaged), ``baseline_s`` = the same
@@ -113,7 +113,7 @@ def _timed(fn: Callable[[], Any], pipe: Any, cuda: bool = False) -> Tuple[float,
 # ----------------------------------------------------------------------------------------------
 def _cpu_overhead(quick: bool) -> Dict[str, Any]:
     sys.path.insert(0, str(REPO / "tests"))
-    from tiny_models import tiny  # noqa: E402  (builds the tiny models once, offline)
+    from support.tiny_models import tiny  # noqa: E402  (builds the tiny models once, offline)
 
     import torch
     from PIL import Image
@@ -192,7 +192,7 @@ def sd15_components(dtype: Any, device: Any) -> Dict[str, Any]:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     sys.path.insert(0, str(REPO / "tests"))
-    from tiny_models import tiny_tokenizer
+    from support.tiny_models import tiny_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(

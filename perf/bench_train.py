@@ -37,13 +37,13 @@ import numpy as np
 
 def _tokenizer(path: Path) -> Any:
     """A CLIP tokenizer with a byte-level vocabulary (no merges): no download; 77 tokens. The one
-    the tests build (tests/tiny_models.py), as perf/bench_generate.py uses it."""
+    the tests build (tests/support/tiny_models.py), as perf/bench_generate.py uses it."""
     import sys
 
     tests = str(Path(__file__).resolve().parents[1] / "tests")
     if tests not in sys.path:
         sys.path.insert(0, tests)
-    from tiny_models import tiny_tokenizer
+    from support.tiny_models import tiny_tokenizer
 
     return tiny_tokenizer(path)
 

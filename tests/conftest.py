@@ -44,5 +44,32 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
                           timeout=timeout, env=e)
 
 
-from ray_instance import ray_local  # noqa: E402,F401 - one local Ray (loopback only) shared by the Ray test modules
-from labelstudio import label_studio  # noqa: E402,F401 - one Label Studio server for the session (modules that import it themselves get their own)
+from support.ray_instance import ray_local  # noqa: E402,F401 - one local Ray (loopback only) shared by the Ray test modules
+from support.labelstudio import label_studio  # noqa: E402,F401 - one Label Studio server for the session (modules that import it themselves get their own)
+
+
+# -- markers of the heavy groups (setup.cfg [tool:pytest] markers), so one area runs alone:
+#    pytest tests/core                      the core, in seconds
+#    pytest -m "not labelstudio and not ray" everything but the server-backed tests
+_MODULE_MARKERS = {
+    "llm": ("support.fake_openai",),
+    "diffusion": ("support.tiny_models", "support.tiny_bench_models", "import torch"),
+}
+_FIXTURE_MARKERS = {"label_studio": "labelstudio", "ray_local": "ray"}
+
+
+def pytest_collection_modifyitems(config, items):
+    sources: dict = {}
+    for item in items:
+        path = str(getattr(item, "path", item.fspath))
+        if path not in sources:
+            try:
+                sources[path] = Path(path).read_text(encoding="utf-8")
+            except OSError:
+                sources[path] = ""
+        for marker, needles in _MODULE_MARKERS.items():
+            if any(n in sources[path] for n in needles):
+                item.add_marker(getattr(pytest.mark, marker))
+        for fixture, marker in _FIXTURE_MARKERS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(getattr(pytest.mark, marker))

@@ -5,8 +5,8 @@ of PNG compression or of the RLE string of an identical mask does not move a dig
 changed pixel, span, id or prompt does. Floats are rounded to 12 significant digits. Each column
 has its own digest, so a failing test names the column that drifted.
 
-    python tests/digest.py export WORKDIR/export      # print the per-column digests
-    python tests/digest.py samples RESULTS/samples.parquet
+    python tests/support/digest.py export WORKDIR/export      # print the per-column digests
+    python tests/support/digest.py samples RESULTS/samples.parquet
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@
    written file of a run against servers that refuse it (401), fail (500, echoing the token back)
    or are down.
 
-Servers are the real Label Studio (session fixture), ``tests/fake_openai.py`` and tiny stdlib
+Servers are the real Label Studio (session fixture), ``tests/support/fake_openai.py`` and tiny stdlib
 HTTP servers on 127.0.0.1 started here.
 """
 from __future__ import annotations
@@ -36,8 +36,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, run_cli
-from fake_openai import Reply, running
-from labelstudio import all_tasks
+from support.fake_openai import Reply, running
+from support.labelstudio import all_tasks
 
 from refcoco_edit.errors import InputError
 
@@ -177,7 +177,7 @@ def test_metric_weight_file_payload_is_refused(tmp_path):
 def test_transformers_bin_payload_is_refused(tmp_path):
     _torch()
     pytest.importorskip("transformers")
-    from tiny_models import tiny
+    from support.tiny_models import tiny
 
     import shutil
 
@@ -202,7 +202,7 @@ def test_diffusers_bin_payload_is_refused(tmp_path):
     pytest.importorskip("diffusers")
     import shutil
 
-    from tiny_models import tiny
+    from support.tiny_models import tiny
 
     from refcoco_edit.models import ModelError, Runtime, load_diffusers
 
@@ -222,7 +222,7 @@ def test_diffusers_bin_payload_is_refused(tmp_path):
 def ip2p(tmp_path_factory):
     _torch()
     pytest.importorskip("diffusers")
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from test_referdiffusion import save_tiny_ip2p
 
     return save_tiny_ip2p(tmp_path_factory.mktemp("sec-ip2p"))

@@ -1,5 +1,5 @@
 """Stage-1 prompts ("Paint a {subject} on the {colour} mask") through the LLM rephrasing stage:
-the real ``openai`` client against tests/fake_openai.py on 127.0.0.1 (no torch needed)."""
+the real ``openai`` client against tests/support/fake_openai.py on 127.0.0.1 (no torch needed)."""
 from __future__ import annotations
 
 import io
@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from fake_openai import Reply, running
+from support.fake_openai import Reply, running
 
 from refcoco_edit.benchmark.referdiffusion.synth import Stage1Rephraser, stage1_prompt, synthesize
 from refcoco_edit.errors import RunError

@@ -1,5 +1,5 @@
 """LLM rephrasing against a real HTTP server on 127.0.0.1 speaking the OpenAI protocol
-(tests/fake_openai.py), through the real ``openai`` client: validation, retries, cache,
+(tests/support/fake_openai.py), through the real ``openai`` client: validation, retries, cache,
 resilience, batch mode, and the build end to end."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import REPO, run_cli
-from fake_openai import Reply, running
+from support.fake_openai import Reply, running
 from refcoco_edit.pipelines.rephrase import (
     BatchRunner,
     LLMCache,

@@ -1,6 +1,6 @@
 """A mini-RefCOCO with one planted defect per image: the input of ``tests/test_bad_inputs.py``.
 
-    python tests/make_bad_corpus.py OUT        # writes OUT/ and prints the manifest (JSON)
+    python tests/support/make_bad_corpus.py OUT        # writes OUT/ and prints the manifest (JSON)
 
 ``make_bad_corpus(out_dir)`` writes the synthetic demo (16 images, ``refcoco_edit.demo``) and then
 corrupts deterministic parts of it, each case on its own image:
@@ -43,7 +43,7 @@ are planted on images whose files and annotations stay valid, so a plain build (
 ``test_bad_inputs.py``) sees them as good; they misbehave only when a stage's service or editor
 is told to by the manifest:
 
-``stages["llm"]`` — a build with ``--llm-model`` against ``tests/fake_openai.py`` scripted with
+``stages["llm"]`` — a build with ``--llm-model`` against ``tests/support/fake_openai.py`` scripted with
 :func:`llm_handler`: every request whose referring phrase is one of the case's ``phrases`` (the
 sentences of the case's image, made unique in the corpus) gets the case's bad answer, every time
   llm_garbage       JSON whose phrases are not in its prompt      -> prompts / llm_span_missing
@@ -394,7 +394,7 @@ def llm_handler(manifest: Dict[str, Any], good: Callable[[Dict[str, Any]], Any],
     for every other request. ``state["fail_500"]`` switches the ``llm_http_500`` case on and off;
     ``state["asked"]`` counts requests per (case or "good") and ``state["good_bodies"]`` keeps the
     user messages that got a good answer (to check that a resumed run does not ask them again)."""
-    from fake_openai import Reply
+    from support.fake_openai import Reply
 
     by_phrase = {p: c for c, e in manifest["stages"]["llm"].items() for p in e["phrases"]}
     kinds = {c: e["reply"] for c, e in manifest["stages"]["llm"].items()}
@@ -489,7 +489,7 @@ class PlannedEditor(Editor):  # type: ignore[misc,valid-type]
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 1:
-        print("usage: python tests/make_bad_corpus.py OUT", file=sys.stderr)
+        print("usage: python tests/support/make_bad_corpus.py OUT", file=sys.stderr)
         return 2
     print(json.dumps(make_bad_corpus(argv[0]), indent=2, sort_keys=True))
     return 0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
@@ -38,7 +38,7 @@ TINY_CFG = dict(num_heads=4, image_feature_dim=16)
 
 def save_tiny_ip2p(path: Path, seed: int = 0) -> Path:
     """A tiny InstructPix2Pix (UNet in_channels=8) in the diffusers layout, at ``path/ip2p``."""
-    from tiny_bench_models import save_tiny_ip2p as save
+    from support.tiny_bench_models import save_tiny_ip2p as save
 
     return save(path / "ip2p", seed)
 
@@ -105,7 +105,7 @@ def test_load_components_ip2p_layout(ip2p):
 
 
 def test_load_rejects_a_four_channel_unet(tmp_path):
-    import tiny_models as tm
+    from support import tiny_models as tm
 
     sd = tm.save_tiny_sd(tmp_path / "sd")
     with pytest.raises(ValueError, match="in_channels=4"):
@@ -508,7 +508,7 @@ def test_shipped_ablation_configs_load():
     from refcoco_edit.benchmark.referdiffusion.losses import LossWeights
     from refcoco_edit.benchmark.referdiffusion.train import load_config
 
-    root = Path(__file__).resolve().parents[1] / "configs" / "referdiffusion"
+    root = Path(__file__).resolve().parents[2] / "configs" / "referdiffusion"
     files = sorted(root.glob("*.yaml"))
     assert len(files) == 4
     for f in files:

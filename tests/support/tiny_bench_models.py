@@ -2,7 +2,7 @@
 saved to disk (``save_pretrained`` / ``torch.save``), so the tests load them back through the
 exact code path of ``--clip-model PATH``, ``--editor-arg model=PATH`` etc. Nothing is downloaded.
 
-    python tests/tiny_bench_models.py OUT     # writes them all under OUT and prints the paths
+    python tests/support/tiny_bench_models.py OUT     # writes them all under OUT and prints the paths
 
 * ``ip2p``: an InstructPix2Pix pipeline (``StableDiffusionInstructPix2PixPipeline``): the tiny
   SD components of ``tiny_models`` with an 8-channel UNet (noisy latents + source latents).
@@ -23,8 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Union
 
-import tiny_models  # noqa: F401  (sets HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE before any hub import)
-from tiny_models import _scheduler, _text_encoder, _unet, _vae, save_tiny_clip, tiny_tokenizer
+from support import tiny_models  # noqa: F401  (sets HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE before any hub import)
+from support.tiny_models import _scheduler, _text_encoder, _unet, _vae, save_tiny_clip, tiny_tokenizer
 
 PathLike = Union[str, Path]
 
@@ -137,6 +137,6 @@ def tiny_bench(kind: str) -> Path:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     out = Path(sys.argv[1])
     print(json.dumps({k: str(b(out)) for k, b in _BUILDERS.items()}, indent=2))

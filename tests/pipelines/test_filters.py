@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from tiny_models import tiny  # noqa: E402  (sets HF_HUB_OFFLINE before any hub import)
+from support.tiny_models import tiny  # noqa: E402  (sets HF_HUB_OFFLINE before any hub import)
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")

@@ -16,7 +16,7 @@ from refcoco_edit.benchmark.editors.diffusion import PAPER_SUFFIX, instruction, 
 from refcoco_edit.benchmark.editors.registry import EDITORS, PLANNED
 from conftest import run_cli
 from refcoco_edit.errors import InputError
-from tiny_bench_models import tiny_bench
+from support.tiny_bench_models import tiny_bench
 
 pytest.importorskip("torch")
 pytest.importorskip("diffusers")

@@ -1,4 +1,4 @@
-"""`refcoco-edit score --executor ray` on the session's local Ray instance (tests/ray_instance.py):
+"""`refcoco-edit score --executor ray` on the session's local Ray instance (tests/support/ray_instance.py):
 editing runs on Ray actors, the driver's pass reuses their outputs. The results equal the local
 executor's (samples.parquet, results.json, the cached output PNGs and markers, byte for byte),
 failures are recorded per sample as locally, resume edits only what is missing, and an editor

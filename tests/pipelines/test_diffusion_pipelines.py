@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tiny_models import tiny  # noqa: E402  (sets HF_HUB_OFFLINE before any hub import)
+from support.tiny_models import tiny  # noqa: E402  (sets HF_HUB_OFFLINE before any hub import)
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
@@ -352,7 +352,7 @@ def test_reference_based_view_adds_reversed_removals(diffusion_build, tmp_path):
 
 
 def test_build_quarantines_bad_images_on_the_diffusion_path(tmp_path):
-    from make_bad_corpus import make_bad_corpus
+    from support.make_bad_corpus import make_bad_corpus
 
     corpus = make_bad_corpus(tmp_path / "bad")
     cfg = BuildConfig(out=str(tmp_path / "w"), refcoco=corpus["root"], images=corpus["images_dir"], backend="diffusion",

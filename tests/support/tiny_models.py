@@ -2,7 +2,7 @@
 pattern), saved with ``save_pretrained`` / ``torch.save`` and loaded back by the tests through the
 exact code path a user's ``--pbe-model PATH`` / ``--sam-checkpoint FILE`` takes.
 
-    python tests/tiny_models.py OUT      # writes OUT/{sd,sd-inpaint,pbe,clip,sam} and prints them
+    python tests/support/tiny_models.py OUT      # writes OUT/{sd,sd-inpaint,pbe,clip,sam} and prints them
 
 Each diffusers pipeline is about 8 MB and loads in a fraction of a second; nothing is downloaded.
 
@@ -223,5 +223,5 @@ def tiny(kind: str) -> Path:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     print(json.dumps({k: str(v) for k, v in save_all(sys.argv[1]).items()}, indent=2))

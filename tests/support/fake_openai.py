@@ -661,7 +661,7 @@ def running(**kw: Any) -> Iterator[FakeOpenAI]:
 def fake_openai_server(**kw: Any) -> Iterator[FakeOpenAI]:
     """Generator usable directly as a pytest fixture body::
 
-        from fake_openai import fake_openai_server
+        from support.fake_openai import fake_openai_server
         fake_openai = pytest.fixture(fake_openai_server)
 
     or wrapped: ``@pytest.fixture\ndef srv(tmp_path): yield from fake_openai_server(state_dir=tmp_path)``.

@@ -1,4 +1,4 @@
-"""The bad-input corpus (``tests/make_bad_corpus.py``) through every stage, in order:
+"""The bad-input corpus (``tests/support/make_bad_corpus.py``) through every stage, in order:
 
     build --llm-model (fake OpenAI server)  ->  export  ->  review push / pull (real Label Studio,
     behind a proxy that answers HTTP 500 once)  ->  export --status accepted  ->  score (three
@@ -31,9 +31,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, run_cli
-from fake_openai import running
-from labelstudio import all_tasks
-from make_bad_corpus import editor_plans, llm_handler, make_bad_corpus, samples_of_image, write_dir_outputs
+from support.fake_openai import running
+from support.labelstudio import all_tasks
+from support.make_bad_corpus import editor_plans, llm_handler, make_bad_corpus, samples_of_image, write_dir_outputs
 from test_rephrase import good_rephrase
 
 from refcoco_edit.annotation import config as cfg
@@ -440,7 +440,7 @@ def test_score_planted_editor_faults_fail_their_samples_and_the_rest_equals_a_cl
     for adapter, plan in plans.items():
         (plan_dir / f"{adapter}.json").write_text(json.dumps(plan))
     runs = {
-        "python": ("make_bad_corpus:PlannedEditor", "--editor-arg", f"plan={plan_dir / 'python.json'}"),
+        "python": ("support.make_bad_corpus:PlannedEditor", "--editor-arg", f"plan={plan_dir / 'python.json'}"),
         "dir": ("dir:" + str(write_dir_outputs(rows, plans["dir"], flow["tmp"] / "dir-outputs")),),
         "cmd": (f"cmd:{sys.executable} {corpus['stages']['editor_cmd']} {{input}} {{output}} {{sample_id}} "
                 f"{plan_dir / 'cmd.json'}",),

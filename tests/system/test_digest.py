@@ -2,11 +2,11 @@
 
 `refcoco-edit build` with no arguments, then `score --model oracle` and `--model identity`, run
 through the CLI exactly as a user types them. Each column's digest (decoded pixels and masks,
-prompts, spans, ids, metric values; see ``tests/digest.py``) must equal the pinned one in
-``tests/data/demo_digests.json``. A change that means to alter outputs (a new demo generator, an
+prompts, spans, ids, metric values; see ``tests/support/digest.py``) must equal the pinned one in
+``tests/support/data/demo_digests.json``. A change that means to alter outputs (a new demo generator, an
 export layout) updates that file in the same commit and says why:
 
-    python tests/test_digest.py --update
+    python tests/system/test_digest.py --update
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from digest import export_digest, samples_digest  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support.digest import export_digest, samples_digest  # noqa: E402
 
-PINNED = Path(__file__).resolve().parent / "data" / "demo_digests.json"
+PINNED = Path(__file__).resolve().parents[1] / "support" / "data" / "demo_digests.json"
 
 
 def compute(tmp: Path) -> dict:
@@ -46,14 +46,14 @@ def test_demo_outputs_match_the_pinned_digest(digests, what):
     pinned = json.loads(PINNED.read_text())[what]
     got = digests[what]
     drifted = sorted(k for k in set(pinned) | set(got) if pinned.get(k) != got.get(k))
-    assert not drifted, f"{what}: columns that changed: {drifted} (intended? python tests/test_digest.py --update)"
+    assert not drifted, f"{what}: columns that changed: {drifted} (intended? python tests/system/test_digest.py --update)"
 
 
 if __name__ == "__main__":
     import tempfile
 
     if sys.argv[1:] != ["--update"]:
-        sys.exit("usage: python tests/test_digest.py --update")
+        sys.exit("usage: python tests/system/test_digest.py --update")
     with tempfile.TemporaryDirectory() as d:
         PINNED.write_text(json.dumps(compute(Path(d)), indent=2, sort_keys=True) + "\n")
     print(f"rewrote {PINNED}")

@@ -1,6 +1,6 @@
 """Fault injection, every stage: SIGKILL at seeded random moments, and a full disk.
 
-* ``refcoco-edit score``, ``review pull`` (a real Label Studio, tests/labelstudio.py) and ``train``
+* ``refcoco-edit score``, ``review pull`` (a real Label Studio, tests/support/labelstudio.py) and ``train``
   (a tiny ReferDiffusion) run as real CLI subprocesses and are killed with SIGKILL at seeded
   random moments spread over the phases of an uninterrupted run, timed first: score in its
   start-up, after a seeded number of outputs, and in the report; pull in its start-up, while its
@@ -624,7 +624,7 @@ def train_setup(built, tmp_path_factory) -> Dict[str, Any]:
     torch.set_num_threads(1)
     try:
         root = tmp_path_factory.mktemp("fi-train")
-        from tiny_bench_models import save_tiny_ip2p
+        from support.tiny_bench_models import save_tiny_ip2p
 
         ip2p = save_tiny_ip2p(root / "ip2p")
         cfg = {"pretrained": str(ip2p), "data": str(built["export"]), "stage": "stage1", "resolution": 32,

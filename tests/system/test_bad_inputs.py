@@ -1,7 +1,7 @@
 """Bad input, end to end through the real CLI: every defect is quarantined with its reason and
 the run goes on, or (unsafe pickle, escaping image path) the run stops with exit 2 and one line.
 
-The corpus (``tests/make_bad_corpus.py``) is the 16-image demo with one planted defect per image;
+The corpus (``tests/support/make_bad_corpus.py``) is the 16-image demo with one planted defect per image;
 five images are left untouched ("good"). Each build runs in a subprocess with ``--num-images none``
 so that every image, and so every planted case, is visited.
 """
@@ -23,7 +23,7 @@ from PIL import Image
 from pycocotools import mask as mask_api
 
 from conftest import run_cli
-from make_bad_corpus import make_bad_corpus
+from support.make_bad_corpus import make_bad_corpus
 from refcoco_edit import rle
 from refcoco_edit.imageio import decode_image_bytes
 

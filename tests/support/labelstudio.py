@@ -276,7 +276,7 @@ if pytest is not None:
             server.stop()
 
 
-if __name__ == "__main__":  # manual use: python tests/labelstudio.py  (installs, starts, waits for Ctrl-C)
+if __name__ == "__main__":  # manual use: python tests/support/labelstudio.py  (installs, starts, waits for Ctrl-C)
     import tempfile
 
     print(ensure_label_studio())

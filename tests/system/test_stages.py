@@ -23,7 +23,7 @@ from refcoco_edit.pipelines import base
 from refcoco_edit.pipelines.base import RESOURCES, GTPipeline, ModelNeed, PipelineOutput
 from refcoco_edit.stages.backend import Backend, diffusion_models
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ALL = sorted({n for backend in base.BACKENDS.values() for names in backend.values() for n in names})
 FIELDS = {f.name for f in dataclasses.fields(BuildConfig)}
 FAKE = {"runtime": lambda: "RUNTIME", "sam": lambda: "SAM"}

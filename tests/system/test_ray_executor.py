@@ -1,5 +1,5 @@
 """The Ray executor on the session's local Ray instance (2 CPUs, loopback only; see
-tests/ray_instance.py): the same export as the local executor (rows, bytes per cell, dataset
+tests/support/ray_instance.py): the same export as the local executor (rows, bytes per cell, dataset
 card), the same quarantine, dynamic dispatch with one factory call per actor, shard errors raised
 on the driver as their own type, and no Ray server reachable from the network."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from ray_instance import LOOPBACK, listening_sockets, ray_processes  # noqa: E402
+from support.ray_instance import LOOPBACK, listening_sockets, ray_processes  # noqa: E402
 from refcoco_edit.build import BuildConfig, ShardTask, build  # noqa: E402
 from refcoco_edit.errors import InputError, RunError  # noqa: E402
 from refcoco_edit.executors import LOOPBACK_ENV, LocalExecutor, RayExecutor, get_executor  # noqa: E402
@@ -242,7 +242,7 @@ _PRIVATE_SCRIPT = r'''
 import json, os, sys, time
 sys.path.insert(0, sys.argv[1])
 import psutil
-from ray_instance import LOOPBACK, listening_sockets
+from support.ray_instance import LOOPBACK, listening_sockets
 from refcoco_edit.executors import RayExecutor
 
 class Factory:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny_models import tiny  # noqa: E402  (sets HF_HUB_OFFLINE before any hub import)
+from support.tiny_models import tiny  # noqa: E402  (sets HF_HUB_OFFLINE before any hub import)
 
 ray = pytest.importorskip("ray")
 torch = pytest.importorskip("torch")

@@ -21,7 +21,7 @@ from refcoco_edit.benchmark.harness import ScoreConfig, run_score
 from refcoco_edit.benchmark.metrics import METRICS, plan
 from refcoco_edit.benchmark.metrics.model_based import NAMES, ModelMetrics, ModelSample, target_text
 from refcoco_edit.errors import InputError
-from tiny_bench_models import tiny_bench
+from support.tiny_bench_models import tiny_bench
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -288,7 +288,7 @@ def test_bad_models_are_input_errors(paths, tmp_path):
         ModelMetrics(["clip_i"], {"clip_model": str(paths["dino"])}).load()
     with pytest.raises(InputError, match="expected a ViT or DINOv2"):
         ModelMetrics(["dino"], {"dino_model": str(paths["clip"])}).load()
-    from tiny_bench_models import save_tiny_aesthetic
+    from support.tiny_bench_models import save_tiny_aesthetic
 
     wrong = save_tiny_aesthetic(tmp_path / "a768.pth", input_dim=768)
     with pytest.raises(InputError, match="768-d image embeddings"):

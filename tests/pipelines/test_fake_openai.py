@@ -8,7 +8,7 @@ import pytest
 
 import openai  # noqa: E402  (the dev extra installs it; never skipped)
 
-from fake_openai import CREATED, FakeOpenAI, Reply, fake_openai_server, running  # noqa: E402
+from support.fake_openai import CREATED, FakeOpenAI, Reply, fake_openai_server, running  # noqa: E402
 
 srv = pytest.fixture(fake_openai_server)  # how other test files get a fresh server per test
 

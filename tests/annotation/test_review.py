@@ -1,6 +1,6 @@
 """`refcoco-edit review push|pull` against a real Label Studio server.
 
-The session fixture (tests/labelstudio.py) installs Label Studio into its own cached virtualenv,
+The session fixture (tests/support/labelstudio.py) installs Label Studio into its own cached virtualenv,
 starts it on 127.0.0.1 with a fixed admin and token, and stops it at the end. The tests push a
 demo workspace, submit annotations through the REST API with the bodies the labeling UI sends
 (accept a candidate, reject a sample, edit a prompt, repaint M_e, several annotations on one
@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from labelstudio import all_tasks
+from support.labelstudio import all_tasks
 
 from refcoco_edit.annotation import config as cfg
 from refcoco_edit.annotation.cli import add_review_parser
