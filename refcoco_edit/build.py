@@ -1,6 +1,6 @@
 """`refcoco-edit build`: RefCOCO -> select -> prompts -> generate -> export, resumable.
 
-This module holds the build's settings (``BuildConfig``) and ``build``, the thin function that
+This module holds ``build``, the thin function that
 wires the stage modules of ``refcoco_edit.stages`` together (as img2dataset's ``download``). With
 ``cli.py`` and ``refcoco_edit.stages`` it sits at the CLI layer: the one place in ``refcoco_edit``
 that imports ``refcoco_edit.pipelines``. Stages:
