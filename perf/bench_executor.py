@@ -47,7 +47,7 @@ def run(quick: bool = False) -> Dict[str, Any]:
         write_demo(demo)
 
         def cfg(name: str, executor: str, **kw: Any) -> BuildConfig:
-            return BuildConfig(out=str(root / name), refcoco=str(demo), images=str(demo / "images"), progress=False,
+            return BuildConfig.of(out=str(root / name), refcoco=str(demo), images=str(demo / "images"), progress=False,
                                executor=executor, workers=2, **{**params, **kw})
 
         build(cfg("warm", "local", num_images=2), log=lambda s: None)  # imports and page cache, not measured

@@ -42,7 +42,7 @@ def workspace(num_images: int, seed: int) -> Path:
 
     def make(tmp: Path) -> None:
         t0 = time.perf_counter()
-        build(BuildConfig(out=str(tmp / "work"), num_images=num_images, seed=seed, progress=False), log=lambda s: None)
+        build(BuildConfig.of(out=str(tmp / "work"), num_images=num_images, seed=seed, progress=False), log=lambda s: None)
         print(f"export: built the demo workspace {key} in {time.perf_counter() - t0:.1f}s")
 
     return cached_input(key, make) / "work"

@@ -90,10 +90,10 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = print) -> BuildResult:
         from .demo import DEMO_VERSION
 
         settings["demo_version"] = DEMO_VERSION
-    ws.prepare(settings, STAGES, overwrite=cfg.overwrite)
+    ws.prepare(settings, STAGES, overwrite=cfg.run.overwrite)
     ctx = BuildContext(cfg, ws, data, refer)
-    workers = cfg.workers
-    if cfg.backend == "diffusion" and cfg.executor == "ray":
+    workers = cfg.run.workers
+    if cfg.backend == "diffusion" and cfg.run.executor == "ray":
         log("diffusion backend on Ray: each actor loads the models (on its GPU with --num-gpus-per-worker)")
     elif cfg.backend == "diffusion":
         for note in ctx.backend.load_models():  # before any shard runs: a bad model is exit 2
@@ -104,24 +104,24 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = print) -> BuildResult:
     sel = select.run(ctx)
     log(format_report(sel["report"]))
     n = ctx.num_shards()
-    executor = get_executor(cfg.executor, workers=workers, progress=cfg.progress, ray_address=cfg.ray_address,
-                            num_gpus_per_worker=cfg.num_gpus_per_worker)
+    executor = get_executor(cfg.run.executor, workers=workers, progress=cfg.run.progress, ray_address=cfg.run.ray_address,
+                            num_gpus_per_worker=cfg.run.num_gpus_per_worker)
     counts: Dict[str, int] = {}
     with executor:  # Ray: the actors (and the pipelines they loaded) serve both stages, then go
         for stage_name in ("prompts", "generate"):
             stage = ws.stage(stage_name)
             todo = [i for i in range(n) if not stage.is_done(i)]
-            if todo and stage_name == "prompts" and cfg.llm_model and cfg.llm_batch:
+            if todo and stage_name == "prompts" and cfg.llm.model and cfg.llm.batch:
                 log(f"llm batch mode: {prompts.llm_batch(ctx, todo, log)}")
             ran: List[Dict[str, Any]] = []
             if todo:
                 # Ray runs shards in other processes (other machines): a picklable factory that
                 # rebuilds the context there; the local executor reuses this process's (forked) one
-                factory: Callable[[], Any] = (ShardTask(cfg, stage_name) if cfg.executor == "ray"
+                factory: Callable[[], Any] = (ShardTask(cfg, stage_name) if cfg.run.executor == "ray"
                                               else lambda s=stage_name: stage_fn(ctx, s))
                 ran = executor.run(factory, todo, desc=stage_name)
             counts[stage_name] = sum(stage.stats(i)["rows"] for i in range(n))
-            if stage_name == "prompts" and cfg.llm_model:  # requests made by this run
+            if stage_name == "prompts" and cfg.llm.model:  # requests made by this run
                 counts["llm_calls"] = sum(r.get("llm_calls", 0) for r in ran)
                 counts["llm_cache_hits"] = sum(r.get("llm_cache_hits", 0) for r in ran)
     by_reason = _quarantine_counts(ws)

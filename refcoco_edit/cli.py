@@ -55,8 +55,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     n_q = sum(sum(v.values()) for v in res.quarantine.values())
     print(f"generated {res.counts.get('generate', 0)} samples in {res.seconds:.1f}s; "
           f"exported {res.export['rows']} to {res.export_dir}")
-    if cfg.llm_model:
-        print(f"LLM {cfg.llm_model}: {res.counts.get('llm_calls', 0)} requests, "
+    if cfg.llm.model:
+        print(f"LLM {cfg.llm.model}: {res.counts.get('llm_calls', 0)} requests, "
               f"{res.counts.get('llm_cache_hits', 0)} answers from the cache")
     if n_q:
         detail = ", ".join(f"{st}/{r}: {c}" for st, d in sorted(res.quarantine.items()) for r, c in sorted(d.items()))

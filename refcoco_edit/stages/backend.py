@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 def settings_of(cfg: "BuildConfig") -> Dict[str, Any]:
     """The build settings by name, as pipelines read them (``from_build_config``)."""
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    return cfg.flat()
 
 
 def active_pipelines(cfg: "BuildConfig", edit_type: str) -> List[str]:
@@ -92,13 +92,13 @@ def check_diffusion_config(cfg: "BuildConfig") -> None:
         raise InputError(f"--pipelines: unknown {', '.join(bad)}; the diffusion backend has {', '.join(known)}")
     if cfg.resolution < 16 or cfg.resolution % 8:
         raise InputError(f"--resolution must be a multiple of 8 and at least 16, got {cfg.resolution}")
-    if cfg.num_inference_steps < 1 or cfg.batch_size < 1 or cfg.num_candidates < 1:
+    if cfg.num_inference_steps < 1 or cfg.runtime.batch_size < 1 or cfg.num_candidates < 1:
         raise InputError("--num-inference-steps, --batch-size and --num-candidates must be at least 1")
     from refcoco_edit.models import ModelError, ModelUnavailable, check_model
 
     for spec, kind, option in diffusion_models(cfg):
         try:
-            check_model(spec, kind, option, cfg.local_files_only)
+            check_model(spec, kind, option, cfg.runtime.local_files_only)
         except ModelError as e:
             raise InputError(str(e)) from None
     sam = resolve_sam_checkpoint(cfg)
@@ -106,7 +106,7 @@ def check_diffusion_config(cfg: "BuildConfig") -> None:
         raise InputError(f"--sam-checkpoint {sam}: no such file")
     if not _clip_off(cfg):
         try:
-            check_model(cfg.clip_model, "clip", "--clip-model", cfg.local_files_only)
+            check_model(cfg.clip_model, "clip", "--clip-model", cfg.runtime.local_files_only)
         except ModelUnavailable:
             pass  # optional: the CLIP filters are skipped and every candidate says why
         except ModelError as e:
@@ -149,9 +149,7 @@ class Backend:
         """The diffusion runtime (device, dtype, hub policy, speed switches) of this build."""
         from refcoco_edit.models import Runtime
 
-        c = self.cfg
-        return Runtime(device=c.device, dtype=c.dtype, local_files_only=c.local_files_only,
-                       channels_last=c.channels_last, compile=c.compile, batch_size=c.batch_size)
+        return Runtime(**dataclasses.asdict(self.cfg.runtime))  # the section mirrors Runtime field for field
 
     def sam(self) -> Any:
         """The SAM box segmenter of replacements, or None (``--sam-checkpoint none`` / auto and absent)."""
@@ -181,11 +179,7 @@ class Backend:
             from refcoco_edit.pipelines.filters import CandidateFilter, FilterConfig
 
             c = self.cfg
-            fc = FilterConfig(clip_model=None if _clip_off(c) else c.clip_model,
-                              min_clip_target=c.filter_min_clip_target,
-                              min_clip_directional=c.filter_min_clip_directional,
-                              max_removed_prob=c.filter_max_removed_prob, max_bg_change=c.filter_max_bg_change,
-                              crop_margin=c.filter_crop_margin)
+            fc = FilterConfig(clip_model=None if _clip_off(c) else c.clip_model, **dataclasses.asdict(c.filters))
             self._filter = CandidateFilter.from_config(fc, self.runtime())
         return self._filter
 

@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
 
-__all__ = ["BuildConfig"]
+from ..config import section, settings_of
+from typing import Any, Dict, List, Optional, Tuple
+
+__all__ = ["BuildConfig", "SelectionSettings", "LLMSettings", "FilterSettings", "RunSettings", "DiffusionRuntime"]
 
 
 def _default(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
+def _flat_name(s: Any) -> str:
+    """A setting's flat name: its own for top-level fields, the prefixed alias inside a section."""
+    return s.names[-1] if len(s.path) > 1 else s.path[0]
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
@@ -25,6 +32,70 @@ def _f(default: Any, help: str, **meta: Any) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=dict(help=help, **meta))
     return field(default=default, metadata=dict(help=help, **meta))
+
+
+@dataclass
+class SelectionSettings:
+    """The selection rules (``refcoco_edit.select.SelectionConfig``); flat keys as before."""
+
+    min_area_fraction: float = _f(0.005, "rule: drop objects smaller than this fraction of the image")
+    max_area_fraction: float = _f(0.6, "rule 1: drop objects larger than this fraction of the image")
+    sizeable_fraction: float = _f(0.01, "rule 1: another object is sizeable from this fraction of the image")
+    similarity_threshold: float = _f(0.7, "rule 2: visual similarity needed when no same-category object exists")
+    sizeable_relative: float = _f(0.2, "rule 1: another object is also sizeable from this fraction of the object's own area", new=True)
+
+
+@dataclass
+class LLMSettings:
+    """LLM rephrasing (``--llm-*``; YAML ``llm: {model: ...}`` or ``llm_model``)."""
+
+    model: Optional[str] = _f(None, "rephrase prompts with this LLM (OpenAI-compatible; key from $OPENAI_API_KEY); default: the offline paraphraser")
+    base_url: Optional[str] = _f(None, "OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (vLLM, Ollama, llama.cpp)", runtime=True)
+    mode: str = _f("rephrase", "rephrase: rewrite the template prompt; propose: let the LLM choose the edit target and instruction", choices=("rephrase", "propose"))
+    temperature: float = _f(0.7, "LLM sampling temperature")
+    attempts: int = _f(3, "answers asked for per sample before it is quarantined")
+    json_mode: bool = _f(True, "ask for response_format=json_object (turn off for servers without it)")
+    concurrency: int = _f(4, "LLM requests in flight at once", runtime=True)
+    timeout: float = _f(60.0, "seconds per LLM request", runtime=True)
+    max_retries: int = _f(4, "the openai client's retries of 429/5xx/connection errors (Retry-After honoured)", runtime=True)
+    batch: bool = _f(False, "send LLM requests through the Batch API (large runs; resumable)", runtime=True)
+    batch_poll: float = _f(10.0, "seconds between Batch API polls", runtime=True)
+
+
+@dataclass
+class FilterSettings:
+    """The diffusion backend's candidate filters (``--filter-*``; YAML ``filters: {...}``)."""
+
+    min_clip_target: float = _f(20.0, "diffusion filters: least 100*cos(CLIP(edited crop), CLIP(target text))", diffusion=True)
+    min_clip_directional: float = _f(0.0, "diffusion filters: least directional CLIP similarity", diffusion=True)
+    max_removed_prob: float = _f(0.5, "diffusion filters: removals: most CLIP probability that the region still shows the removed category", diffusion=True)
+    max_bg_change: float = _f(0.002, "diffusion filters: most mean squared change ([0,1]) outside the source box grown by 0.35 of its size on each side", diffusion=True)
+    crop_margin: float = _f(0.1, "diffusion filters: the CLIP crop is the box of M_e grown by this fraction of its size", diffusion=True, new=True)
+
+
+@dataclass
+class RunSettings:
+    """Executors, workers, resume and progress: knobs that never change the outputs."""
+
+    executor: str = _f("local", "where shards run", choices=("local", "ray"), runtime=True)
+    workers: int = _f(1, "worker processes (local executor) or Ray actors (ray executor)", runtime=True)
+    ray_address: Optional[str] = _f(None, "ray executor: the cluster to attach to (auto, HOST:6379, ray://HOST:10001; default: a local Ray instance with --workers CPUs)", runtime=True)
+    num_gpus_per_worker: float = _f(0.0, "ray executor: GPUs reserved by each actor (fractions share a GPU)", runtime=True)
+    overwrite: bool = _f(False, "redo every stage even if the workspace has done shards", runtime=True)
+    export_status: str = _f("all", "which samples the final export holds", choices=("accepted", "all"), runtime=True)
+    progress: Optional[bool] = _f(None, "progress bars (default: on a terminal only)", runtime=True)
+
+
+@dataclass
+class DiffusionRuntime:
+    """The diffusion backend's runtime; its fields are ``refcoco_edit.models.Runtime``'s."""
+
+    device: str = _f("auto", "diffusion: torch device (auto: cuda when available, else cpu)", runtime=True, diffusion=True)
+    dtype: str = _f("auto", "diffusion: model precision (auto: fp16 on CUDA, fp32 on CPU)", choices=("auto", "fp32", "fp16", "bf16"), diffusion=True)
+    local_files_only: bool = _f(True, "diffusion: never download models; hub ids must be in the local Hugging Face cache (--no-local-files-only to download)", runtime=True, diffusion=True)
+    channels_last: bool = _f(True, "diffusion: channels-last memory format for UNet and VAE", runtime=True, diffusion=True)
+    compile: bool = _f(False, "diffusion: torch.compile the UNets (slow first batch, faster after)", runtime=True, diffusion=True)
+    batch_size: int = _f(4, "diffusion: requests per model call", runtime=True, diffusion=True)
 
 
 @dataclass
@@ -45,31 +116,12 @@ class BuildConfig:
     num_candidates: int = _f(1, "candidates per pipeline and sample (different seeds)")
     paraphrase: bool = _f(True, "vary template wording with the offline paraphraser")
     image_modes: str = _f("convert", "non-RGB images (CMYK, grayscale, palette): convert them or quarantine them", choices=("convert", "quarantine"))
-    min_area_fraction: float = _f(0.005, "rule: drop objects smaller than this fraction of the image")
-    max_area_fraction: float = _f(0.6, "rule 1: drop objects larger than this fraction of the image")
-    sizeable_fraction: float = _f(0.01, "rule 1: another object is sizeable from this fraction of the image")
-    similarity_threshold: float = _f(0.7, "rule 2: visual similarity needed when no same-category object exists")
     exemplar_min_fraction: float = _f(0.01, "exemplars: smallest instance, as a fraction of its image")
     png_compress_level: int = _f(1, "PNG compression of generated images (0-9; bytes differ, pixels do not)")
-    llm_model: Optional[str] = _f(None, "rephrase prompts with this LLM (OpenAI-compatible; key from $OPENAI_API_KEY); default: the offline paraphraser")
-    llm_base_url: Optional[str] = _f(None, "OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (vLLM, Ollama, llama.cpp)", runtime=True)
-    llm_mode: str = _f("rephrase", "rephrase: rewrite the template prompt; propose: let the LLM choose the edit target and instruction", choices=("rephrase", "propose"))
-    llm_temperature: float = _f(0.7, "LLM sampling temperature")
-    llm_attempts: int = _f(3, "answers asked for per sample before it is quarantined")
-    llm_json_mode: bool = _f(True, "ask for response_format=json_object (turn off for servers without it)")
-    llm_concurrency: int = _f(4, "LLM requests in flight at once", runtime=True)
-    llm_timeout: float = _f(60.0, "seconds per LLM request", runtime=True)
-    llm_max_retries: int = _f(4, "the openai client's retries of 429/5xx/connection errors (Retry-After honoured)", runtime=True)
-    llm_batch: bool = _f(False, "send LLM requests through the Batch API (large runs; resumable)", runtime=True)
-    llm_batch_poll: float = _f(10.0, "seconds between Batch API polls", runtime=True)
+    selection: SelectionSettings = section(SelectionSettings, "selection rules (the paper's two rules)", flat_prefix="")
+    llm: LLMSettings = section(LLMSettings, "LLM rephrasing of the prompts", flat_prefix="llm_")
     shard_size: int = _f(16, "samples per shard (the unit of work and of resume)")
-    executor: str = _f("local", "where shards run", choices=("local", "ray"), runtime=True)
-    workers: int = _f(1, "worker processes (local executor) or Ray actors (ray executor)", runtime=True)
-    ray_address: Optional[str] = _f(None, "ray executor: the cluster to attach to (auto, HOST:6379, ray://HOST:10001; default: a local Ray instance with --workers CPUs)", runtime=True)
-    num_gpus_per_worker: float = _f(0.0, "ray executor: GPUs reserved by each actor (fractions share a GPU)", runtime=True)
-    overwrite: bool = _f(False, "redo every stage even if the workspace has done shards", runtime=True)
-    export_status: str = _f("all", "which samples the final export holds", choices=("accepted", "all"), runtime=True)
-    progress: Optional[bool] = _f(None, "progress bars (default: on a terminal only)", runtime=True)
+    run: RunSettings = section(RunSettings, "where and how shards run (outputs do not depend on it)", flat_prefix="")
     # -- the diffusion backend (--backend diffusion); see README "Diffusion backend" -------------
     pipelines: Optional[List[str]] = _f(None, "diffusion: only these pipelines of the backend, comma separated (pbe-replace, bld-replace, bld-attribute, sd-inpaint-remove; default: all)", diffusion=True)
     pbe_model: str = _f("Fantasy-Studio/Paint-by-Example", "diffusion: Paint-by-Example model (local folder or hub id)", diffusion=True)
@@ -79,12 +131,8 @@ class BuildConfig:
     sam_type: str = _f("vit_h", "diffusion: SAM architecture of --sam-checkpoint", choices=("vit_b", "vit_l", "vit_h"), diffusion=True)
     clip_model: str = _f("openai/clip-vit-large-patch14", "diffusion: CLIP model of the candidate filters (local folder or hub id); not available locally: the CLIP filters are skipped and say why; none: off", diffusion=True)
     exemplar_dir: Optional[str] = _f(None, "diffusion: folder of exemplar images (DIR/<target>/*.png or DIR/<target>.png; RGBA alpha = object), tried before instances cut from the data", diffusion=True)
-    local_files_only: bool = _f(True, "diffusion: never download models; hub ids must be in the local Hugging Face cache (--no-local-files-only to download)", runtime=True, diffusion=True)
-    device: str = _f("auto", "diffusion: torch device (auto: cuda when available, else cpu)", runtime=True, diffusion=True)
-    dtype: str = _f("auto", "diffusion: model precision (auto: fp16 on CUDA, fp32 on CPU)", choices=("auto", "fp32", "fp16", "bf16"), diffusion=True)
-    batch_size: int = _f(4, "diffusion: requests per model call", runtime=True, diffusion=True)
-    compile: bool = _f(False, "diffusion: torch.compile the UNets (slow first batch, faster after)", runtime=True, diffusion=True)
-    channels_last: bool = _f(True, "diffusion: channels-last memory format for UNet and VAE", runtime=True, diffusion=True)
+    runtime: DiffusionRuntime = section(DiffusionRuntime, "diffusion: device, precision, batching "
+                                        "(refcoco_edit.models.Runtime)", flat_prefix="")
     num_inference_steps: int = _f(50, "diffusion: denoising steps", diffusion=True)
     guidance_scale: Optional[float] = _f(None, "diffusion: classifier-free guidance scale (default: 5 for Paint-by-Example, 7.5 for SD)", diffusion=True)
     resolution: int = _f(512, "diffusion: working resolution of the square context window (a multiple of 8)", diffusion=True)
@@ -92,16 +140,11 @@ class BuildConfig:
     region_growth: float = _f(0.15, "diffusion: replace edits change a region = the source box grown by this fraction on each side (the new object may have another shape)", diffusion=True)
     bld_backbone: str = _f("sd", "diffusion: Blended Latent Diffusion backbone: sd (--sd-model) or inpaint (--inpaint-model)", choices=("sd", "inpaint"), diffusion=True)
     bld_refine_steps: int = _f(0, "diffusion: Blended Latent Diffusion background-preservation refinement steps (decoder fine-tuning per image; 0: off)", diffusion=True)
-    filter_min_clip_target: float = _f(20.0, "diffusion filters: least 100*cos(CLIP(edited crop), CLIP(target text))", diffusion=True)
-    filter_min_clip_directional: float = _f(0.0, "diffusion filters: least directional CLIP similarity", diffusion=True)
-    filter_max_removed_prob: float = _f(0.5, "diffusion filters: removals: most CLIP probability that the region still shows the removed category", diffusion=True)
-    filter_max_bg_change: float = _f(0.002, "diffusion filters: most mean squared change ([0,1]) outside the source box grown by 0.35 of its size on each side", diffusion=True)
+    filters: FilterSettings = section(FilterSettings, "diffusion: automatic candidate filters", flat_prefix="filter_")
     # -- settings added after 0.1: at their defaults they stay out of the workspace fingerprint,
     # so a workspace built before they existed resumes as it is ------------------------------
-    sizeable_relative: float = _f(0.2, "rule 1: another object is also sizeable from this fraction of the object's own area", new=True)
-    filter_crop_margin: float = _f(0.1, "diffusion filters: the CLIP crop is the box of M_e grown by this fraction of its size", diffusion=True, new=True)
     pipeline_params: Dict[str, Any] = _f({}, "parameters of individual pipelines: NAME: {PARAM: VALUE} in YAML, "
-                                             "--pipeline-params NAME.PARAM=VALUE on the command line (see `refcoco-edit pipelines`)",
+                                             "--pipeline-params NAME.PARAM=VALUE on the command line (a pipeline's parameters are its constructor's)",
                                          metavar="NAME.PARAM=VALUE", flag="pipeline-params", new=True)
 
     def settings(self) -> Dict[str, Any]:
@@ -109,16 +152,34 @@ class BuildConfig:
         the diffusion settings only for the diffusion backend (a classical build's fingerprint
         does not depend on them)."""
         out = {}
-        for f in dataclasses.fields(self):
-            if f.metadata.get("runtime"):
+        for s in settings_of(type(self)):
+            meta = s.field.metadata
+            if meta.get("runtime") or (meta.get("diffusion") and self.backend != "diffusion"):
                 continue
-            if f.metadata.get("diffusion") and self.backend != "diffusion":
+            value = self.get(s.path)
+            if meta.get("new") and value == _default(s.field):
                 continue
-            value = getattr(self, f.name)
-            if f.metadata.get("new") and value == _default(f):
-                continue
-            out[f.name] = value
+            out[_flat_name(s)] = value
         return out
+
+    def get(self, path: Tuple[str, ...]) -> Any:
+        """The value at a setting's path (``("llm", "model")``)."""
+        value: Any = self
+        for part in path:
+            value = getattr(value, part)
+        return value
+
+    def flat(self) -> Dict[str, Any]:
+        """Every setting under its flat name (``llm_model``, ``filter_max_bg_change``, ``seed``)."""
+        return {_flat_name(s): self.get(s.path) for s in settings_of(type(self))}
+
+    @classmethod
+    def of(cls, **settings: Any) -> "BuildConfig":
+        """A config from settings by any of their names (flat ``llm_model=``, nested ``llm={...}``),
+        checked as a YAML file's are: the Python twin of ``--config``."""
+        from ..config import build, read_mapping
+
+        return build(cls, read_mapping(cls, settings, where="BuildConfig.of"))
 
     def pipeline_section(self, name: str) -> Dict[str, Any]:
         """The parameters given for pipeline ``name`` (its own settings section; may be empty)."""

@@ -6,6 +6,7 @@ there, not once per shard.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,10 +95,8 @@ class BuildContext:
             from refcoco_edit.pipelines.rephrase import LLMCache, LLMRephraser, RephraseConfig
 
             cfg = self.cfg
-            rc = RephraseConfig(model=cfg.llm_model, base_url=cfg.llm_base_url, mode=cfg.llm_mode,
-                                temperature=cfg.llm_temperature, attempts=cfg.llm_attempts, json_mode=cfg.llm_json_mode,
-                                timeout=cfg.llm_timeout, max_retries=cfg.llm_max_retries,
-                                concurrency=cfg.llm_concurrency, seed=cfg.seed)
+            known = {f.name for f in dataclasses.fields(RephraseConfig)}  # the llm section, less batch knobs
+            rc = RephraseConfig(seed=cfg.seed, **{k: v for k, v in dataclasses.asdict(cfg.llm).items() if k in known})
             llm = LLMRephraser(rc, LLMCache(self.ws.root / "llm" / "cache.sqlite"))
             self._llm = (os.getpid(), llm)
         return llm

@@ -11,5 +11,5 @@ def run(ctx: BuildContext, selection_report: Dict[str, Any]) -> Dict[str, Any]:
     in the dataset card; returns ``refcoco_edit.export.export_workspace``'s summary."""
     from ..export import export_workspace
 
-    return export_workspace(ctx.ws, status=ctx.cfg.export_status, build_info={
+    return export_workspace(ctx.ws, status=ctx.cfg.run.export_status, build_info={
         "settings": ctx.cfg.settings(), "demo_data": bool(ctx.data and ctx.data.demo), "selection": selection_report})

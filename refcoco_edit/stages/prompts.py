@@ -47,7 +47,7 @@ def llm_items(ctx: BuildContext, rows: List[Dict[str, Any]], prompts: List[Any])
         item = {"sample_id": row["sample_id"], "edit_type": row["edit_type"], "edit_target": row["edit_target"],
                 "referring_expression": row["referring_expression"], "category": row["category"], "prompt": p,
                 "seed": derive_seed(cfg.seed, row["sample_id"], "llm")}
-        if cfg.llm_mode == "propose":
+        if cfg.llm.mode == "propose":
             if row["edit_type"] == "replace" and allowed_replace is not None:
                 item["allowed_targets"] = [c for c in allowed_replace if c != row["category"]]
             elif row["edit_type"] == "attribute":
@@ -69,7 +69,7 @@ def _with_llm(ctx: BuildContext, rows: List[Dict[str, Any]], prompts: List[Any],
         if isinstance(res, Exception):
             quarantine.append(quarantine_record("prompts", row["sample_id"], getattr(res, "reason", "llm_error"), str(res)))
             continue
-        if ctx.cfg.llm_mode == "propose" and row["sample_id"] in llm.targets:
+        if ctx.cfg.llm.mode == "propose" and row["sample_id"] in llm.targets:
             from ..schema import sample_id
 
             row["edit_target"] = llm.targets[row["sample_id"]] if row["edit_type"] != "remove" else ""
@@ -83,7 +83,7 @@ def _with_llm(ctx: BuildContext, rows: List[Dict[str, Any]], prompts: List[Any],
 def run_shard(ctx: BuildContext, i: int) -> Dict[str, Any]:
     """Write prompts shard ``i`` (rows with prompt and spans; failures quarantined); its stats."""
     rows, prompts, quarantine = template_prompts(ctx, i)
-    if ctx.cfg.llm_model:
+    if ctx.cfg.llm.model:
         out, stats = _with_llm(ctx, rows, prompts, quarantine)
     else:
         out, stats = [], {}
@@ -104,5 +104,5 @@ def llm_batch(ctx: BuildContext, shards: List[int], log: Callable[[str], None]) 
     for i in shards:
         rows, prompts, _ = template_prompts(ctx, i)
         items.extend(llm_items(ctx, rows, prompts))
-    runner = BatchRunner(ctx.llm(), ctx.ws.root / "llm" / "batches.json", poll_interval=ctx.cfg.llm_batch_poll, log=log)
+    runner = BatchRunner(ctx.llm(), ctx.ws.root / "llm" / "batches.json", poll_interval=ctx.cfg.llm.batch_poll, log=log)
     return runner.run(items)

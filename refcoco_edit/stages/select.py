@@ -6,6 +6,7 @@ exemplar bank can cut from another image are offered as replacement targets.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, Dict
 
 from ..schema import rows_to_table
@@ -25,11 +26,7 @@ def selection_config(cfg: "BuildConfig") -> "SelectionConfig":
         samples_per_image=cfg.samples_per_image,
         splits=cfg.splits,
         edit_types=tuple(cfg.edit_types),
-        min_area_fraction=cfg.min_area_fraction,
-        max_area_fraction=cfg.max_area_fraction,
-        sizeable_fraction=cfg.sizeable_fraction,
-        sizeable_relative=cfg.sizeable_relative,
-        similarity_threshold=cfg.similarity_threshold,
+        **dataclasses.asdict(cfg.selection),  # the rules' thresholds: the same names on both sides
         imaginative_targets=cfg.backend != "classical",
     )
 

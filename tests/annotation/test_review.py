@@ -44,7 +44,7 @@ NUM_IMAGES = 4  # 8 samples
 # ----------------------------------------------------------------------------------------------
 
 def _build(demo_dir: Path, out: Path, num_candidates: int, overwrite: bool = False) -> List[Dict[str, Any]]:
-    build(BuildConfig(out=str(out), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=NUM_IMAGES,
+    build(BuildConfig.of(out=str(out), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=NUM_IMAGES,
                       num_candidates=num_candidates, overwrite=overwrite, progress=False), log=lambda s: None)
     return Workspace(out).stage("generate").read_all().to_pylist()
 

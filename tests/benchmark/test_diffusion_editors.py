@@ -176,7 +176,7 @@ def export(demo_dir, tmp_path_factory):
     from refcoco_edit.build import BuildConfig, build
 
     out = tmp_path_factory.mktemp("de-build")
-    return build(BuildConfig(out=str(out), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=2,
+    return build(BuildConfig.of(out=str(out), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=2,
                              progress=False), log=lambda s: None).export_dir
 
 

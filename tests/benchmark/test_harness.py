@@ -32,7 +32,7 @@ from refcoco_edit.workspace import atomic_write_table
 @pytest.fixture(scope="module")
 def built(demo_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("score-build")
-    return build(BuildConfig(out=str(out), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=6,
+    return build(BuildConfig.of(out=str(out), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=6,
                              progress=False), log=lambda s: None)
 
 

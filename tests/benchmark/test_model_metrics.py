@@ -333,7 +333,7 @@ def export(demo_dir, tmp_path_factory):
     from refcoco_edit.build import BuildConfig, build
 
     out = tmp_path_factory.mktemp("mm-build")
-    return build(BuildConfig(out=str(out), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=3,
+    return build(BuildConfig.of(out=str(out), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=3,
                              progress=False), log=lambda s: None).export_dir
 
 

@@ -34,7 +34,7 @@ def ray_instance(ray_local):
 @pytest.fixture(scope="module")
 def export(demo_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ray-score-build")
-    return build(BuildConfig(out=str(out), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=6,
+    return build(BuildConfig.of(out=str(out), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=6,
                              progress=False), log=lambda s: None).export_dir
 
 

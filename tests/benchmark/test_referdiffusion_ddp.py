@@ -52,7 +52,7 @@ def setup(demo_dir, tmp_path_factory):
         ip2p = save_tiny_ip2p(root)
     finally:
         torch.set_num_threads(n)
-    export = build(BuildConfig(out=str(root / "work"), refcoco=str(demo_dir), images=str(demo_dir / "images"),
+    export = build(BuildConfig.of(out=str(root / "work"), refcoco=str(demo_dir), images=str(demo_dir / "images"),
                                num_images=3, progress=False), log=lambda s: None).export_dir
     cfg = {"pretrained": str(ip2p), "data": str(export), "stage": "stage2", "status": "all", "resolution": 32,
            "batch_size": 2, "lr": 1e-3, "max_steps": 4, "checkpoint_every": 2, "seed": 5, "model": dict(TINY_CFG)}

@@ -129,7 +129,7 @@ def test_score_cli_on_demo_export(demo_dir, tiny_ckpt, tmp_path):
     from refcoco_edit.benchmark.data import decode_sample, load_dataset
     from refcoco_edit.build import BuildConfig, build
 
-    export = build(BuildConfig(out=str(tmp_path / "build"), refcoco=str(demo_dir), images=str(demo_dir / "images"),
+    export = build(BuildConfig.of(out=str(tmp_path / "build"), refcoco=str(demo_dir), images=str(demo_dir / "images"),
                                num_images=2, progress=False), log=lambda s: None).export_dir
     out = tmp_path / "rd"
     r = run_cli("score", "--model", f"referdiffusion:{tiny_ckpt}", "--editor-arg", "steps=2",

@@ -41,7 +41,7 @@ class HostileEditor(Editor):
 @pytest.fixture(scope="module")
 def runs(demo_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
-    res = build(BuildConfig(out=str(root / "w"), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=3,
+    res = build(BuildConfig.of(out=str(root / "w"), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=3,
                             progress=False), log=lambda s: None)
     rows = load_export(res.export_dir).to_pylist()
     r0 = rows[0]

@@ -355,7 +355,7 @@ def test_build_quarantines_bad_images_on_the_diffusion_path(tmp_path):
     from support.make_bad_corpus import make_bad_corpus
 
     corpus = make_bad_corpus(tmp_path / "bad")
-    cfg = BuildConfig(out=str(tmp_path / "w"), refcoco=corpus["root"], images=corpus["images_dir"], backend="diffusion",
+    cfg = BuildConfig.of(out=str(tmp_path / "w"), refcoco=corpus["root"], images=corpus["images_dir"], backend="diffusion",
                       num_images=None, num_inference_steps=1, resolution=32, progress=False, shard_size=64,
                       pipelines=["sd-inpaint-remove", "bld-attribute"], edit_types=["remove", "attribute"],
                       sd_model=str(tiny("sd")), inpaint_model=str(tiny("sd-inpaint")), clip_model="none",
@@ -407,7 +407,7 @@ def test_missing_or_wrong_kind_model_exits_2_before_any_shard(demo_dir, tmp_path
 def test_a_sam_checkpoint_of_the_wrong_type_stops_the_build(demo_dir, tmp_path):
     bare = tmp_path / "sam_bare.pth"
     shutil.copy(tiny("sam"), bare)
-    cfg = BuildConfig(out=str(tmp_path / "w"), refcoco=str(demo_dir), images=str(demo_dir / "images"), backend="diffusion",
+    cfg = BuildConfig.of(out=str(tmp_path / "w"), refcoco=str(demo_dir), images=str(demo_dir / "images"), backend="diffusion",
                       num_images=2, progress=False, pipelines=["bld-replace"], edit_types=["replace"],
                       sd_model=str(tiny("sd")), clip_model="none", sam_checkpoint=str(bare), sam_type="vit_l")
     with pytest.raises(InputError, match="does not fit --sam-type vit_l"):

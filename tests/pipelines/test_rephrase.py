@@ -241,7 +241,7 @@ def test_batch_mode_end_to_end_and_resume(tmp_path):
 
 
 def _build_cfg(demo_dir, out, url, **kw):
-    return BuildConfig(out=str(out), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=kw.pop("num_images", 6),
+    return BuildConfig.of(out=str(out), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=kw.pop("num_images", 6),
                        progress=False, llm_model="m", llm_base_url=url, llm_max_retries=1, llm_timeout=5, **kw)
 
 

@@ -20,7 +20,7 @@ from refcoco_edit.schema import arrow_schema, column_names
 
 def _cfg(demo_dir, out, **kw):
     kw.setdefault("num_images", 10)
-    return BuildConfig(out=str(out), refcoco=str(demo_dir), images=str(demo_dir / "images"), progress=False, **kw)
+    return BuildConfig.of(out=str(out), refcoco=str(demo_dir), images=str(demo_dir / "images"), progress=False, **kw)
 
 
 @pytest.fixture(scope="module")

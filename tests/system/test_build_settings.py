@@ -78,7 +78,31 @@ def test_selection_and_filter_settings_reach_their_rules_and_defaults_keep_the_f
 
     base = BuildConfig()
     assert "sizeable_relative" not in base.settings() and "pipeline_params" not in base.settings()
-    cfg = BuildConfig(sizeable_relative=0.5, backend="diffusion", filter_crop_margin=0.3)
+    cfg = BuildConfig.of(sizeable_relative=0.5, backend="diffusion", filter_crop_margin=0.3)
     assert selection_config(cfg).sizeable_relative == 0.5
     assert cfg.settings()["sizeable_relative"] == 0.5 and cfg.settings()["filter_crop_margin"] == 0.3
-    assert "filter_crop_margin" not in BuildConfig(filter_crop_margin=0.3).settings()  # classical: not read
+    assert "filter_crop_margin" not in BuildConfig.of(filter_crop_margin=0.3).settings()  # classical: not read
+
+
+def test_build_settings_have_sections_and_every_flat_key_still_works(tmp_path):
+    """selection / llm / filters are sections: nested YAML, dotted keys and the old flat keys give
+    the same config, and the workspace fingerprint keeps the flat names."""
+    from refcoco_edit.build import BuildConfig
+    from refcoco_edit.config import read_file
+
+    forms = {
+        "nested": "selection: {min_area_fraction: 0.02}\nllm: {temperature: 0.3}\nfilters: {max_bg_change: 0.01}\n",
+        "dotted": "selection.min_area_fraction: 0.02\nllm.temperature: 0.3\nfilters.max_bg_change: 0.01\n",
+        "flat": "min_area_fraction: 0.02\nllm_temperature: 0.3\nfilter_max_bg_change: 0.01\n",
+    }
+    cfgs = []
+    for name, text in forms.items():
+        f = tmp_path / f"{name}.yaml"
+        f.write_text(text + "backend: diffusion\n")
+        cfgs.append(BuildConfig.of(**read_file(f, BuildConfig)))
+    assert cfgs[0] == cfgs[1] == cfgs[2]
+    cfg = cfgs[0]
+    assert (cfg.selection.min_area_fraction, cfg.llm.temperature, cfg.filters.max_bg_change) == (0.02, 0.3, 0.01)
+    s = cfg.settings()
+    assert (s["min_area_fraction"], s["llm_temperature"], s["filter_max_bg_change"]) == (0.02, 0.3, 0.01)
+    assert BuildConfig.of(llm_model="m").llm.model == "m"

@@ -1,7 +1,6 @@
 """The command line: help without torch, config file + overrides, exit codes."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -30,8 +29,11 @@ def test_help_does_not_import_torch_or_heavy_modules():
 def test_every_setting_is_a_flag():
     parser = build_parser()
     sub = parser._subparsers._group_actions[0].choices["build"]
-    dests = {a.dest for a in sub._actions}
-    assert {f.name for f in dataclasses.fields(BuildConfig)} <= dests
+    flags = {o for a in sub._actions for o in a.option_strings}
+    flat = {"--" + n.replace("_", "-") for n in BuildConfig().flat() if n != "pipeline_params"}
+    assert flat <= flags, sorted(flat - flags)  # every setting keeps its flat flag (--llm-model ...)
+    assert {"--llm.model", "--filters.max-bg-change", "--selection.min-area-fraction", "--run.workers", "--runtime.dtype",
+            "--pipeline-params"} <= flags
 
 
 def test_config_file_then_command_line_wins(tmp_path):

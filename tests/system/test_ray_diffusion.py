@@ -28,7 +28,7 @@ def ray_instance(ray_local):
 
 
 def _cfg(demo_dir: Path, out: Path, **kw) -> BuildConfig:
-    return BuildConfig(out=str(out), refcoco=str(demo_dir), images=str(demo_dir / "images"), progress=False,
+    return BuildConfig.of(out=str(out), refcoco=str(demo_dir), images=str(demo_dir / "images"), progress=False,
                        backend="diffusion", num_images=2, shard_size=2, num_candidates=1, num_inference_steps=2,
                        resolution=64, device="cpu", pbe_model=str(tiny("pbe")), sd_model=str(tiny("sd")),
                        inpaint_model=str(tiny("sd-inpaint")), sam_checkpoint=str(tiny("sam")),

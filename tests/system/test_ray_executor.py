@@ -31,7 +31,7 @@ def ray_instance(ray_local):
 def _cfg(demo_dir: Path, out: Path, **kw) -> BuildConfig:
     kw.setdefault("num_images", 6)
     kw.setdefault("shard_size", 3)
-    return BuildConfig(out=str(out), refcoco=str(demo_dir), images=str(demo_dir / "images"), progress=False, **kw)
+    return BuildConfig.of(out=str(out), refcoco=str(demo_dir), images=str(demo_dir / "images"), progress=False, **kw)
 
 
 def _outputs(workdir: Path):
@@ -192,7 +192,7 @@ def test_shard_task_is_picklable_with_absolute_paths(demo_dir, tmp_path, monkeyp
     import pickle
 
     monkeypatch.chdir(tmp_path)
-    task = ShardTask(BuildConfig(out="rel-work", refcoco=str(demo_dir)), "generate")
+    task = ShardTask(BuildConfig.of(out="rel-work", refcoco=str(demo_dir)), "generate")
     back = pickle.loads(pickle.dumps(task))
     assert back.cfg.out == str((tmp_path / "rel-work").resolve()) and back.stage == "generate"
     with pytest.raises(ValueError):

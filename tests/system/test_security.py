@@ -76,7 +76,7 @@ def small_build(tmp_path_factory, demo_dir) -> Path:
     from refcoco_edit.build import BuildConfig, build
 
     w = tmp_path_factory.mktemp("sec-build") / "W"
-    build(BuildConfig(out=str(w), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=2,
+    build(BuildConfig.of(out=str(w), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=2,
                       progress=False), log=lambda s: None)
     return w
 
@@ -352,7 +352,7 @@ def test_review_push_refuses_a_sample_id_that_is_a_path(tmp_path, label_studio, 
     from refcoco_edit.build import BuildConfig, build
 
     w = label_studio.files_root / "sec-push" / "sec-push-W"
-    build(BuildConfig(out=str(w), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=1,
+    build(BuildConfig.of(out=str(w), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=1,
                       progress=False), log=lambda s: None)
     _plant_sample_id(w, "../../../sec-escaped")
     proc = _cli_in_process(["review", "push", "--workdir", str(w), "--url", label_studio.url,
@@ -370,7 +370,7 @@ def test_review_pull_ignores_a_task_whose_sample_id_is_a_path(tmp_path, label_st
 
     ls = label_studio
     w = ls.files_root / "sec-pull" / "sec-pull-W"
-    build(BuildConfig(out=str(w), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=1,
+    build(BuildConfig.of(out=str(w), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=1,
                       progress=False), log=lambda s: None)
     env = {"LABEL_STUDIO_API_KEY": ls.token}
     proc = _cli_in_process(["review", "push", "--workdir", str(w), "--url", ls.url, "--document-root",
@@ -608,7 +608,7 @@ def test_tokens_in_the_environment_never_reach_a_ray_build(tmp_path, demo_dir, r
         monkeypatch.setenv(k, v)
     lines: List[str] = []
     w = tmp_path / "W"
-    res = build(BuildConfig(out=str(w), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=2,
+    res = build(BuildConfig.of(out=str(w), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=2,
                             shard_size=2, executor="ray", workers=1, progress=False), log=lines.append)
     assert res.export["rows"] > 0
     _assert_no_token("ray build", *lines, roots=[w])

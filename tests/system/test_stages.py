@@ -25,7 +25,7 @@ from refcoco_edit.stages.backend import Backend, diffusion_models
 
 REPO = Path(__file__).resolve().parents[2]
 ALL = sorted({n for backend in base.BACKENDS.values() for names in backend.values() for n in names})
-FIELDS = {f.name for f in dataclasses.fields(BuildConfig)}
+FIELDS = set(BuildConfig().flat())
 FAKE = {"runtime": lambda: "RUNTIME", "sam": lambda: "SAM"}
 
 
@@ -35,7 +35,7 @@ def test_every_pipeline_describes_itself(name):
 
     cls = base.PIPELINES.get(name)
     init = set(list(inspect.signature(cls.__init__).parameters)[1:])
-    settings = {f.name: getattr(BuildConfig(), f.name) for f in dataclasses.fields(BuildConfig)}
+    settings = BuildConfig().flat()
     for backbone in ("sd", "inpaint"):
         for need in cls.model_needs({**settings, "bld_backbone": backbone}):
             assert need.param in init and need.setting in FIELDS and need.kind in KINDS, need
@@ -47,7 +47,7 @@ def test_every_pipeline_describes_itself(name):
 
 
 def test_diffusion_pipelines_are_built_from_the_build_settings():
-    cfg = BuildConfig(backend="diffusion", pbe_model="P", sd_model="S", inpaint_model="I", num_inference_steps=7,
+    cfg = BuildConfig.of(backend="diffusion", pbe_model="P", sd_model="S", inpaint_model="I", num_inference_steps=7,
                       resolution=64, context=2.0, region_growth=0.2, bld_refine_steps=3)
     b = Backend(cfg)
     b.runtime, b.sam = FAKE["runtime"], FAKE["sam"]  # no torch: the resources are stand-ins
@@ -65,7 +65,7 @@ def test_diffusion_pipelines_are_built_from_the_build_settings():
 
 
 def test_the_up_front_model_list_follows_the_pipelines():
-    cfg = BuildConfig(backend="diffusion")
+    cfg = BuildConfig.of(backend="diffusion")
     assert diffusion_models(cfg) == [(cfg.pbe_model, "pbe", "--pbe-model"), (cfg.sd_model, "sd", "--sd-model"),
                                      (cfg.inpaint_model, "sd-inpaint", "--inpaint-model")]
     one = dataclasses.replace(cfg, bld_backbone="inpaint", pipelines=["bld-replace", "bld-attribute"])
@@ -104,12 +104,12 @@ def test_a_new_pipeline_is_one_class_plus_its_registry_lines(monkeypatch, tmp_pa
     monkeypatch.setattr(base.PIPELINES, "_entries", {**base.PIPELINES.entries, "toy-remove": ShadeRemove})
     monkeypatch.setattr(base.PIPELINES, "_loaded", {})
     monkeypatch.setitem(base.BACKENDS["diffusion"], "remove", ["toy-remove"])
-    cfg = BuildConfig(backend="diffusion", edit_types=["remove"], inpaint_model="my/inpaint")
+    cfg = BuildConfig.of(backend="diffusion", edit_types=["remove"], inpaint_model="my/inpaint")
     assert diffusion_models(cfg) == [("my/inpaint", "sd-inpaint", "--inpaint-model")]
     assert Backend(cfg).pipeline("toy-remove").model == "my/inpaint"
     # the generate stage runs it like any other (the classical backend, so no models are checked)
     monkeypatch.setitem(base.BACKENDS["classical"], "remove", ["toy-remove"])
-    res = build(BuildConfig(out=str(tmp_path / "w"), refcoco=str(demo_dir), images=str(demo_dir / "images"),
+    res = build(BuildConfig.of(out=str(tmp_path / "w"), refcoco=str(demo_dir), images=str(demo_dir / "images"),
                             num_images=2, edit_types=["remove"], progress=False, inpaint_model="m"), log=lambda s: None)
     rows = res.workdir.joinpath("generate")
     import pyarrow.parquet as pq
