@@ -24,10 +24,9 @@ value" / "aggregate over the samples table", which keeps every sample's value fo
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from refcoco_edit.registry import UnknownNameError
-from refcoco_edit.suggest import did_you_mean
+from refcoco_edit.registry import Registry
 
 from .base import MODEL_OPTIONS, MetricContext, MetricParams, MetricSpec, SampleArrays
 from .model_based import SPECS as _MODEL_SPECS
@@ -72,6 +71,11 @@ FAMILIES: Dict[str, Tuple[str, ...]] = {
 }
 
 
+# metric and family names for --metrics (case and dashes do not matter: "SSIM-bg" is ssim_bg)
+REGISTRY: Registry[Any] = Registry("metric or family", {**METRICS, **FAMILIES},
+                                   normalize=lambda name: name.lower().replace("-", "_"))
+
+
 def select_metrics(selection: Optional[Iterable[str]] = None) -> List[str]:
     """Metric names for ``--metrics`` (names or family names; None/empty = all), in table order."""
     if selection is None:
@@ -81,17 +85,13 @@ def select_metrics(selection: Optional[Iterable[str]] = None) -> List[str]:
         return list(METRICS)
     wanted = set()
     for item in items:
-        key = item.lower().replace("-", "_")
-        if key in METRICS:
-            wanted.add(key)
-        elif item.lower() in FAMILIES:
-            wanted.update(FAMILIES[item.lower()])
-        elif key == "all":
+        if item.lower() == "all":
             wanted.update(METRICS)
+        elif item in REGISTRY:
+            found = REGISTRY.get(item)  # a MetricSpec, or a family's tuple of names
+            wanted.update(found if isinstance(found, tuple) else (found.name,))
         else:
-            hint = did_you_mean(key, list(METRICS) + list(FAMILIES), n=2)
-            raise UnknownNameError(f"unknown metric {item!r}{hint} Known metrics: {', '.join(METRICS)}; "
-                             f"families: {', '.join(FAMILIES)}")
+            raise REGISTRY.unknown(item)
     return [n for n in METRICS if n in wanted]
 
 

@@ -78,5 +78,8 @@ def test_the_package_registries_use_it():
     assert {"classical-remove", "pbe-replace"} <= set(PIPELINES.names())
     assert {"identity", "oracle"} <= set(EDITORS.names()) and EDITORS.canonical("GT") == "oracle"
     assert EXECUTORS.names(plugins=False) == ["local", "ray"]
+    from refcoco_edit.benchmark.metrics import REGISTRY as METRICS
+
+    assert METRICS.get("SSIM-bg").name == "ssim_bg" and "referring_accuracy" in METRICS.get("referring")
     with pytest.raises(UnknownNameError, match="unknown backend 'clasical'; did you mean 'classical'"):
         pipelines_for("clasical", "remove")
