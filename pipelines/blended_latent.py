@@ -66,8 +66,6 @@ class BlendedLatentEdit(DiffusionGTPipeline):
     name = "bld"
     edit_types = ("replace", "attribute")
     needs_exemplar = False
-    model_kind = "sd"
-    model_option = "--sd-model"
     models = (ModelNeed("model", "sd_model", "sd"),)  # --bld-backbone inpaint: see model_needs
     build_settings = {**DiffusionGTPipeline.build_settings, "backbone": "bld_backbone",
                       "region_growth": "region_growth", "refine_steps": "bld_refine_steps"}
@@ -78,6 +76,10 @@ class BlendedLatentEdit(DiffusionGTPipeline):
         if settings.get("bld_backbone") == "inpaint":
             return [ModelNeed("model", "inpaint_model", "sd-inpaint")]
         return list(cls.models)
+
+    def model_need(self) -> ModelNeed:
+        """The model of this instance's backbone (``model_needs`` for its ``bld_backbone``)."""
+        return self.model_needs({"bld_backbone": self.backbone})[0]
 
     def __init__(
         self,
@@ -109,8 +111,6 @@ class BlendedLatentEdit(DiffusionGTPipeline):
         if "{text}" not in prompt_template:
             raise ValueError(f"prompt_template must contain {{text}}, got {prompt_template!r}")
         self.backbone = backbone
-        self.model_kind = "sd-inpaint" if backbone == "inpaint" else "sd"
-        self.model_option = "--inpaint-model" if backbone == "inpaint" else "--sd-model"
         self.region_growth = float(region_growth)
         self.attribute_dilate_px = int(attribute_dilate_px)
         self.strength = float(strength)

@@ -3,7 +3,7 @@ Diffusion, SD inpainting): ``DiffusionGTPipeline`` loads its model lazily throug
 (``refcoco_edit.models.load_diffusers``), cuts the square context window at a working resolution
 (``refcoco_edit.pipelines.windows``), batches requests, and pastes back exactly through M_e.
 
-A subclass sets ``model_kind``/``model_option`` and implements ``prepare`` (request -> ``Job``),
+A subclass declares its ``models`` (``ModelNeed``) and implements ``prepare`` (request -> ``Job``),
 ``run_model`` (jobs -> generated crops, one model call per batch) and ``finish`` (job +
 full-size generated image -> ``PipelineOutput`` via ``paste``). Where models come from, their
 kinds, device and dtype: ``refcoco_edit.models``.
@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from refcoco_edit.models import Runtime, load_diffusers
-from refcoco_edit.pipelines.base import EditRequest, GTPipeline, PipelineError, PipelineOutput
+from refcoco_edit.pipelines.base import EditRequest, GTPipeline, ModelNeed, PipelineError, PipelineOutput
 from refcoco_edit.pipelines.masks import check_output, mask_box, paste_back
 from refcoco_edit.pipelines.windows import crop_to_window, uncrop
 
@@ -42,13 +42,11 @@ class DiffusionGTPipeline(GTPipeline):
     """Base of the diffusion ground-truth pipelines: lazy model loading, the crop window at a
     working resolution, batching over requests, and the exact paste-back through M_e.
 
-    Subclasses set ``model_kind``/``model_option`` and implement ``prepare`` (request -> Job),
+    Subclasses declare their ``models`` (``ModelNeed``) and implement ``prepare`` (request -> Job),
     ``run_model`` (jobs -> generated crops, one model call per batch) and ``finish`` (job +
     full-size generated image -> PipelineOutput via ``self.paste``).
     """
 
-    model_kind: str = "sd"
-    model_option: str = "--sd-model"
     uses: ClassVar[Tuple[str, ...]] = ("runtime",)
     build_settings: ClassVar[Mapping[str, str]] = {
         "num_inference_steps": "num_inference_steps", "guidance_scale": "guidance_scale",
@@ -80,11 +78,22 @@ class DiffusionGTPipeline(GTPipeline):
         self._pipe: Any = None
 
     # -- model ---------------------------------------------------------------------------------
+    def model_need(self) -> ModelNeed:
+        """The model this instance loads: its ``models`` entry (a pipeline whose model depends on
+        a setting, as Blended Latent Diffusion's backbone, picks among ``model_needs``)."""
+        return self.models[0]
+
+    @property
+    def model_kind(self) -> str:
+        """The kind of model ``pipe`` loads (``sd``, ``sd-inpaint``, ``pbe``)."""
+        return self.model_need().kind
+
     @property
     def pipe(self) -> Any:
         """The loaded diffusers pipeline (loaded on first use; ``ModelError`` when it cannot be)."""
         if self._pipe is None:
-            self._pipe = load_diffusers(self.model, self.model_kind, self.runtime, self.model_option)
+            need = self.model_need()
+            self._pipe = load_diffusers(self.model, need.kind, self.runtime, need.option)
         return self._pipe
 
     def load(self) -> "DiffusionGTPipeline":

@@ -43,8 +43,6 @@ class InpaintRemove(DiffusionGTPipeline):
     name = "sd-inpaint-remove"
     edit_types = ("remove",)
     needs_exemplar = False
-    model_kind = "sd-inpaint"
-    model_option = "--inpaint-model"
     models = (ModelNeed("model", "inpaint_model", "sd-inpaint"),)
 
     def __init__(

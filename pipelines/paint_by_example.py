@@ -69,8 +69,6 @@ class PaintByExampleReplace(DiffusionGTPipeline):
     name = "pbe-replace"
     edit_types = ("replace",)
     needs_exemplar = True
-    model_kind = "pbe"
-    model_option = "--pbe-model"
     models = (ModelNeed("model", "pbe_model", "pbe"),)
     build_settings = {**DiffusionGTPipeline.build_settings, "region_growth": "region_growth"}
     uses = ("runtime", "sam")
