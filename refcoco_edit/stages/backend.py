@@ -19,11 +19,6 @@ if TYPE_CHECKING:
     from .config import BuildConfig
 
 
-def settings_of(cfg: "BuildConfig") -> Dict[str, Any]:
-    """The build settings by name, as pipelines read them (``from_build_config``)."""
-    return cfg.flat()
-
-
 def active_pipelines(cfg: "BuildConfig", edit_type: str) -> List[str]:
     """The backend's pipelines for an edit type (restricted by ``--pipelines``)."""
     from refcoco_edit.pipelines.base import pipelines_for
@@ -39,7 +34,7 @@ def model_needs(cfg: "BuildConfig") -> List["ModelNeed"]:
     ``--edit-types`` and the backend's pipelines (the order the checks report them)."""
     from refcoco_edit.pipelines.base import PIPELINES, pipelines_for
 
-    settings = settings_of(cfg)
+    settings = cfg.flat()  # the build settings by name, as pipelines read them
     out: List["ModelNeed"] = []
     for t in cfg.edit_types:
         for name in pipelines_for("diffusion", t):
@@ -134,7 +129,7 @@ class Backend:
 
     def __init__(self, cfg: "BuildConfig", params: Optional[Mapping[str, Mapping[str, Any]]] = None):
         self.cfg = cfg
-        self.settings = settings_of(cfg)
+        self.settings = cfg.flat()
         # pipeline name -> its own settings section (default: the build's pipeline_params)
         self.params = dict(cfg.pipeline_params or {}) if params is None else dict(params)
         self._pipelines: Dict[str, Any] = {}
