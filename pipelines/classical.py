@@ -45,7 +45,7 @@ import numpy as np
 from refcoco_edit.pipelines.base import EditRequest, GTPipeline, PipelineError, PipelineOutput
 from refcoco_edit.pipelines.masks import check_output, dilate, edit_mask, erode, feather_alpha, paste_back
 
-__all__ = ["InpaintRemoval", "ExemplarComposite", "inpaint", "mask_bbox"]
+__all__ = ["InpaintRemoval", "ExemplarComposite", "inpaint", "mask_bbox", "box_slices", "finish_output"]
 
 Box = Tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
 
@@ -62,7 +62,7 @@ def mask_bbox(mask: np.ndarray) -> Box:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
-def _window(shape: Tuple[int, ...], box: Box, margin: int) -> Tuple[slice, slice]:
+def box_slices(shape: Tuple[int, ...], box: Box, margin: int) -> Tuple[slice, slice]:
     """Slices of ``box`` grown by ``margin`` and clipped to an image of ``shape``."""
     h, w = shape[:2]
     x0, y0, x1, y1 = box
@@ -105,7 +105,7 @@ def inpaint(
     if not hole.any():
         return out
     ring_px = max(6, 2 * radius)
-    ys, xs = _window(image.shape, mask_bbox(hole), ring_px + radius + 2)
+    ys, xs = box_slices(image.shape, mask_bbox(hole), ring_px + radius + 2)
     crop = image[ys, xs]
     h_crop = hole[ys, xs]
     h_u8 = h_crop.astype(np.uint8)
@@ -144,7 +144,7 @@ def inpaint(
     return out
 
 
-def _finish(
+def finish_output(
     source: np.ndarray, edited: np.ndarray, m_e: np.ndarray, feather_px: int, params: Dict[str, Any],
     exemplar: Optional[np.ndarray] = None,
 ) -> PipelineOutput:
@@ -193,7 +193,7 @@ class InpaintRemoval(GTPipeline):
         # 3-4. inpaint the hole (coarse-to-fine when large) and add matched grain
         filled = inpaint(image, m_e, p["radius"], rng=rng, noise=p["noise"], max_direct_px=p["max_direct_px"])
         # 5. exact paste-back and contract check
-        return _finish(image, filled, m_e, min(p["feather_px"], dp), {**p, "dilate_px": dp})
+        return finish_output(image, filled, m_e, min(p["feather_px"], dp), {**p, "dilate_px": dp})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -372,7 +372,7 @@ class ExemplarComposite(GTPipeline):
         m_e = edit_mask(mask, placed, dp)
         params = {**p, "dilate_px": dp, "blend": blend,
                   "placement": [int(cx0), int(cy0), int(cx1 - cx0), int(cy1 - cy0)]}
-        return _finish(image, composite, m_e, min(p["feather_px"], dp), params, exemplar=ex)
+        return finish_output(image, composite, m_e, min(p["feather_px"], dp), params, exemplar=ex)
 
     def _poisson(
         self, bg: np.ndarray, raw: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, placed: np.ndarray,

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from refcoco_edit.pipelines.base import EditRequest, GTPipeline, PipelineError, PipelineOutput
-from refcoco_edit.pipelines.classical import _finish, _window, inpaint, mask_bbox
+from refcoco_edit.pipelines.classical import box_slices, finish_output, inpaint, mask_bbox
 from refcoco_edit.pipelines.masks import dilate, edit_mask, erode, feather_alpha
 from refcoco_edit.vocab import COLOURS, MATERIALS
 
@@ -116,7 +116,7 @@ class Recolor(GTPipeline):
         target = _normalise_attribute(request.edit_target)
         rng = np.random.default_rng(request.seed)
         margin = 8
-        ys, xs = _window(image.shape, mask_bbox(mask), margin)
+        ys, xs = box_slices(image.shape, mask_bbox(mask), margin)
         crop, m = image[ys, xs], mask[ys, xs]
         # 2. new appearance of the object crop (float RGB 0..255)
         if target in COLOURS:
@@ -132,7 +132,7 @@ class Recolor(GTPipeline):
         edited = image.copy()
         edited[ys, xs] = mixed
         m_e = edit_mask(mask, None, p["dilate_px"])
-        return _finish(image, edited, m_e, 0, {**p, "attribute": target, "kind": kind})
+        return finish_output(image, edited, m_e, 0, {**p, "attribute": target, "kind": kind})
 
     def _alpha(self, crop: np.ndarray, m: np.ndarray) -> np.ndarray:
         """Where the new appearance is applied: 1 inside the object, a feathered rim at its edge,

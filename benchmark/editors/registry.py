@@ -72,17 +72,12 @@ class UnknownEditorError(UnknownNameError):
     """No editor of that name."""
 
 
-def _entry_points() -> Dict[str, Any]:
-    """Plug-in editors: name -> EntryPoint (read fresh each time; cheap, no import)."""
-    return REGISTRY.plugins()
-
-
 def list_editors() -> List[Dict[str, str]]:
     """Every known name: built-in, planned and plug-in, with where it comes from."""
     rows = [{"name": n, "kind": "built-in", "target": t} for n, t in sorted(EDITORS.items())]
     rows += [{"name": n, "kind": "planned", "target": d} for n, d in sorted(PLANNED.items())]
     rows += [{"name": n, "kind": "plug-in", "target": ep.value}
-             for n, ep in sorted(_entry_points().items()) if n not in EDITORS]
+             for n, ep in sorted(REGISTRY.plugins().items()) if n not in EDITORS]
     rows += [{"name": a, "kind": "alias", "target": t} for a, t in sorted(ALIASES.items())]
     return rows
 
@@ -160,7 +155,7 @@ def get_editor(spec: str, options: Optional[Dict[str, Any]] = None) -> Editor:
     canonical = REGISTRY.canonical(name) or name
     if canonical in EDITORS:
         return _instantiate(import_target(EDITORS[canonical], f"editor {canonical!r}"), f"editor {canonical!r}", options)
-    plugins = _entry_points()
+    plugins = REGISTRY.plugins()
     if canonical in plugins:
         ep = plugins[canonical]
         return _instantiate(import_target(ep.value, f"plug-in editor {canonical!r}"), f"plug-in editor {canonical!r}", options)

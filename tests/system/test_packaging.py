@@ -16,6 +16,9 @@ import pytest
 
 from conftest import REPO
 
+sys.path.insert(0, str(REPO / "tools"))
+from installed_layout import package_dirs  # noqa: E402  (setup.cfg's package_dir, read in one place)
+
 # repository folder -> installed package (setup.cfg [options] package_dir)
 FOLDERS = {"refcoco_edit": "refcoco_edit", "pipelines": "refcoco_edit.pipelines",
            "annotation": "refcoco_edit.annotation", "benchmark": "refcoco_edit.benchmark"}
@@ -31,8 +34,7 @@ def _setup_cfg() -> configparser.ConfigParser:
 def test_setup_cfg_lists_every_package_of_the_checkout():
     cp = _setup_cfg()
     listed = set(cp["options"]["packages"].split())
-    mapping = dict(line.split(" = ") for line in cp["options"]["package_dir"].strip().splitlines())
-    assert {v: k for k, v in mapping.items()} == FOLDERS
+    assert {folder.name: pkg for pkg, folder in package_dirs().items()} == FOLDERS
     found = set()
     for folder, pkg in FOLDERS.items():
         for init in (REPO / folder).rglob("__init__.py"):
