@@ -77,7 +77,7 @@ class PushResult:
 
 def load_samples(ws: Workspace) -> List[Dict[str, Any]]:
     """The generated samples of a workspace (InputError when there are none)."""
-    table = ws.stage("generate").read_all()
+    table = ws.stage("generate").read_samples()
     if table is None or table.num_rows == 0:
         raise InputError(f"{ws.root} has no generated samples; run `refcoco-edit build --out {ws.root}` first")
     rows = table.to_pylist()

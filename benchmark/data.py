@@ -107,7 +107,7 @@ def _read_workspace(root: Path) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
     from refcoco_edit.workspace import Workspace
 
     ws = Workspace(root)
-    table = ws.stage("generate").read_all()
+    table = ws.stage("generate").read_samples()
     if table is None:
         raise InputError(f"--data {root}: the workspace has no generated samples; run `refcoco-edit build --out {root}` first")
     reviews = ws.read_reviews()

@@ -18,12 +18,15 @@ import os
 import shutil
 import tempfile
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 from .errors import InputError
+from .export_writer import Counts, SplitFiles
+from .storage import LAYOUT, read_parquet, export_write_options, is_reference_once, materialize, store_reference_once, stored_schema
 from .schema import SCHEMA_VERSION, arrow_schema, check_table, column_names, is_safe_name, rows_to_table, sample_fields
-from .workspace import Workspace, atomic_write_table
+from .workspace import Workspace
 
 EXPORT_MARKER = ".refcoco-edit-export.json"
 VIEWS = ("rie", "reference-based")
@@ -88,55 +91,91 @@ def _check_target(out: Path) -> None:
         raise InputError(f"{out} exists and is not a refcoco-edit export; refusing to replace it")
 
 
-def write_export(rows: Sequence[Dict[str, Any]], out: Union[str, Path], view: str = "rie",
+def _table_of(rows: Union[Sequence[Dict[str, Any]], Any]) -> Any:
+    """A sample table from sample dicts, or the table itself normalised to the sample schema."""
+    if hasattr(rows, "schema") and hasattr(rows, "column"):
+        return rows.select(column_names()).cast(arrow_schema())
+    return rows_to_table(rows)
+
+
+def _split_names(table: Any) -> List[str]:
+    """The split of every row (a missing split exports as ``train``)."""
+    return [str(s) if s else "train" for s in table.column("split").to_pylist()]
+
+
+def _reference_based_table(table: Any) -> Any:
+    """The reference-based view's table: its rows (``reference_based_rows``), its columns."""
+    import pyarrow as pa
+
+    rows = reference_based_rows(table.to_pylist())
+    fields = [f for f in sample_fields() if f.name in REFERENCE_BASED_COLUMNS]
+    meta = dict(arrow_schema().metadata)
+    hf = json.loads(meta[b"huggingface"])
+    hf["info"]["features"] = {k: v for k, v in hf["info"]["features"].items() if k in REFERENCE_BASED_COLUMNS}
+    meta[b"huggingface"] = json.dumps(hf).encode()
+    return rows_to_table(rows).select([f.name for f in fields]).cast(pa.schema(fields, metadata=meta))
+
+
+def write_export(rows: Union[Sequence[Dict[str, Any]], Any], out: Union[str, Path], view: str = "rie",
                  rows_per_file: int = 500, card: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Write sample rows as split-wise Parquet files plus README.md into ``out`` (atomically)."""
+    """Write samples (dicts or a sample table) as split-wise Parquet files plus README.md into
+    ``out`` (atomically). The ``rie`` view stores each image once (``storage``)."""
     if view not in VIEWS:
         raise InputError(f"unknown view {view!r}; choose from {', '.join(VIEWS)}")
+    table = _table_of(rows)
+    part = _reference_based_table(table) if view == "reference-based" else store_reference_once(table)
+    return _write_parts([part], part.schema, out, view, rows_per_file, card)
+
+
+def _write_parts(parts: Iterable[Any], schema: Any, out: Union[str, Path], view: str, rows_per_file: int,
+                 card: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """Stream tables (of ``schema``) into the split files of a new export folder ``out``: written
+    next to it, swapped in with renames when complete, removed when anything fails."""
+    import numpy as np
+    import pyarrow as pa
+
     out = Path(out)
     _check_target(out)
-    bad = sorted({str(r.get("split")) for r in rows if r.get("split") and not is_safe_name(r.get("split"))})
-    if bad:  # split names become file names: never a path
-        raise InputError(f"split name(s) {', '.join(repr(b) for b in bad[:3])} are not plain names ([A-Za-z0-9_.-]); "
-                         "refusing to export")
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in list(out.parent.glob(f".{out.name}.tmp-*")) + list(out.parent.glob(f"{out.name}.old-*")):
         shutil.rmtree(stale, ignore_errors=True)  # left by an export that was killed
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=str(out.parent)))
     os.chmod(tmp, 0o777 & ~_umask())
+    files = SplitFiles(tmp, schema, rows_per_file, export_write_options())
+    counts = Counts()
     try:
-        if view == "reference-based":
-            rows = reference_based_rows(rows)
-        by_split: Dict[str, List[Dict[str, Any]]] = {}
-        for r in rows:
-            by_split.setdefault(str(r.get("split") or "train"), []).append(r)
-        files = []
-        for split in sorted(by_split):
-            part = by_split[split]
-            chunks = [part[k: k + rows_per_file] for k in range(0, len(part), rows_per_file)]
-            for k, chunk in enumerate(chunks):
-                table = rows_to_table(chunk)
-                if view == "reference-based":
-                    import pyarrow as pa
-
-                    fields = [f for f in sample_fields() if f.name in REFERENCE_BASED_COLUMNS]
-                    table = table.select([f.name for f in fields])
-
-                    meta = dict(arrow_schema().metadata)
-                    hf = json.loads(meta[b"huggingface"])
-                    hf["info"]["features"] = {k2: v for k2, v in hf["info"]["features"].items() if k2 in REFERENCE_BASED_COLUMNS}
-                    meta[b"huggingface"] = json.dumps(hf).encode()
-                    table = table.cast(pa.schema(fields, metadata=meta))
-                name = f"{split}-{k:05d}-of-{len(chunks):05d}.parquet"
-                atomic_write_table(tmp / name, table)
-                files.append(name)
-        summary = _summary(rows, view)
-        summary["files"] = files
+        for part in parts:
+            splits = _split_names(part)
+            bad = sorted({s for s in set(splits) if not is_safe_name(s)})
+            if bad:  # split names become file names: never a path
+                raise InputError(f"split name(s) {', '.join(repr(b) for b in bad[:3])} are not plain names "
+                                 "([A-Za-z0-9_.-]); refusing to export")
+            counts.add(part, splits)
+            part = part.cast(schema)
+            names = sorted(set(splits))
+            if len(names) == 1:
+                files.add(names[0], part)
+                continue
+            # one copy, grouped by split (stable: rows keep their order), then zero-copy slices
+            order = np.argsort(np.asarray(splits), kind="stable")
+            part = part.take(pa.array(order))
+            at = 0
+            for split in names:
+                n = splits.count(split)
+                files.add(split, part.slice(at, n))
+                at += n
+        summary = counts.summary(view)
+        summary["files"] = files.finish()
+        summary["columns"] = [(f.name, str(f.type)) for f in schema]
         (tmp / "README.md").write_text(dataset_card(summary, card or {}), encoding="utf-8")
-        (tmp / EXPORT_MARKER).write_text(json.dumps({"schema_version": SCHEMA_VERSION, "view": view,
-                                                     "files": files}, indent=2), encoding="utf-8")
+        summary.pop("columns")
+        marker = {"schema_version": SCHEMA_VERSION, "view": view, "files": summary["files"]}
+        if view == "rie":
+            marker["layout"] = LAYOUT
+        (tmp / EXPORT_MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
         _safe_swap_dir(tmp, out)
     except BaseException:
+        files.abort()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     summary["out"] = str(out)
@@ -218,41 +257,91 @@ def reference_based_rows(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]
     return out
 
 
+def _with_reviews(table: Any, reviews: Dict[str, Dict[str, Any]]) -> Any:
+    """``apply_review`` on the reviewed rows only (the rest stays Arrow), order kept."""
+    import numpy as np
+    import pyarrow as pa
+
+    if not reviews:
+        return table
+    ids = table.column("sample_id").to_pylist()
+    hit = [i for i, sid in enumerate(ids) if sid in reviews]
+    if not hit:
+        return table
+    rest = sorted(set(range(len(ids))) - set(hit))
+    reviewed = rows_to_table([apply_review(r, reviews[r["sample_id"]]) for r in table.take(hit).to_pylist()])
+    both = pa.concat_tables([table.take(rest), reviewed])
+    return both.take(np.argsort(np.asarray(rest + hit, dtype=np.int64), kind="stable"))
+
+
+def _stored_parts(ws: Workspace, reviews: Dict[str, Dict[str, Any]], status: str) -> Iterator[Any]:
+    """The workspace's samples shard by shard in the export layout, reviews folded in, filtered
+    by ``status``; the next shard is read while this one is written."""
+    import pyarrow.compute as pc
+
+    stage = ws.stage("generate")
+    ids = stage.done_shards()
+    if not ids:
+        raise InputError(f"{ws.root} has no generated samples; run `refcoco-edit build --out {ws.root}` first")
+    with ThreadPoolExecutor(1, thread_name_prefix="export-read") as pool:
+        ahead = pool.submit(stage.read_shard, ids[0])
+        for j in range(len(ids)):
+            table = ahead.result()
+            if j + 1 < len(ids):
+                ahead = pool.submit(stage.read_shard, ids[j + 1])
+            if reviews and any(sid in reviews for sid in table.column("sample_id").to_pylist()):
+                table = store_reference_once(_with_reviews(_table_of(materialize(table)), reviews))
+            elif not is_reference_once(table):  # a shard written before the layout (or imported)
+                table = store_reference_once(_table_of(table))
+            if status == "accepted":
+                keep = pc.equal(pc.struct_field(table.column("review"), "status"), "accepted").fill_null(False)
+                table = table.filter(keep)
+            yield table
+
+
 def export_workspace(ws: Union[Workspace, str, Path], out: Optional[Union[str, Path]] = None, status: str = "all",
                      view: str = "rie", build_info: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Export the generated samples of a workspace (optionally only accepted ones)."""
+    """Export the generated samples of a workspace (optionally only accepted ones), streaming
+    shard by shard."""
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     if status not in ("accepted", "all"):
         raise InputError(f"unknown --status {status!r}; choose accepted or all")
-    stage = ws.stage("generate")
-    table = stage.read_all()
-    if table is None:
+    if view not in VIEWS:
+        raise InputError(f"unknown view {view!r}; choose from {', '.join(VIEWS)}")
+    if not ws.stage("generate").done_shards():
         raise InputError(f"{ws.root} has no generated samples; run `refcoco-edit build --out {ws.root}` first")
-    reviews = ws.read_reviews()
-    rows = [apply_review(r, reviews.get(r["sample_id"])) for r in table.to_pylist()]
-    if status == "accepted":
-        rows = [r for r in rows if (r.get("review") or {}).get("status") == "accepted"]
     q = ws.quarantine().to_pylist()
     info = dict(build_info or ws.manifest())
     info["quarantine"] = dict(Counter(f"{x['stage']}/{x['reason']}" for x in q))
     info["status_filter"] = status
-    return write_export(rows, out if out is not None else ws.root / "export", view=view, card=info)
+    out = out if out is not None else ws.root / "export"
+    reviews = ws.read_reviews()
+    if view == "reference-based":
+        table = _with_reviews(_table_of(ws.stage("generate").read_samples()), reviews)
+        if status == "accepted":
+            import pyarrow as pa
+
+            table = table.filter(pa.array([(r or {}).get("status") == "accepted" for r in table.column("review").to_pylist()]))
+        return write_export(table, out, view=view, card=info)
+    return _write_parts(_stored_parts(ws, reviews, status), stored_schema(), out, view, 500, info)
 
 
-def load_export(path: Union[str, Path]) -> Any:
+def load_export(path: Union[str, Path], materialized: bool = True) -> Any:
     """Read an export folder (or one Parquet file) back as one Arrow table, checked against the
-    schema."""
+    schema. ``materialized`` (the default) gives the sample table: the reference candidate's
+    image filled back in and ``reference_candidate`` dropped (``storage.materialize``);
+    False gives the table as stored (each image once)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     path = Path(path)
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     if not files:
         raise InputError(f"{path} holds no Parquet files")
-    tables = [pq.read_table(f) for f in files]
-    table = pa.concat_tables(tables)
+    table = pa.concat_tables([read_parquet(f) for f in files], promote_options="default")
+    stored = table
+    table = materialize(table)
     check_table(table)
-    return table.select(column_names())
+    return table.select(column_names()) if materialized else stored
 
 
 def import_export(export_dir: Union[str, Path], workdir: Union[str, Path], shard_size: int = 16) -> Dict[str, Any]:
@@ -268,23 +357,9 @@ def import_export(export_dir: Union[str, Path], workdir: Union[str, Path], shard
     stage.clear()
     n = 0
     for i, start in enumerate(range(0, table.num_rows, shard_size)):
-        stage.write_shard(i, table.slice(start, shard_size), {"imported_from": str(export_dir)})
+        stage.write_samples(i, table.slice(start, shard_size), {"imported_from": str(export_dir)})
         n += 1
     return {"rows": table.num_rows, "shards": n, "workdir": str(ws.root)}
-
-
-def _summary(rows: Sequence[Dict[str, Any]], view: str) -> Dict[str, Any]:
-    return {
-        "view": view,
-        "rows": len(rows),
-        "images": len({r.get("image_id") for r in rows}),
-        "splits": dict(sorted(Counter(str(r.get("split")) for r in rows).items())),
-        "edit_types": dict(sorted(Counter(str(r.get("edit_type")) for r in rows).items())),
-        "categories": dict(sorted(Counter(str(r.get("category")) for r in rows).items())),
-        "prompt_sources": dict(sorted(Counter(str(r.get("prompt_source")) for r in rows).items())),
-        "review": dict(sorted(Counter(str((r.get("review") or {}).get("status")) for r in rows).items())),
-        "candidate_pipelines": dict(sorted(Counter(c["pipeline"] for r in rows for c in (r.get("candidates") or [])).items())),
-    }
 
 
 def _table(d: Dict[str, Any]) -> str:
@@ -314,16 +389,46 @@ def _selection_text(report: Optional[Dict[str, Any]]) -> str:
     )
 
 
+def _split_by_text(settings: Dict[str, Any]) -> str:
+    """Which refs file gave the splits (the dataset's default one when none was asked for)."""
+    from .refcoco import DEFAULT_SPLIT_BY
+
+    chosen = settings.get("split_by")
+    if chosen:
+        return f"splits from `refs({chosen}).p`"
+    default = DEFAULT_SPLIT_BY.get(str(settings.get("dataset")))
+    return f"splits from `refs({default}).p` (the dataset's default)" if default else "splits from the dataset's default refs file"
+
+
+def _layout_text(view: str) -> str:
+    if view != "rie":
+        return ""
+    return ("\nEach image is stored once. `reference_image` is the chosen candidate's image, so that candidate's "
+            "own `candidates[i].image` is null and `reference_candidate` holds its index `i` (null when the "
+            "reference is none of the candidates, e.g. a reviewer's correction). To get every candidate's image: "
+            "`row[\"candidates\"][row[\"reference_candidate\"]][\"image\"] = row[\"reference_image\"]`, which "
+            "`refcoco_edit.export.load_export` does for you.\n")
+
+
+def _licence_text(demo: bool) -> str:
+    if demo:
+        return ("The images are synthetic: drawn by refcoco-edit's demo generator (no photographs, no COCO or "
+                "Flickr content), released with the code under Apache-2.0.")
+    return "Images come from COCO (train2014, CC BY 4.0 per image terms of Flickr) when built from RefCOCO."
+
+
 def dataset_card(summary: Dict[str, Any], info: Dict[str, Any]) -> str:
     """The README.md of an export: loading configs, schema, counts and how it was built."""
     splits = sorted(summary["splits"])
     yaml = ["---", "configs:", "- config_name: default", "  data_files:"]
     for s in splits:
         yaml += [f"  - split: {s}", f"    path: {s}-*.parquet"]
-    yaml += ["license: cc-by-4.0", "task_categories:", "- image-to-image", "tags:", "- referring-image-editing",
+    demo = bool(info.get("demo_data"))
+    yaml += [f"license: {'apache-2.0' if demo else 'cc-by-4.0'}", "task_categories:", "- image-to-image", "tags:", "- referring-image-editing",
              "- refcoco", "---", ""]
     settings = info.get("settings", {})
-    schema_lines = "\n".join(f"| `{f.name}` | `{f.type}` |" for f in sample_fields())
+    columns = summary.get("columns") or [(f.name, str(f.type)) for f in sample_fields()]
+    schema_lines = "\n".join(f"| `{name}` | `{type_}` |" for name, type_ in columns)
     prompt_src = ", ".join(f"{k} ({v})" for k, v in summary["prompt_sources"].items()) or "none"
     body = f"""# RefCOCO-Edit (refcoco-edit export)
 
@@ -335,10 +440,14 @@ area M_e. Built with `refcoco-edit build`; schema version {SCHEMA_VERSION}; view
 ```python
 import datasets
 dd = datasets.load_dataset("path/to/this/folder")          # one split per RefCOCO split
-ds = datasets.load_dataset("parquet", data_files="path/to/this/folder/*.parquet", split="train")  # all rows
+dd = datasets.load_dataset("parquet", data_files={{s: f"path/to/this/folder/{{s}}-*.parquet" for s in {splits!r}}})
 import glob, pandas as pd
-df = pd.read_parquet(sorted(glob.glob("*.parquet")))
+df = pd.read_parquet(sorted(glob.glob("path/to/this/folder/*.parquet")))   # every split in one frame
+from refcoco_edit.export import load_export
+table = load_export("path/to/this/folder")   # one Arrow table, candidate images filled back in
 ```
+(`data_files="folder/*.parquet"` without a dict puts every split into one split named `train`.)
+{_layout_text(summary['view'])}
 Masks are COCO RLE (`pycocotools.mask.decode({{"size": m["size"], "counts": m["counts"].encode()}})`).
 `prompt[referring_span[0]:referring_span[1]]` is the referring expression verbatim;
 `prompt[edit_span[0]:edit_span[1]]` is the phrase naming the edit (the replace target, the new
@@ -360,7 +469,7 @@ Categories of the referred objects:
 Quarantined during the build (stage/reason):
 {_table(info.get('quarantine', {}))}
 ## How it was built
-- data: {"bundled synthetic demo data (not real photos)" if info.get('demo_data') else settings.get('refcoco', '?')}; dataset `{settings.get('dataset', '?')}`, refs split by `{settings.get('split_by') or 'default'}`
+- data: {"bundled synthetic demo data (not real photos)" if demo else settings.get('refcoco', '?')}; dataset `{settings.get('dataset', '?')}`, {_split_by_text(settings)}
 - backend: `{settings.get('backend', '?')}`; seed {settings.get('seed', '?')}; samples exported: `{info.get('status_filter', 'all')}`
 - prompts: {_prompt_text(settings)}
 
@@ -375,6 +484,6 @@ Settings:
 |---|---|
 {schema_lines}
 
-Images come from COCO (train2014, CC BY 4.0 per image terms of Flickr) when built from RefCOCO.
+{_licence_text(demo)}
 """
     return "\n".join(yaml) + body

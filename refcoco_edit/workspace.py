@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from .errors import InputError, is_disk_error, with_path
 from .schema import SCHEMA_VERSION
+from .storage import materialize, read_parquet, store_reference_once, workspace_write_options
 
 QUARANTINE_DIR = "quarantine"
 _UMASK = os.umask(0)
@@ -84,11 +85,11 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8"))
 
 
-def atomic_write_table(path: Path, table: Any, compression: str = "zstd") -> None:
-    """Write an Arrow table as Parquet atomically."""
+def atomic_write_table(path: Path, table: Any, compression: Any = "zstd", **options: Any) -> None:
+    """Write an Arrow table as Parquet atomically (``options``: more ``write_table`` options)."""
     import pyarrow.parquet as pq
 
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression=compression))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression=compression, **options))
 
 
 def fingerprint(obj: Any) -> str:
@@ -154,8 +155,10 @@ class Stage:
     def stats(self, i: int) -> Dict[str, Any]:
         return json.loads(self.stats_path(i).read_text())
 
-    def write_shard(self, i: int, table: Any, stats: Dict[str, Any], quarantine: Sequence[Dict[str, Any]] = ()) -> None:
-        """Write a shard's rows, its quarantine and (last) its stats, each atomically."""
+    def write_shard(self, i: int, table: Any, stats: Dict[str, Any], quarantine: Sequence[Dict[str, Any]] = (),
+                    options: Optional[Dict[str, Any]] = None) -> None:
+        """Write a shard's rows, its quarantine and (last) its stats, each atomically
+        (``options``: Parquet write options of the rows)."""
         import pyarrow as pa
 
         stats_path = self.stats_path(i)
@@ -167,14 +170,26 @@ class Stage:
             atomic_write_table(qpath, qt)
         elif qpath.exists():
             qpath.unlink()
-        atomic_write_table(self.shard_path(i), table)
+        atomic_write_table(self.shard_path(i), table, **(options or {}))
         stats = dict(stats, shard=i, rows=table.num_rows, quarantined=len(quarantine), stage=self.name)
         atomic_write_json(stats_path, stats)
 
     def read_shard(self, i: int) -> Any:
-        import pyarrow.parquet as pq
+        """Shard ``i`` as stored."""
+        return read_parquet(self.shard_path(i))
 
-        return pq.read_table(self.shard_path(i))
+    def write_samples(self, i: int, table: Any, stats: Dict[str, Any], quarantine: Sequence[Dict[str, Any]] = ()) -> None:
+        """``write_shard`` for a table of samples: each image stored once (``storage``)."""
+        self.write_shard(i, store_reference_once(table), stats, quarantine, options=workspace_write_options())
+
+    def read_samples(self, shards: Optional[Iterable[int]] = None) -> Any:
+        """The samples of the done shards (or of ``shards``) in shard order, as the sample
+        schema (``storage.materialize``: every candidate with its image); None when none."""
+        import pyarrow as pa
+
+        ids = list(shards) if shards is not None else self.done_shards()
+        tables = [materialize(self.read_shard(i)) for i in ids]
+        return pa.concat_tables(tables, promote_options="default") if tables else None
 
     def read_all(self, shards: Optional[Iterable[int]] = None) -> Any:
         """All done shards concatenated in shard order (rows keep their shard order)."""

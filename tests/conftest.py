@@ -9,6 +9,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Some test modules share helpers with a module of another folder (``from test_referdiffusion import
+# save_tiny_ip2p``): put every test folder on the path, so one file also runs alone.
+for _sub in sorted(p for p in Path(__file__).resolve().parent.iterdir() if p.is_dir() and p.name.startswith(("core", "pipelines", "annotation", "benchmark", "system"))):
+    if str(_sub) not in sys.path:
+        sys.path.append(str(_sub))
 
 
 @pytest.fixture(scope="session")

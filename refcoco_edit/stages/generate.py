@@ -207,6 +207,6 @@ def run_shard(ctx: BuildContext, i: int) -> Dict[str, Any]:
     if cand_failures:
         stats["candidate_failures"] = dict(sorted(cand_failures.items()))
     stage = ctx.ws.stage("generate")
-    stage.write_shard(i, rows_to_table(rows), stats, quarantine)
+    stage.write_samples(i, rows_to_table(rows), stats, quarantine)
     return stage.stats(i)
 

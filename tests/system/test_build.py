@@ -92,14 +92,21 @@ def test_export_reads_back_with_pandas_and_datasets(built):
     import datasets
     import pandas as pd
 
+    from refcoco_edit.storage import stored_schema
+
     files = sorted(glob.glob(str(built.export_dir / "*.parquet")))
     df = pd.read_parquet(files)
-    assert len(df) == 20 and list(df.columns) == column_names()
+    # the stored layout: the sample columns plus reference_candidate, the chosen candidate's image once
+    assert len(df) == 20 and list(df.columns) == stored_schema().names
+    assert set(df.columns) - set(column_names()) == {"reference_candidate"}
+    assert (df["reference_candidate"] == 0).all()
+    assert all(c[0]["image"] is None for c in df["candidates"])
     ds = datasets.load_dataset("parquet", data_files=files, split="train")
     assert ds.num_rows == 20
     row = ds[0]
     assert isinstance(row["source_image"], Image.Image) and isinstance(row["reference_image"], Image.Image)
     assert row["reference_image"].size == row["source_image"].size
+    assert row["reference_candidate"] == 0 and row["candidates"][0]["image"] is None
     dd = datasets.load_dataset(str(built.export_dir))  # splits from the dataset card's configs
     assert sum(d.num_rows for d in dd.values()) == 20
     assert set(dd) == set(df["split"])

@@ -1,0 +1,135 @@
+"""The Parquet files of an export, written as the rows stream in.
+
+An export is ``{split}-{k:05d}-of-{n:05d}.parquet`` files (``rows_per_file`` rows each). Rows
+arrive shard by shard, in the workspace's order, with their splits mixed; each split's rows go to
+that split's open file, ``ROW_GROUP_ROWS`` at a time, and a file is closed (and fsynced) when
+full. Nothing but one row group per split is held in memory, so an export of a 50k-sample build
+needs no more memory than one of the demo. The files are written under a part name and renamed
+to their final ``-of-{n}`` name once the last row is in (``n`` is only known then).
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+ROW_GROUP_ROWS = 100  # as HF datasets writes image datasets: small enough to stream, big enough to scan
+
+
+class SplitFiles:
+    """Writers of one export's files, one open file per split."""
+
+    def __init__(self, folder: Path, schema: Any, rows_per_file: int, options: Dict[str, Any]) -> None:
+        self.folder, self.schema, self.rows_per_file, self.options = Path(folder), schema, rows_per_file, options
+        self._open: Dict[str, Dict[str, Any]] = {}   # split -> {writer, path, rows, pending, pending_rows}
+        self._parts: Dict[str, List[Path]] = {}
+        # a closed file is fsynced in the background while the next rows are compressed
+        self._syncer = ThreadPoolExecutor(1, thread_name_prefix="export-fsync")
+        self._synced: List[Future] = []
+
+    def add(self, split: str, table: Any) -> None:
+        """Append ``table``'s rows (all of split ``split``) to that split's files."""
+        while table.num_rows:
+            f = self._open.get(split) or self._start(split)
+            room = self.rows_per_file - f["rows"] - f["pending_rows"]
+            piece, table = table.slice(0, room), table.slice(room)
+            f["pending"].append(piece)
+            f["pending_rows"] += piece.num_rows
+            if f["rows"] + f["pending_rows"] >= self.rows_per_file:
+                self._close(split)
+            elif f["pending_rows"] >= ROW_GROUP_ROWS:
+                self._flush(f)
+
+    def finish(self) -> List[str]:
+        """Close every file and give each its final name; returns the names, split by split."""
+        for split in list(self._open):
+            self._close(split)
+        for fut in self._synced:
+            fut.result()
+        self._syncer.shutdown()
+        names = []
+        for split in sorted(self._parts):
+            parts = self._parts[split]
+            for k, part in enumerate(parts):
+                name = f"{split}-{k:05d}-of-{len(parts):05d}.parquet"
+                os.replace(part, self.folder / name)
+                names.append(name)
+        return names
+
+    def abort(self) -> None:
+        """Close the writers of a failed export (its folder is removed by the caller)."""
+        for f in self._open.values():
+            try:
+                f["writer"].close()
+            except Exception:  # noqa: BLE001 - already failing; the folder goes anyway
+                pass
+        self._open.clear()
+        self._syncer.shutdown(wait=True)
+
+    def _start(self, split: str) -> Dict[str, Any]:
+        import pyarrow.parquet as pq
+
+        k = len(self._parts.setdefault(split, []))
+        path = self.folder / f".{split}-{k:05d}.part"
+        f = {"writer": pq.ParquetWriter(str(path), self.schema, **self.options), "path": path, "rows": 0,
+             "pending": [], "pending_rows": 0}
+        self._open[split] = f
+        return f
+
+    def _flush(self, f: Dict[str, Any]) -> None:
+        import pyarrow as pa
+
+        if f["pending_rows"]:
+            t = pa.concat_tables(f["pending"])
+            f["writer"].write_table(t, row_group_size=t.num_rows)
+            f["rows"] += t.num_rows
+        f["pending"], f["pending_rows"] = [], 0
+
+    def _close(self, split: str) -> None:
+        f = self._open.pop(split)
+        self._flush(f)
+        f["writer"].close()
+        self._synced.append(self._syncer.submit(_fsync, f["path"]))
+        self._parts[split].append(f["path"])
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Counts:
+    """The counts of an export's dataset card, gathered part by part from the small columns."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.images: set = set()
+        self.counters: Dict[str, Counter] = {k: Counter() for k in (
+            "splits", "edit_types", "categories", "prompt_sources", "review", "candidate_pipelines")}
+
+    def add(self, table: Any, splits: Sequence[str]) -> None:
+        import pyarrow.compute as pc
+
+        if not table.num_rows:
+            return
+        col, c = table.column, self.counters
+        self.rows += table.num_rows
+        self.images.update(col("image_id").to_pylist())
+        c["splits"].update(splits)
+        c["edit_types"].update(str(v) for v in col("edit_type").to_pylist())
+        c["categories"].update(str(v) for v in col("category").to_pylist())
+        c["prompt_sources"].update(str(v) for v in col("prompt_source").to_pylist())
+        c["review"].update(str(v) for v in pc.struct_field(col("review"), "status").to_pylist())
+        if "candidates" in table.schema.names:
+            flat = pc.list_flatten(col("candidates"))
+            c["candidate_pipelines"].update(str(v) for v in pc.struct_field(flat, "pipeline").to_pylist())
+
+    def summary(self, view: str) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"view": view, "rows": self.rows, "images": len(self.images)}
+        out.update({k: dict(sorted(v.items())) for k, v in self.counters.items()})
+        return out
