@@ -25,6 +25,13 @@ def parse_editor_args(items: Optional[List[str]]) -> Dict[str, Any]:
     return parse_key_values(items, "--editor-arg")
 
 
+def _placeholders() -> str:
+    """The cmd: template placeholders, from the adapter's own table (never a second list)."""
+    from .editors.adapters import SAMPLE_PLACEHOLDERS
+
+    return " ".join("{" + k + "}" for k in SAMPLE_PLACEHOLDERS)
+
+
 def add_score_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "score", help="score an editor on a RefCOCO-Edit export or workspace",
@@ -33,9 +40,9 @@ def add_score_parser(subparsers: Any) -> argparse.ArgumentParser:
         epilog="--model: a registered name (identity, oracle; instruct-pix2pix, magicbrush, blended-latent, "
                "inpaint-anything with --editor-arg model=PATH_OR_HUB_ID steps=N device=cuda ...; plug-ins of the "
                "refcoco_edit.editors entry-point group), module:Class, dir:PATH (PATH/{sample_id}.png) or cmd:\"prog {input} {prompt} {output}\" "
-               "(placeholders {input} {output} {prompt} {seed} {sample_id} {mask} {object_mask} {edit_phrase} "
-               "{referring_phrase} {edit_type}, or {batch} for a JSON-lines batch file; run without a shell). "
-               "Exit codes: 0 done (failed samples included), 2 bad usage or unusable input, 1 other errors.")
+               f"(placeholders {_placeholders()}, of which {{output_mask}} is where the editor may write its "
+               "predicted mask of the referred object; or {batch} for a JSON-lines batch file; run without a shell). "
+               "--list-editors shows every name and alias. Exit codes: 0 done (failed samples included), 2 bad usage or unusable input, 1 other errors.")
     p.add_argument("--config", default=None, metavar="FILE.yaml",
                    help="YAML file of settings (keys: the setting names, e.g. limit: 10, metrics: [paper], "
                         "gallery: false, editor_args: {steps: 20}); the command line wins")

@@ -43,6 +43,22 @@ class BuildResult:
     quarantine: Dict[str, Dict[str, int]]
     seconds: float
     export: Dict[str, Any] = field(default_factory=dict)
+    # per stage: {"shards": all, "ran": run now (the rest were done already), "rows_ran": their rows}
+    shards: Dict[str, Dict[str, int]] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line on what this run did, honest about a resumed or no-op run."""
+        g = self.shards.get("generate", {})
+        total, ran = g.get("shards", 0), g.get("ran", 0)
+        rows = self.counts.get("generate", 0)
+        tail = f"exported {self.export.get('rows', 0)} to {self.export_dir}"
+        if total and ran == 0:
+            return (f"nothing to generate: all {total} shards were done already ({rows} samples); "
+                    f"{tail} in {self.seconds:.1f}s")
+        if ran < total:
+            return (f"generated {g.get('rows_ran', 0)} samples in {ran} of {total} shards ({total - ran} were done "
+                    f"already; {rows} samples in all) in {self.seconds:.1f}s; {tail}")
+        return f"generated {rows} samples ({total} shards) in {self.seconds:.1f}s; {tail}"
 
 
 def _check(cfg: BuildConfig) -> None:
@@ -107,6 +123,7 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = print) -> BuildResult:
     executor = get_executor(cfg.run.executor, workers=workers, progress=cfg.run.progress, ray_address=cfg.run.ray_address,
                             num_gpus_per_worker=cfg.run.num_gpus_per_worker)
     counts: Dict[str, int] = {}
+    shards: Dict[str, Dict[str, int]] = {}
     with executor:  # Ray: the actors (and the pipelines they loaded) serve both stages, then go
         for stage_name in ("prompts", "generate"):
             stage = ws.stage(stage_name)
@@ -121,9 +138,11 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = print) -> BuildResult:
                                               else lambda s=stage_name: stage_fn(ctx, s))
                 ran = executor.run(factory, todo, desc=stage_name)
             counts[stage_name] = sum(stage.stats(i)["rows"] for i in range(n))
+            shards[stage_name] = {"shards": n, "ran": len(todo), "rows_ran": sum(stage.stats(i)["rows"] for i in todo)}
             if stage_name == "prompts" and cfg.llm.model:  # requests made by this run
                 counts["llm_calls"] = sum(r.get("llm_calls", 0) for r in ran)
                 counts["llm_cache_hits"] = sum(r.get("llm_cache_hits", 0) for r in ran)
     by_reason = _quarantine_counts(ws)
     exp = export.run(ctx, sel["report"])
-    return BuildResult(ws.root, Path(exp["out"]), sel["report"], counts, by_reason, time.perf_counter() - t0, exp)
+    return BuildResult(ws.root, Path(exp["out"]), sel["report"], counts, by_reason, time.perf_counter() - t0, exp,
+                       shards)

@@ -53,8 +53,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     cfg = make_config(BuildConfig, args)
     res = build(cfg)
     n_q = sum(sum(v.values()) for v in res.quarantine.values())
-    print(f"generated {res.counts.get('generate', 0)} samples in {res.seconds:.1f}s; "
-          f"exported {res.export['rows']} to {res.export_dir}")
+    print(res.summary())
     if cfg.llm.model:
         print(f"LLM {cfg.llm.model}: {res.counts.get('llm_calls', 0)} requests, "
               f"{res.counts.get('llm_cache_hits', 0)} answers from the cache")
@@ -92,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("demo", help="write the synthetic mini-RefCOCO (refer layout)")
+    p = sub.add_parser("demo", help="write the synthetic mini-RefCOCO (refer layout)",
+                       description="Write the bundled synthetic demo data: a mini-RefCOCO in the refer layout "
+                                   "(refcoco/, refcoco+/, refcocog/ with instances.json and refs(*).p, images/), "
+                                   "the same data `build` uses when no --refcoco is given. Deterministic per --seed.")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--num-images", type=int, default=48, help="number of images (default: 48)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
@@ -104,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_flags(p, BuildConfig)
     p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("export", help="export a workspace as Parquet + dataset card")
+    p = sub.add_parser("export", help="export a workspace as Parquet + dataset card",
+                       description="Export a workspace (build --out) as split-wise Parquet files plus a dataset card "
+                                   "(README.md) that pandas, pyarrow and `datasets.load_dataset(OUT)` read; reviews "
+                                   "from `review pull` are folded in. Each image is stored once: the reference "
+                                   "candidate's image is `reference_image`, its index `reference_candidate`. The "
+                                   "folder is replaced atomically.")
     p.add_argument("--workdir", required=True, help="the workspace (build --out)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--status", choices=("accepted", "all"), default="all", help="which samples (default: all)")

@@ -13,7 +13,7 @@ import importlib
 from typing import Any, Callable, Dict, Generic, Iterable, List, Mapping, Optional, TypeVar, Union
 
 from .errors import InputError
-from .suggest import close_matches, hint
+from .suggest import close_matches
 
 __all__ = ["Registry", "UnknownNameError", "import_target"]
 
@@ -149,7 +149,14 @@ class Registry(Generic[T]):
 
     def unknown(self, name: str, extra: str = "") -> UnknownNameError:
         """The error for a name nothing answers to, with close matches among names and aliases."""
-        known = set(self._entries) | set(self._aliases) | set(self.plugins())
-        close = close_matches(self.normalize(str(name)), known)
-        return UnknownNameError(f"unknown {self.kind} {name!r}{hint(close)} (known: {', '.join(self.names())}){extra}",
+        key = self.normalize(str(name))
+        # names first; an alias only when no name is close, and then said with what it stands for
+        # (aliases are listed by --list-*, not in every help text: 'source' alone would puzzle)
+        close = close_matches(key, set(self._entries) | set(self.plugins()))
+        shown = [repr(c) for c in close]
+        if not close:
+            close = close_matches(key, set(self._aliases))
+            shown = [f"{c!r} (alias of {self._aliases[c]!r})" for c in close]
+        said = f"; did you mean {' or '.join(shown)}?" if shown else ""
+        return UnknownNameError(f"unknown {self.kind} {name!r}{said} (known: {', '.join(self.names())}){extra}",
                                 str(name), close)

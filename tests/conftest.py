@@ -1,19 +1,28 @@
 """Shared fixtures: the synthetic demo data, written once per test session."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# `datasets` caches every Parquet folder a test loads (~200 MB a run) under ~/.cache: keep the
+# tests' cache in a temp folder of their own, removed when the session ends
+_HF_CACHE = tempfile.mkdtemp(prefix="refcoco-edit-tests-hf-")
+os.environ["HF_DATASETS_CACHE"] = _HF_CACHE
+atexit.register(shutil.rmtree, _HF_CACHE, True)
 # Some test modules share helpers with a module of another folder (``from test_referdiffusion import
 # save_tiny_ip2p``): put every test folder on the path, so one file also runs alone.
-for _sub in sorted(p for p in Path(__file__).resolve().parent.iterdir() if p.is_dir() and p.name.startswith(("core", "pipelines", "annotation", "benchmark", "system"))):
-    if str(_sub) not in sys.path:
-        sys.path.append(str(_sub))
+for _sub in ("core", "pipelines", "annotation", "benchmark", "system"):
+    if str(REPO / "tests" / _sub) not in sys.path:
+        sys.path.append(str(REPO / "tests" / _sub))
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +58,7 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
                           timeout=timeout, env=e)
 
 
+from support.no_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402,F401 - only gpu tests may skip
 from support.ray_instance import ray_local  # noqa: E402,F401 - one local Ray (loopback only) shared by the Ray test modules
 from support.labelstudio import label_studio  # noqa: E402,F401 - one Label Studio server for the session (modules that import it themselves get their own)
 

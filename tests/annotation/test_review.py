@@ -46,7 +46,7 @@ NUM_IMAGES = 4  # 8 samples
 def _build(demo_dir: Path, out: Path, num_candidates: int, overwrite: bool = False) -> List[Dict[str, Any]]:
     build(BuildConfig.of(out=str(out), refcoco=str(demo_dir), images=str(demo_dir / "images"), num_images=NUM_IMAGES,
                       num_candidates=num_candidates, overwrite=overwrite, progress=False), log=lambda s: None)
-    return Workspace(out).stage("generate").read_all().to_pylist()
+    return Workspace(out).stage("generate").read_samples().to_pylist()
 
 
 def run_review(monkeypatch, argv: List[str], token: str) -> tuple:

@@ -44,6 +44,18 @@ def test_unknown_names_say_what_is_close_and_are_input_and_key_errors():
         reg.alias("x", "missing")
 
 
+def test_suggestions_prefer_names_and_say_what_an_alias_stands_for():
+    from refcoco_edit.benchmark.editors.registry import REGISTRY
+
+    # 'Orcale' is close to 'oracle' and to the alias 'source': only the name is offered
+    msg = str(REGISTRY.unknown("Orcale"))
+    assert "did you mean 'oracle'?" in msg and "source" not in msg.split("(known")[0]
+    # no name is close: the alias is offered with the name it stands for
+    msg = str(REGISTRY.unknown("pix2pixx"))
+    assert "did you mean 'pix2pix' (alias of 'instruct-pix2pix')" in msg
+    assert REGISTRY.canonical("Oracle") == "oracle"  # names are case-blind: Oracle is oracle
+
+
 def test_import_target_errors_name_the_part_that_is_wrong():
     assert import_target("os.path:join") is __import__("os").path.join
     with pytest.raises(InputError, match="not of the form module:Class"):

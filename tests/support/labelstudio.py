@@ -67,6 +67,41 @@ def _works(venv: Path) -> bool:
     return probe.returncode == 0 and probe.stdout.strip() == LS_VERSION
 
 
+def _pip_install(venv: Path, env: Dict[str, str], t0: float, log, every_s: float = 10.0) -> tuple:
+    """``pip install label-studio`` in ``venv``, saying how far it got every ``every_s`` seconds
+    (packages resolved, downloaded, then installing) instead of a silent minute or two.
+    Returns (exit code, the output's tail)."""
+    import collections
+    import threading
+
+    proc = subprocess.Popen([str(venv / "bin" / "python"), "-m", "pip", "install", "--progress-bar", "off",
+                             f"label-studio=={LS_VERSION}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    timer = threading.Timer(INSTALL_TIMEOUT_S, proc.kill)
+    timer.start()
+    tail: collections.deque = collections.deque(maxlen=60)
+    seen = {"Collecting": 0, "Downloading": 0}
+    last = time.perf_counter()
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            tail.append(line)
+            word = line.split(" ", 1)[0].strip()
+            if word == "Using":  # "Using cached x.whl": fetched from pip's cache
+                word = "Downloading"
+            if word in seen:
+                seen[word] += 1
+            if word == "Installing":
+                log(f"  label-studio: installing the {seen['Collecting']} packages ({time.perf_counter() - t0:.0f} s)")
+            elif time.perf_counter() - last >= every_s:
+                last = time.perf_counter()
+                log(f"  label-studio: {seen['Collecting']} packages resolved, {seen['Downloading']} fetched "
+                    f"({last - t0:.0f} s)")
+        code = proc.wait()
+    finally:
+        timer.cancel()
+    return code, "".join(tail)
+
+
 def ensure_label_studio(log=print) -> Dict[str, float]:
     """Install the pinned Label Studio into its cached virtualenv unless a working one is there.
 
@@ -86,15 +121,13 @@ def ensure_label_studio(log=print) -> Dict[str, float]:
         log(f"installing label-studio=={LS_VERSION} into {venv} (once; about 1.5 minutes)")
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
         env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")
-        proc = subprocess.run(
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"label-studio=={LS_VERSION}"],
-            capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, env=env,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"installing label-studio=={LS_VERSION} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        code, tail = _pip_install(venv, env, t0, log)
+        if code != 0:
+            raise RuntimeError(f"installing label-studio=={LS_VERSION} failed:\n{tail}")
         (venv / "refcoco-edit-ok.json").write_text(json.dumps({"label-studio": LS_VERSION}))
         if not _works(venv):
             raise RuntimeError(f"label-studio=={LS_VERSION} was installed into {venv} but does not import")
+        log(f"  label-studio: ready in {time.perf_counter() - t0:.0f} s ({venv}; reused by later runs)")
         return {"install_s": time.perf_counter() - t0}
 
 
@@ -259,12 +292,19 @@ except ImportError:  # the module also runs on its own (see __main__)
 
 if pytest is not None:
     @pytest.fixture(scope="session")
-    def label_studio(tmp_path_factory):
+    def label_studio(tmp_path_factory, request):
         """A running Label Studio (installed on first use), stopped at the end of the session.
 
         ``server.files_root`` is its local-files document root: build workspaces below it.
-        ``server.timings`` holds the install and start-up seconds."""
-        timings = ensure_label_studio(log=lambda s: print(s, file=sys.stderr))
+        ``server.timings`` holds the install and start-up seconds. The first install's progress
+        goes to the terminal, past pytest's capture."""
+        capman = request.config.pluginmanager.getplugin("capturemanager")
+
+        def say(text: str) -> None:
+            with capman.global_and_fixture_disabled():
+                print(text, file=sys.stderr, flush=True)
+
+        timings = ensure_label_studio(log=say)
         root = tmp_path_factory.mktemp("labelstudio")
         server = LabelStudioServer(data_dir=root / "data", files_root=root / "files")
         server.files_root.mkdir(parents=True, exist_ok=True)

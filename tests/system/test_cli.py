@@ -86,6 +86,13 @@ def test_build_and_export_commands(demo_dir, tmp_path):
                 "--num-images", "3", "--edit-types", "remove")
     assert r.returncode == 0, r.stderr
     assert "selection: 3 images kept" in r.stdout and "exported 6" in r.stdout
+    assert "generated 6 samples (1 shards)" in r.stdout
+    # the same command again does nothing, and says so (not "generated 6 samples")
+    r = run_cli("build", "--out", str(w), "--refcoco", str(demo_dir), "--images", str(demo_dir / "images"),
+                "--num-images", "3", "--edit-types", "remove")
+    assert r.returncode == 0, r.stderr
+    assert "nothing to generate: all 1 shards were done already (6 samples)" in r.stdout
+    assert "generated" not in r.stdout
     r = run_cli("export", "--workdir", str(w), "--out", str(tmp_path / "e"), "--status", "all")
     assert r.returncode == 0, r.stderr
     assert "exported 6 samples" in r.stdout
@@ -97,3 +104,19 @@ def test_train_command_reaches_the_trainer(tmp_path):
     assert r.returncode == 2 and "missing.yaml" in (r.stderr + r.stdout)
     r = run_cli("train", "--help")
     assert r.returncode == 0 and "--config" in r.stdout
+    # what the README documents for train is in its help
+    for flag in ("--data", "--pretrained", "--synth.KEY", "--output_dir", "--resume"):
+        assert flag in r.stdout, flag
+
+
+@pytest.mark.parametrize("command, needles", [
+    ("demo", ("synthetic demo data", "refer layout")),
+    ("export", ("dataset card", "reference_candidate", "--view")),
+    ("score", ("{output_mask}", "{batch}", "--list-editors shows every name and alias")),
+    ("build", ("--refcoco", "--pipeline-params")),
+])
+def test_every_command_help_says_what_it_does(command, needles):
+    text = build_parser()._subparsers._group_actions[0].choices[command].format_help()
+    assert "usage:" in text
+    for n in needles:
+        assert n in " ".join(text.split()), (command, n)
