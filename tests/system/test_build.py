@@ -184,3 +184,19 @@ def test_export_refuses_to_replace_a_foreign_folder(built, tmp_path):
 def test_local_worker_pool_gives_identical_output(demo_dir, tmp_path, built):
     res = build(_cfg(demo_dir, tmp_path / "pool", shard_size=6, workers=2), log=lambda s: None)
     assert load_export(res.export_dir).to_pylist() == load_export(built.export_dir).to_pylist()
+
+
+def test_dataset_card_says_where_the_data_came_from(built):
+    from refcoco_edit.export import dataset_card
+
+    card = (built.export_dir / "README.md").read_text()  # built from a refer folder: COCO photos
+    assert "splits from `refs(unc).p` (the dataset's default)" in card and "`default`" not in card
+    assert "license: cc-by-4.0" in card and "COCO (train2014, CC BY 4.0" in card
+    assert "`reference_candidate`" in card and "Each image is stored once" in card
+    summary = {"view": "rie", "rows": 1, "images": 1, "splits": {"val": 1}, "edit_types": {}, "categories": {},
+               "prompt_sources": {}, "review": {}, "candidate_pipelines": {}}
+    demo = dataset_card(summary, {"demo_data": True, "settings": {"dataset": "refcocog", "split_by": None}})
+    assert "license: apache-2.0" in demo and "synthetic" in demo
+    assert "Flickr" not in demo.replace("no COCO or Flickr content", "") and "CC BY 4.0" not in demo
+    assert "splits from `refs(umd).p` (the dataset's default)" in demo
+    assert 'data_files={s: f"path/to/this/folder/{s}-*.parquet" for s in [\'val\']}' in demo
