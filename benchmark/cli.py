@@ -25,11 +25,14 @@ def parse_editor_args(items: Optional[List[str]]) -> Dict[str, Any]:
     return parse_key_values(items, "--editor-arg")
 
 
-def _placeholders() -> str:
-    """The cmd: template placeholders, from the adapter's own table (never a second list)."""
-    from .editors.adapters import SAMPLE_PLACEHOLDERS
+# the cmd: template placeholders as `score --help` lists them; the same names as the adapter's
+# SAMPLE_PLACEHOLDERS (a test holds them equal: importing the adapter here would import numpy)
+CMD_PLACEHOLDERS = ("input", "prompt", "output", "seed", "sample_id", "mask", "object_mask", "edit_phrase",
+                    "referring_phrase", "edit_type", "output_mask")
 
-    return " ".join("{" + k + "}" for k in SAMPLE_PLACEHOLDERS)
+
+def _placeholders() -> str:
+    return " ".join("{" + k + "}" for k in CMD_PLACEHOLDERS)
 
 
 def add_score_parser(subparsers: Any) -> argparse.ArgumentParser:

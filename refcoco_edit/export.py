@@ -269,8 +269,9 @@ def _with_reviews(table: Any, reviews: Dict[str, Dict[str, Any]]) -> Any:
     if not hit:
         return table
     rest = sorted(set(range(len(ids))) - set(hit))
-    reviewed = rows_to_table([apply_review(r, reviews[r["sample_id"]]) for r in table.take(hit).to_pylist()])
-    both = pa.concat_tables([table.take(rest), reviewed])
+    reviewed = rows_to_table([apply_review(r, reviews[r["sample_id"]])
+                              for r in table.take(pa.array(hit, pa.int64())).to_pylist()])
+    both = pa.concat_tables([table.take(pa.array(rest, pa.int64())), reviewed])
     return both.take(np.argsort(np.asarray(rest + hit, dtype=np.int64), kind="stable"))
 
 

@@ -13,9 +13,17 @@ import os
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, BinaryIO, Dict, List, Sequence, Tuple
+
+from .errors import is_disk_error, with_path
 
 ROW_GROUP_ROWS = 100  # as HF datasets writes image datasets: small enough to stream, big enough to scan
+
+
+def open_sink(path: Path) -> BinaryIO:
+    """The file one export file is written through (the fault-injection tests wrap it to fill
+    the disk mid-file)."""
+    return open(path, "wb")
 
 
 class SplitFiles:
@@ -27,10 +35,23 @@ class SplitFiles:
         self._parts: Dict[str, List[Path]] = {}
         # a closed file is fsynced in the background while the next rows are compressed
         self._syncer = ThreadPoolExecutor(1, thread_name_prefix="export-fsync")
-        self._synced: List[Future] = []
+        self._synced: List[Tuple[Future, Path]] = []
 
     def add(self, split: str, table: Any) -> None:
-        """Append ``table``'s rows (all of split ``split``) to that split's files."""
+        """Append ``table``'s rows (all of split ``split``) to that split's files. A full disk
+        raises ``OSError`` naming the file."""
+        f = self._open.get(split)
+        try:
+            self._add(split, table)
+        except OSError as e:
+            raise self._named(e, split, f) from None
+
+    def _named(self, e: OSError, split: str, f: Any) -> OSError:
+        f = self._open.get(split) or f
+        path = f["path"] if f else self.folder
+        return with_path(e, path) if is_disk_error(e) else e
+
+    def _add(self, split: str, table: Any) -> None:
         while table.num_rows:
             f = self._open.get(split) or self._start(split)
             room = self.rows_per_file - f["rows"] - f["pending_rows"]
@@ -45,9 +66,16 @@ class SplitFiles:
     def finish(self) -> List[str]:
         """Close every file and give each its final name; returns the names, split by split."""
         for split in list(self._open):
-            self._close(split)
-        for fut in self._synced:
-            fut.result()
+            f = self._open[split]
+            try:
+                self._close(split)
+            except OSError as e:
+                raise self._named(e, split, f) from None
+        for fut, path in self._synced:
+            try:
+                fut.result()
+            except OSError as e:
+                raise (with_path(e, path) if is_disk_error(e) else e) from None
         self._syncer.shutdown()
         names = []
         for split in sorted(self._parts):
@@ -61,10 +89,11 @@ class SplitFiles:
     def abort(self) -> None:
         """Close the writers of a failed export (its folder is removed by the caller)."""
         for f in self._open.values():
-            try:
-                f["writer"].close()
-            except Exception:  # noqa: BLE001 - already failing; the folder goes anyway
-                pass
+            for closing in (f["writer"].close, f["sink"].close):
+                try:
+                    closing()
+                except Exception:  # noqa: BLE001 - already failing; the folder goes anyway
+                    pass
         self._open.clear()
         self._syncer.shutdown(wait=True)
 
@@ -73,7 +102,8 @@ class SplitFiles:
 
         k = len(self._parts.setdefault(split, []))
         path = self.folder / f".{split}-{k:05d}.part"
-        f = {"writer": pq.ParquetWriter(str(path), self.schema, **self.options), "path": path, "rows": 0,
+        sink = open_sink(path)
+        f = {"writer": pq.ParquetWriter(sink, self.schema, **self.options), "sink": sink, "path": path, "rows": 0,
              "pending": [], "pending_rows": 0}
         self._open[split] = f
         return f
@@ -88,10 +118,12 @@ class SplitFiles:
         f["pending"], f["pending_rows"] = [], 0
 
     def _close(self, split: str) -> None:
-        f = self._open.pop(split)
+        f = self._open[split]
         self._flush(f)
         f["writer"].close()
-        self._synced.append(self._syncer.submit(_fsync, f["path"]))
+        f["sink"].close()
+        del self._open[split]
+        self._synced.append((self._syncer.submit(_fsync, f["path"]), f["path"]))
         self._parts[split].append(f["path"])
 
 

@@ -487,6 +487,13 @@ def test_cli_module_imports_nothing_heavy():
     assert "HEAVY []" in out.stdout
 
 
+def test_score_help_lists_every_cmd_placeholder():
+    from refcoco_edit.benchmark.cli import CMD_PLACEHOLDERS
+    from refcoco_edit.benchmark.editors.adapters import SAMPLE_PLACEHOLDERS
+
+    assert set(CMD_PLACEHOLDERS) == set(SAMPLE_PLACEHOLDERS)
+
+
 # ----------------------------------------------------------------------------------------------
 # predicted masks (Editor.returns_mask) and mask IoU
 # ----------------------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def _pip_install(venv: Path, env: Dict[str, str], t0: float, log, every_s: float
     try:
         for line in proc.stdout:  # type: ignore[union-attr]
             tail.append(line)
-            word = line.split(" ", 1)[0].strip()
+            word = line.strip().split(" ", 1)[0]
             if word == "Using":  # "Using cached x.whl": fetched from pip's cache
                 word = "Downloading"
             if word in seen:

@@ -152,6 +152,48 @@ class DiskFull:
 
         monkeypatch.setattr(ws, "atomic_write", atomic_write)
 
+        # an export's Parquet files are streamed, not written at once: the same count, and the
+        # hit file's sink fills up after its first 64 KiB
+        import refcoco_edit.export_writer as ew
+
+        original_sink = ew.open_sink
+
+        def open_sink(path: Path) -> Any:
+            f = original_sink(path)
+            if not only(Path(path)):
+                return f
+            with self._lock:
+                self.calls += 1
+                hit = self.calls == self.fail_at
+            if not hit:
+                return f
+            self.failed_path = Path(path)
+            return _FullSink(f)
+
+        monkeypatch.setattr(ew, "open_sink", open_sink)
+
+
+class _FullSink(io.RawIOBase):
+    """A file that takes 64 KiB, then raises ``OSError(ENOSPC)`` as a full disk does."""
+
+    def __init__(self, f: Any, room: int = 64 * 1024) -> None:
+        self.f, self.room = f, room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        if len(b) > self.room:
+            self.f.write(bytes(b)[: self.room])
+            self.room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(b)
+        return self.f.write(b)
+
+    def close(self) -> None:
+        self.f.close()
+        super().close()
+
 
 def _messages(err: str) -> List[str]:
     """The lines of stderr, progress bars (tqdm: carriage returns, ``NN%|``) left out."""
