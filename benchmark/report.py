@@ -38,7 +38,8 @@ def write_run(out: Path, results: Dict[str, Any], records: Sequence[Dict[str, An
     if errs:  # our own bug, not the user's input: exit 1, not 2
         raise RuntimeError("results do not follow the results schema: " + "; ".join(errs[:10]))
     names = list(results["metrics"])
-    atomic_write_table(out / "samples.parquet", samples_table(records, names, skipped))
+    judge_names = list((results.get("judge") or {}).get("metrics", {}))
+    atomic_write_table(out / "samples.parquet", samples_table(records, names, skipped, judge_names=judge_names))
     label = run_label(results)
     atomic_write_bytes(out / "report.md", render_markdown([results], [label]).encode("utf-8"))
     flat = read_samples(out)
