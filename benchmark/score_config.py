@@ -14,7 +14,7 @@ from refcoco_edit.config import setting
 if TYPE_CHECKING:
     from .metrics import MetricParams
 
-__all__ = ["ScoreConfig"]
+__all__ = ["ScoreConfig", "JudgeSettings"]
 
 
 @dataclass
@@ -115,3 +115,28 @@ class ScoreConfig:
         from .metrics import MetricParams
 
         return MetricParams(referring_eps=float(self.referring_eps), preservation_tau=float(self.preservation_tau))
+
+
+def _judge_settings_class() -> type:
+    """The settings of `refcoco-edit judge RESULTS`: ScoreConfig's ``judge*`` settings and
+    ``progress``, declared once (above) and copied field by field."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(ScoreConfig)
+    fields = []
+    for f in dataclasses.fields(ScoreConfig):
+        if f.name.startswith("judge") or f.name == "progress":
+            kw: Dict[str, Any] = {"metadata": f.metadata}
+            if f.default_factory is not dataclasses.MISSING:
+                kw["default_factory"] = f.default_factory
+            else:
+                kw["default"] = f.default
+            fields.append((f.name, hints[f.name], dataclasses.field(**kw)))
+    cls = dataclasses.make_dataclass("JudgeSettings", fields)
+    cls.__module__ = __name__
+    cls.__doc__ = "The settings of `refcoco-edit judge RESULTS` (ScoreConfig's judge settings)."
+    return cls
+
+
+JudgeSettings = _judge_settings_class()

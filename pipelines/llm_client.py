@@ -147,13 +147,14 @@ def create_honouring_retry_after(client: Any, body: Dict[str, Any], cfg: Any) ->
     """``client.chat.completions.create(**body)``. The client retries 429/5xx itself and follows
     a Retry-After of up to 60 s; a longer one (or retries used up) makes it give up, so a 429
     with a Retry-After is waited out here (up to ``cfg.max_wait`` seconds in all) and asked
-    again, at most ``cfg.max_retries + 1`` times. Any other failure is mapped by
+    again, up to ``max(1, cfg.max_retries)`` times (so a 429 with Retry-After is waited out even
+    with ``max_retries=0``, which only turns off the client's own retries). Any other failure is mapped by
     :func:`service_error`. ``cfg``: anything with the fields of :class:`RephraseConfig` that
     :func:`service_error` reads (the rephrasing stage and the score judge share this)."""
     import openai
 
     waited = 0.0
-    for _ in range(int(cfg.max_retries) + 1):
+    for _ in range(1 + max(1, int(cfg.max_retries))):
         try:
             return client.chat.completions.create(**body)
         except openai.RateLimitError as e:
