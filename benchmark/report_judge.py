@@ -51,7 +51,7 @@ def judge_markdown(runs: Sequence[Dict[str, Any]], labels: Sequence[str]) -> Lis
     rs = [r for _, r in judged]
     cols = _columns(rs)
     lines = ["## VLM judge (VIEScore-compatible, plus the referring questions)", "",
-             "VIE-SC / VIE-PQ / VIE-O on 0-10 as GEdit-Bench and ImgEdit-Bench report them (O = sqrt(min(SC) · "
+             "VIE-SC / VIE-PQ / VIE-O on VIEScore's 0-10 scale, as GEdit-Bench's SC/PQ/O (O = sqrt(min(SC) · "
              "min(PQ)) per pass, averaged); J-* are the judge's answers to our referring questions, beside the "
              "pixel-based Ref-Acc / Distr-Pres; J-Agree = the judge's verdict equals the pixel one. "
              "Mean [bootstrap 95% CI]; judge failures are left out of the means (see below), never scored 0.", ""]

@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Union
 
 from refcoco_edit.errors import InputError, RunError
 
-from .rephrase_rules import RephraseConfig, RephraseRejected
+from .rephrase_rules import RephraseRejected
 
 # ----------------------------------------------------------------------------------------------
 # the answer cache

@@ -45,8 +45,8 @@ class JudgeMetric:
 
 
 DEFINITIONS = {
-    "scale": f"VIEScore metrics are on 0-{SCORE_MAX} (higher is better), as GEdit-Bench, ImgEdit-Bench and "
-             "RefEdit-Bench report them; judge referring metrics are fractions in [0, 1]",
+    "scale": f"VIEScore metrics are on 0-{SCORE_MAX} (higher is better), VIEScore's own scale (GEdit-Bench's "
+             "SC/PQ/O use it too); judge referring metrics are fractions in [0, 1]",
     "vie_sc": "semantic consistency: per pass min(editing_success, over_editing) of the `sc` question (source + "
               "output + prompt), then the mean over passes",
     "vie_pq": "perceptual quality: per pass min(naturalness, artifacts) of the `pq` question (output only), then "
