@@ -14,9 +14,10 @@ from refcoco_edit import config
 from refcoco_edit.config import parse_key_values
 from refcoco_edit.errors import InputError
 
-from .score_config import ScoreConfig
+from .score_config import JudgeSettings, ScoreConfig
 
-__all__ = ["add_score_parser", "add_report_parser", "cmd_score", "cmd_report", "parse_editor_args"]
+__all__ = ["add_score_parser", "add_report_parser", "add_judge_parser", "cmd_score", "cmd_report", "cmd_judge",
+           "parse_editor_args"]
 
 
 def parse_editor_args(items: Optional[List[str]]) -> Dict[str, Any]:
@@ -68,6 +69,51 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def add_judge_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "judge", help="judge the cached outputs of a finished score run with a VLM (nothing is edited again)",
+        description="Ask a VLM judge (any OpenAI-compatible server) about every scored sample of RESULTS: VIEScore "
+                    "SC/PQ/O and the referring questions; adds the judge section to results.json, judge columns to "
+                    "samples.parquet, judge/answers.parquet (raw answers), and redraws report.md and gallery.html. "
+                    "Answers are cached (SQLite): a re-run or a resumed run asks only what is missing.",
+        epilog="Key: $OPENAI_API_KEY (or --judge-api-key-env); not needed with --judge-base-url. Exit codes: 0 done "
+               "(judge failures included, counted with reasons), 2 bad usage or a rejected key, 1 the server failed "
+               "(re-run the same command to resume).")
+    p.add_argument("run", metavar="RESULTS", help="results folder of `refcoco-edit score`")
+    p.add_argument("--config", default=None, metavar="FILE.yaml", help="YAML file of judge settings (judge: MODEL, ...)")
+    config.add_flags(p, JudgeSettings)
+    p.set_defaults(func=cmd_judge)
+    return p
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .judge.api import judge_existing
+
+    values = config.merge(config.read_file(getattr(args, "config", None), JudgeSettings),
+                          config.from_namespace(JudgeSettings, args))
+    if not values.get("judge"):
+        raise InputError("judge: --judge MODEL is required (the judge model as its server names it)")
+    s = config.build(JudgeSettings, values)
+    res = judge_existing(Path(args.run), s)
+    _print_judge(res.section, res.timing)
+    return 0
+
+
+def _print_judge(j: Dict[str, Any], timing: Dict[str, Any]) -> None:
+    c = j["counts"]
+    print(f"judge {j['model']} ({j['base_url_class']}, prompts {j['prompt_version']}): {c['samples']} samples, "
+          f"{c['valid']} of {c['answers']} answers valid; {timing.get('requests', 0)} requests, "
+          f"{timing.get('cache_hits', 0)} answers from the cache")
+    for name, m in j["metrics"].items():
+        if m["mean"] is not None and not name.endswith("_spread"):
+            lo, hi = m["ci95"] or (m["mean"], m["mean"])
+            print(f"  {name:<26} {m['mean']:.4g}  [{lo:.4g}, {hi:.4g}]  (n={m['n']}, failed {m['n_failed']})")
+    if c["failed"]:
+        print("  judge failures: " + ", ".join(f"{k} {v}" for k, v in c["failed_by_reason"].items()))
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     if getattr(args, "list_editors", False):
         from .editors import list_editors
@@ -97,6 +143,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         print("  not computed: " + "; ".join(f"{n} ({v['reason']})" for n, v in r["not_computed"].items()))
     if c["failed"]:
         print("  failed: " + ", ".join(f"{k} {v}" for k, v in c["failed_by_reason"].items()))
+    if r.get("judge"):
+        _print_judge(r["judge"], res.timing.get("judge", {}))
     return 0
 
 

@@ -21,7 +21,9 @@ is what ``refcoco-edit score`` does:
    the editor once, one chunk at a time, writing the checked outputs into the output cache; the
    pass then finds them cached, so results equal a local run's.
 5. **aggregate** — per metric: mean, std and a seeded percentile bootstrap 95% CI, overall and
-   per edit type (``aggregate``).
+   per edit type (``aggregate``). With ``--judge MODEL`` the VLM judge then looks at every
+   scored sample's cached output (``refcoco_edit.benchmark.judge``): VIEScore SC/PQ/O and the
+   referring questions, aggregated the same way, in results.json's ``judge`` section.
 6. **report** — ``RESULTS/results.json`` (schema in ``refcoco_edit.benchmark.report_schema``), ``samples.parquet``,
    ``report.md``, ``gallery.html`` (+ ``gallery/`` thumbnails), ``plots/*.png``, and
    ``timing.json`` (wall times and cache reuse: the only file that differs between two runs).
@@ -114,10 +116,11 @@ class _Timer:
 
 
 def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[str], None] = print,
-              model_metrics: Any = None) -> ScoreResult:
+              model_metrics: Any = None, judge_client: Any = None) -> ScoreResult:
     """Score ``cfg.model`` (or an editor instance) on ``cfg.data``; see the module docstring.
     ``model_metrics``: a ``ModelMetrics`` with injected backbones (tests, benchmarks); by default
-    one is built from the ``--clip-model`` etc. options for the model metrics that can run."""
+    one is built from the ``--clip-model`` etc. options for the model metrics that can run.
+    ``judge_client``: an ``openai`` client for ``--judge`` (default: one built from the settings)."""
     t_start = time.perf_counter()
     timer = _Timer()
     _check(cfg)
@@ -144,6 +147,7 @@ def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[
     desc["spec"] = cfg.model
     out = Path(cfg.out or default_out(cfg.model))
     prepare_out(out, run_manifest(cfg.model, desc, cfg.seed, cfg.resize_outputs), cfg.overwrite)
+    jc = _open_judge(cfg, out, judge_client)  # a bad judge setting or a missing key stops before editing
 
     # 4. the pass
     items = [Item(sample=s, seed=editor_seed(cfg.seed, s.sample_id)) for s in ds.samples]
@@ -158,6 +162,12 @@ def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[
     t = time.perf_counter()
     agg = aggregate(records, computable, cfg.seed, cfg.bootstrap)
     timer.add("aggregate_s", time.perf_counter() - t)
+    judged = None
+    if jc is not None:  # 5b. the VLM judge, on the cached outputs
+        from .judge.api import attach, judge_records
+
+        judged = judge_records(jc, ds.samples, records, out, cfg.seed, cfg.bootstrap, log, cfg.progress)
+        attach(records, judged)
 
     # 6. report
     from . import report
@@ -165,6 +175,8 @@ def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[
     results = report.build_results(cfg=cfg, dataset=ds, editor=desc, records=records, names=names,
                                    computable=computable, not_computed=not_computed, aggregates=agg, params=params,
                                    resize_rule=RESIZE_RULE, model_metrics=mm)
+    if judged is not None:
+        results["judge"] = judged.section
     t = time.perf_counter()
     report.write_run(out, results, records, skipped=ds.skipped, gallery=cfg.gallery, plots=cfg.plots, log=log)
     timer.add("report_s", time.perf_counter() - t)
@@ -179,6 +191,8 @@ def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[
               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "executor": cfg.executor}
     if ray_stats is not None:
         timing["ray"] = ray_stats
+    if judged is not None:
+        timing["judge"] = judged.timing
     atomic_write_bytes(out / "timing.json", (json.dumps(timing, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     return ScoreResult(out=out, results=results, timing=timing, records=records)
 
@@ -195,6 +209,15 @@ def _check(cfg: ScoreConfig) -> None:
         raise InputError(f"--executor must be local or ray, got {cfg.executor!r}")
     if cfg.chunk_size < 1:
         raise InputError("--chunk-size must be >= 1")
+
+
+def _open_judge(cfg: ScoreConfig, out: Path, client: Any) -> Any:
+    """The judge's client and cache with ``--judge`` (checked now: exit 2 before editing), else None."""
+    if not cfg.judge:
+        return None
+    from .judge.api import open_judge
+
+    return open_judge(cfg, out, client)
 
 
 def _build_editor(cfg: ScoreConfig) -> Editor:

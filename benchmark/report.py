@@ -38,7 +38,8 @@ def write_run(out: Path, results: Dict[str, Any], records: Sequence[Dict[str, An
     if errs:  # our own bug, not the user's input: exit 1, not 2
         raise RuntimeError("results do not follow the results schema: " + "; ".join(errs[:10]))
     names = list(results["metrics"])
-    atomic_write_table(out / "samples.parquet", samples_table(records, names, skipped))
+    judge_names = list((results.get("judge") or {}).get("metrics", {}))
+    atomic_write_table(out / "samples.parquet", samples_table(records, names, skipped, judge_names=judge_names))
     label = run_label(results)
     atomic_write_bytes(out / "report.md", render_markdown([results], [label]).encode("utf-8"))
     flat = read_samples(out)
@@ -72,7 +73,11 @@ def compare_runs(run_dirs: Sequence[Path], out: Path, gallery: bool = True, plot
                   "runs": [{"path": str(d), "label": lab, "editor": r["editor"], "counts": r["counts"],
                             "data": r["data"], "metrics": {n: {k: m[k] for k in ("n", "mean", "std", "ci95")}
                                                            for n, m in r["metrics"].items()},
-                            "not_computed": r["not_computed"]}
+                            "not_computed": r["not_computed"],
+                            **({"judge": {"model": r["judge"]["model"], "prompt_version": r["judge"]["prompt_version"],
+                                          "metrics": {n: {k: m[k] for k in ("n", "n_failed", "mean", "std", "ci95")}
+                                                      for n, m in r["judge"]["metrics"].items()},
+                                          "agreement": r["judge"]["agreement"]}} if r.get("judge") else {})}
                            for d, lab, r in zip(run_dirs, labels, runs)]}
     atomic_write_bytes(out / "comparison.json", dumps(comparison))
     samples = [read_samples(d) for d in run_dirs]

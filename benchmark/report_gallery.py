@@ -56,8 +56,13 @@ def _output_cell(rec: Optional[Dict[str, Any]], run_rel: str, names: Sequence[st
     if rec.get("status") == "ok" and rec.get("output"):
         p = _src(os.path.join(run_rel, rec["output"]) if run_rel else rec["output"])
         extra = " (resized)" if rec.get("resized") else ""
+        judge = ""
+        if rec.get("judge_answers"):
+            from .report_judge import judge_answers_html
+
+            judge = judge_answers_html(rec)
         return (f'<td><a href="{p}"><img loading="lazy" src="{p}" alt="output"></a>'
-                f'<div class="m">{_metrics_html(rec, names)}{extra}</div></td>')
+                f'<div class="m">{_metrics_html(rec, names)}{extra}</div>{judge}</td>')
     return (f'<td class="fail">{html.escape(str(rec.get("status")))}: {html.escape(str(rec.get("reason")))}'
             f'<div class="m">{html.escape(str(rec.get("error") or ""))}</div></td>')
 

@@ -152,10 +152,12 @@ def build_results(cfg: Any, dataset: Any, editor: Dict[str, Any], records: Seque
     }
 
 
-def samples_table(records: Sequence[Dict[str, Any]], metric_names: Sequence[str], skipped: Sequence[Dict[str, Any]] = ()
-                  ) -> Any:
+def samples_table(records: Sequence[Dict[str, Any]], metric_names: Sequence[str], skipped: Sequence[Dict[str, Any]] = (),
+                  judge_names: Sequence[str] = ()) -> Any:
     """samples.parquet as an Arrow table: one row per record and per load-time skip, by
-    sample_id; one float64 column per metric (NaN where it does not apply)."""
+    sample_id; one float64 column per metric (NaN where it does not apply). With ``judge_names``
+    (a judged run) also one float64 column per judge metric (from ``record["judge_values"]``) and
+    ``judge_answers`` (the sample's final judge answers as JSON)."""
     import pyarrow as pa
 
     span = pa.list_(pa.int32())
@@ -164,7 +166,9 @@ def samples_table(records: Sequence[Dict[str, Any]], metric_names: Sequence[str]
               ("seed", pa.int64()), ("n_distractors", pa.int32()), ("status", pa.string()), ("reason", pa.string()),
               ("error", pa.string()), ("resized", pa.bool_()), ("output", pa.string()), ("height", pa.int32()),
               ("width", pa.int32())]
-    schema = pa.schema([pa.field(n, t) for n, t in fields] + [pa.field(m, pa.float64()) for m in metric_names],
+    extra = [pa.field(m, pa.float64()) for m in judge_names] + ([pa.field("judge_answers", pa.string())]
+                                                                 if judge_names else [])
+    schema = pa.schema([pa.field(n, t) for n, t in fields] + [pa.field(m, pa.float64()) for m in metric_names] + extra,
                        metadata={"refcoco_edit.results_schema_version": RESULTS_SCHEMA_VERSION})
     rows = list(records) + [{"sample_id": s["sample_id"], "status": "skipped", "reason": s["reason"],
                              "error": s["error"], "resized": False} for s in skipped]
@@ -174,6 +178,10 @@ def samples_table(records: Sequence[Dict[str, Any]], metric_names: Sequence[str]
         cols[name] = pa.array([r.get(name) for r in rows], type=t)
     for m in metric_names:
         cols[m] = pa.array([float((r.get("metrics") or {}).get(m, math.nan)) for r in rows], type=pa.float64())
+    for m in judge_names:
+        cols[m] = pa.array([float((r.get("judge_values") or {}).get(m, math.nan)) for r in rows], type=pa.float64())
+    if judge_names:
+        cols["judge_answers"] = pa.array([r.get("judge_answers") for r in rows], type=pa.string())
     return pa.Table.from_pydict(cols, schema=schema)
 
 

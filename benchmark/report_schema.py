@@ -41,11 +41,26 @@ same command on the same data give the same bytes: wall times and cache reuse go
                what report.md multiplies by); ``n`` counts scored samples where it applies.
 ``not_computed`` ``{name: {family, title, reason}}``: requested metrics that were not computed
                (e.g. "needs --clip-model").
+``judge``      only in a judged run (``score --judge`` or ``refcoco-edit judge RESULTS``; absent
+               otherwise): ``{model, base_url_class (openai|loopback|private|public; never the
+               key or address), api, prompt_version, params {temperature, max_tokens, json_mode,
+               prompt_version, passes, protocols, attempts, questions, seed_rule, images, ...},
+               definitions {scale, vie_sc, vie_pq, vie_o, referring, protocols, agreement,
+               failures}, counts {samples, answers, valid, failed, failed_by_reason}, failures
+               [{sample_id, question, pass, reason, error}], metrics {name: {title, description,
+               higher_is_better, question, n, n_failed, n_not_applicable, mean, std, ci95,
+               by_edit_type}}, agreement {protocol: {referring_accuracy {n, agreement,
+               cohen_kappa, confusion}, distractor_preservation {n, mean_abs_diff, agreement}}},
+               pass_agreement {protocol: {n, unanimous}} (passes > 1)}``; see
+               ``refcoco_edit.benchmark.judge.summary``.
 
 samples.parquet: one row per sample (scored, failed or skipped): ``sample_id, split, image_id,
 category, edit_type, prompt, referring_span, edit_span, seed, n_distractors, status
 (ok|failed|skipped), reason, error, resized, output (relative path), height, width`` and one
-float64 column per computed metric (NaN where it does not apply or the sample was not scored).
+float64 column per computed metric (NaN where it does not apply or the sample was not scored);
+in a judged run also one float64 column per judge metric and ``judge_answers`` (JSON: per
+question, per pass, the answer object or ``{failed, error}``). Every raw judge answer (text,
+refusal, finish reason, verdict) is in ``judge/answers.parquet``.
 """
 from __future__ import annotations
 
@@ -54,7 +69,7 @@ from typing import Any, Dict, List
 
 from refcoco_edit.errors import InputError
 
-__all__ = ["RESULTS_SCHEMA_VERSION", "RESULTS_SCHEMA", "schema_errors", "validate_results"]
+__all__ = ["RESULTS_SCHEMA_VERSION", "RESULTS_SCHEMA", "JUDGE_SCHEMA", "schema_errors", "validate_results"]
 
 RESULTS_SCHEMA_VERSION = "1.0"
 
@@ -66,6 +81,41 @@ _RECORD_LIST = {"type": "array", "items": {"type": "object", "required": ["sampl
                                            "properties": {"sample_id": {"type": "string"}, "reason": {"type": "string"},
                                                           "error": {"type": ["string", "null"]}}}}
 _COUNTS_MAP = {"type": "object", "additionalProperties": {"type": "integer"}}
+
+_JUDGE_FAILURES = {"type": "array", "items": {
+    "type": "object", "required": ["sample_id", "question", "pass", "reason", "error"],
+    "properties": {"sample_id": {"type": "string"}, "question": {"enum": ["sc", "pq", "ref_blind", "ref_marked"]},
+                   "pass": {"type": "integer"}, "reason": {"type": "string"}, "error": {"type": ["string", "null"]}}}}
+JUDGE_SCHEMA: Dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "base_url_class", "api", "prompt_version", "params", "definitions", "counts", "failures",
+                 "metrics", "agreement", "pass_agreement"],
+    "additionalProperties": False,
+    "properties": {
+        "model": {"type": "string"}, "base_url_class": {"enum": ["openai", "loopback", "private", "public"]},
+        "api": {"type": "string"}, "prompt_version": {"type": "string"},
+        "params": {"type": "object", "required": ["temperature", "max_tokens", "json_mode", "prompt_version", "passes",
+                                                  "protocols", "attempts", "questions", "seed_rule", "images"]},
+        "definitions": {"type": "object", "additionalProperties": {"type": "string"}},
+        "counts": {"type": "object", "required": ["samples", "answers", "valid", "failed", "failed_by_reason"],
+                   "properties": {"samples": {"type": "integer"}, "answers": {"type": "integer"},
+                                  "valid": {"type": "integer"}, "failed": {"type": "integer"},
+                                  "failed_by_reason": _COUNTS_MAP}},
+        "failures": _JUDGE_FAILURES,
+        "metrics": {"type": "object", "additionalProperties": {
+            "type": "object",
+            "required": ["title", "description", "higher_is_better", "question", "n", "n_failed", "n_not_applicable",
+                         "mean", "std", "ci95", "by_edit_type"],
+            "properties": {"title": {"type": "string"}, "description": {"type": "string"},
+                           "higher_is_better": {"type": ["boolean", "null"]}, "question": {"type": "string"},
+                           "n": {"type": "integer"}, "n_failed": {"type": "integer"},
+                           "n_not_applicable": {"type": "integer"}, "mean": _NUM, "std": _NUM, "ci95": _CI,
+                           "by_edit_type": {"type": "object", "additionalProperties": _SUMMARY}}}},
+        "agreement": {"type": "object", "additionalProperties": {
+            "type": "object", "required": ["referring_accuracy", "distractor_preservation"]}},
+        "pass_agreement": {"type": "object"},
+    },
+}
 
 RESULTS_SCHEMA: Dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -135,6 +185,7 @@ RESULTS_SCHEMA: Dict[str, Any] = {
         "not_computed": {"type": "object", "additionalProperties": {
             "type": "object", "required": ["family", "title", "reason"],
             "properties": {"family": {"type": "string"}, "title": {"type": "string"}, "reason": {"type": "string"}}}},
+        "judge": JUDGE_SCHEMA,
     },
 }
 
@@ -151,7 +202,8 @@ def _is_type(v: Any, t: str) -> bool:
 
 def schema_errors(doc: Any, schema: Dict[str, Any] = RESULTS_SCHEMA, path: str = "$") -> List[str]:
     """Violations of a JSON Schema subset (type, const, enum, required, properties,
-    additionalProperties, items, minItems, maxItems): enough for RESULTS_SCHEMA, no dependency."""
+    additionalProperties, items, minItems, maxItems, minimum, maximum): enough for RESULTS_SCHEMA
+    and the judge's answers, no dependency."""
     errs: List[str] = []
     if "const" in schema and doc != schema["const"]:
         errs.append(f"{path}: expected {schema['const']!r}, got {doc!r}")
@@ -161,6 +213,11 @@ def schema_errors(doc: Any, schema: Dict[str, Any] = RESULTS_SCHEMA, path: str =
         types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
         if not any(_is_type(doc, t) for t in types):
             return errs + [f"{path}: expected {'/'.join(types)}, got {type(doc).__name__}"]
+    if isinstance(doc, (int, float)) and not isinstance(doc, bool):
+        if "minimum" in schema and doc < schema["minimum"]:
+            errs.append(f"{path}: {doc!r} is below the minimum {schema['minimum']}")
+        if "maximum" in schema and doc > schema["maximum"]:
+            errs.append(f"{path}: {doc!r} is above the maximum {schema['maximum']}")
     if isinstance(doc, dict):
         for k in schema.get("required", []):
             if k not in doc:

@@ -68,7 +68,8 @@ def prepare_out(out: Path, manifest: Dict[str, Any], overwrite: bool) -> None:
         for name in (OUTPUTS_DIR, "gallery", "plots"):
             if (out / name).exists():
                 shutil.rmtree(out / name)
-        for name in ("results.json", "samples.parquet", "report.md", "gallery.html", "timing.json"):
+        for name in ("results.json", "samples.parquet", "report.md", "gallery.html", "timing.json",
+                     "judge/answers.parquet"):  # the judge's cache stays: its keys hold the image hashes
             if (out / name).exists():
                 (out / name).unlink()
     (out / OUTPUTS_DIR).mkdir(parents=True, exist_ok=True)

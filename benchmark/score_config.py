@@ -14,7 +14,7 @@ from refcoco_edit.config import setting
 if TYPE_CHECKING:
     from .metrics import MetricParams
 
-__all__ = ["ScoreConfig"]
+__all__ = ["ScoreConfig", "JudgeSettings"]
 
 
 @dataclass
@@ -78,6 +78,32 @@ class ScoreConfig:
     gallery: bool = setting(True, "write gallery.html and thumbnails (--no-gallery skips them)", runtime=True)
     plots: bool = setting(True, "write plots/*.png (--no-plots skips them)", runtime=True)
     progress: Optional[bool] = setting(None, "progress bar (default: on a terminal only)", runtime=True)
+    # -- the VLM judge (off unless --judge; `refcoco-edit judge RESULTS` takes the same settings) --
+    judge: Optional[str] = setting(
+        None, "VLM judge model as its OpenAI-compatible server names it (e.g. gpt-4.1, Qwen/Qwen2.5-VL-7B-Instruct): "
+              "adds VIEScore SC/PQ/O and the referring questions (default: no judge)", metavar="MODEL")
+    judge_base_url: Optional[str] = setting(
+        None, "judge server URL, e.g. http://localhost:8000/v1 for vLLM (default: the OpenAI API)", metavar="URL")
+    judge_api_key_env: str = setting("OPENAI_API_KEY", "environment variable holding the judge's API key "
+                                                       "(default: OPENAI_API_KEY; not needed with --judge-base-url)")
+    judge_passes: int = setting(1, "judge passes per question (self-ensembling; pass i sends seed i; use "
+                                   "--judge-temperature > 0 for independent passes); the spread is reported (default: 1)")
+    judge_protocols: List[str] = setting(["blind", "marked"], "referring-question protocols: blind (the judge finds "
+                                                              "the object itself), marked (the object outlined) "
+                                                              "(default: blind,marked)")
+    judge_temperature: float = setting(0.0, "judge sampling temperature (default: 0)")
+    judge_max_tokens: int = setting(400, "judge answer length limit in tokens (default: 400)")
+    judge_json_mode: bool = setting(True, "send response_format json_object (--no-judge-json-mode for servers "
+                                          "without it; answers are validated either way) (default: on)")
+    judge_concurrency: int = setting(4, "judge requests in flight (default: 4)", runtime=True)
+    judge_timeout: float = setting(60.0, "seconds per judge request before the client retries (default: 60)",
+                                   runtime=True)
+    judge_max_retries: int = setting(4, "the openai client's retries per judge request (429, 5xx, timeouts) "
+                                        "(default: 4)", runtime=True)
+    judge_max_wait: float = setting(600.0, "longest total wait for a 429's Retry-After beyond the client's own "
+                                           "(default: 600 s)", runtime=True)
+    judge_cache: Optional[str] = setting(None, "judge answer cache (SQLite; default: RESULTS/judge/cache.sqlite); "
+                                               "share one file between runs to never pay twice", runtime=True)
 
     def models(self) -> Dict[str, Optional[str]]:
         """The metric model settings (what the model-based metrics need)."""
@@ -89,3 +115,28 @@ class ScoreConfig:
         from .metrics import MetricParams
 
         return MetricParams(referring_eps=float(self.referring_eps), preservation_tau=float(self.preservation_tau))
+
+
+def _judge_settings_class() -> type:
+    """The settings of `refcoco-edit judge RESULTS`: ScoreConfig's ``judge*`` settings and
+    ``progress``, declared once (above) and copied field by field."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(ScoreConfig)
+    fields = []
+    for f in dataclasses.fields(ScoreConfig):
+        if f.name.startswith("judge") or f.name == "progress":
+            kw: Dict[str, Any] = {"metadata": f.metadata}
+            if f.default_factory is not dataclasses.MISSING:
+                kw["default_factory"] = f.default_factory
+            else:
+                kw["default"] = f.default
+            fields.append((f.name, hints[f.name], dataclasses.field(**kw)))
+    cls = dataclasses.make_dataclass("JudgeSettings", fields)
+    cls.__module__ = __name__
+    cls.__doc__ = "The settings of `refcoco-edit judge RESULTS` (ScoreConfig's judge settings)."
+    return cls
+
+
+JudgeSettings = _judge_settings_class()

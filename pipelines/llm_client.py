@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Union
 
 from refcoco_edit.errors import InputError, RunError
 
-from .rephrase_rules import RephraseConfig, RephraseRejected
+from .rephrase_rules import RephraseRejected
 
 # ----------------------------------------------------------------------------------------------
 # the answer cache
@@ -80,24 +80,26 @@ def cache_key(model: str, request: Dict[str, Any], params: Dict[str, Any]) -> st
 # the client and its errors
 # ----------------------------------------------------------------------------------------------
 
-def make_client(cfg: RephraseConfig) -> Any:
-    """The openai client (its own retries and timeouts; Retry-After honoured)."""
+def make_client(cfg: Any, flag: str = "--llm-model") -> Any:
+    """The openai client (its own retries and timeouts; Retry-After honoured). ``cfg``: a
+    :class:`RephraseConfig` or anything with its model/base_url/api_key_env/timeout/max_retries;
+    ``flag``: the option named in error messages (``--judge`` for the score judge)."""
     try:
         import openai
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise InputError("--llm-model needs the openai package: pip install 'refcoco-edit[llm]'") from e
+        raise InputError(f"{flag} needs the openai package: pip install 'refcoco-edit[llm]'") from e
     key = os.environ.get(cfg.api_key_env) or ("EMPTY" if cfg.base_url else None)
     if key is None:
-        raise InputError(f"--llm-model needs an API key in ${cfg.api_key_env} (or a --llm-base-url server)")
+        raise InputError(f"{flag} needs an API key in ${cfg.api_key_env} (or a {flag}-base-url server)")
     return openai.OpenAI(api_key=key, base_url=cfg.base_url, timeout=cfg.timeout, max_retries=cfg.max_retries)
 
 
-def server_name(cfg: RephraseConfig) -> str:
+def server_name(cfg: Any) -> str:
     """The server as error messages name it."""
     return cfg.base_url or "the OpenAI API"
 
 
-def service_error(e: Exception, cfg: RephraseConfig) -> Exception:
+def service_error(e: Exception, cfg: Any) -> Exception:
     """Map an openai exception to how the run reacts: InputError (exit 2), RunError (exit 1), or
     RephraseRejected (this sample only)."""
     import openai
@@ -139,6 +141,31 @@ def retry_after(e: Any) -> Optional[float]:
     except (TypeError, ValueError):
         return None
     return None
+
+
+def create_honouring_retry_after(client: Any, body: Dict[str, Any], cfg: Any) -> Any:
+    """``client.chat.completions.create(**body)``. The client retries 429/5xx itself and follows
+    a Retry-After of up to 60 s; a longer one (or retries used up) makes it give up, so a 429
+    with a Retry-After is waited out here (up to ``cfg.max_wait`` seconds in all) and asked
+    again, up to ``max(1, cfg.max_retries)`` times (so a 429 with Retry-After is waited out even
+    with ``max_retries=0``, which only turns off the client's own retries). Any other failure is mapped by
+    :func:`service_error`. ``cfg``: anything with the fields of :class:`RephraseConfig` that
+    :func:`service_error` reads (the rephrasing stage and the score judge share this)."""
+    import openai
+
+    waited = 0.0
+    for _ in range(1 + max(1, int(cfg.max_retries))):
+        try:
+            return client.chat.completions.create(**body)
+        except openai.RateLimitError as e:
+            delay = retry_after(e)
+            if delay is None or waited + delay > cfg.max_wait:
+                raise service_error(e, cfg) from None
+            time.sleep(delay)
+            waited += delay
+        except Exception as e:  # noqa: BLE001 - mapped to a precise reaction right here
+            raise service_error(e, cfg) from None
+    raise RunError(f"the LLM server at {server_name(cfg)} kept answering 429 (rate limit); re-run later to resume")
 
 
 def answer_of(completion: Any) -> Dict[str, Any]:

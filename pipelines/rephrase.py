@@ -40,16 +40,15 @@ the stage's writer). Every name of those modules that other code uses is importa
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from refcoco_edit.errors import InputError, RunError
+from refcoco_edit.errors import InputError
 from refcoco_edit.prompts import Prompt
 
 from .llm_batch import BatchRunner
-from .llm_client import LLMCache, answer_of, cache_key, make_client, retry_after, server_name, service_error
+from .llm_client import LLMCache, answer_of, cache_key, create_honouring_retry_after, make_client, service_error
 from .rephrase_rules import (
     COLOUR_WORDS,
     MODES,
@@ -125,24 +124,8 @@ class LLMRephraser:
         return answer
 
     def _create_honouring_retry_after(self, body: Dict[str, Any]) -> Any:
-        """``chat.completions.create``; the client retries 429/5xx itself and follows a
-        Retry-After of up to 120 s. A longer Retry-After makes it give up at once, so we wait
-        it out here (up to ``max_wait`` seconds in all) before asking again."""
-        import openai
-
-        waited = 0.0
-        for _ in range(self.cfg.max_retries + 1):
-            try:
-                return self.client.chat.completions.create(**body)
-            except openai.RateLimitError as e:
-                delay = retry_after(e)
-                if delay is None or waited + delay > self.cfg.max_wait:
-                    raise service_error(e, self.cfg) from None
-                time.sleep(delay)
-                waited += delay
-            except Exception as e:  # noqa: BLE001 - mapped to a precise reaction right here
-                raise service_error(e, self.cfg) from None
-        raise RunError(f"the LLM server at {server_name(self.cfg)} kept answering 429 (rate limit); re-run later to resume")
+        """``chat.completions.create`` through :func:`create_honouring_retry_after`."""
+        return create_honouring_retry_after(self.client, body, self.cfg)
 
     def request_for(self, item: Dict[str, Any], attempt: int, feedback: Optional[str]) -> Dict[str, Any]:
         return build_request(item, self.cfg, attempt, feedback)

@@ -2,7 +2,8 @@
 
 A reason code is the stable string a user filters on: why a sample was quarantined by a build
 stage (``quarantine``), why an editor produced no scorable output for a sample (``edit``), or
-why a dataset row was not scored at all (``skip``). One code may serve several scopes (a corrupt
+why a dataset row was not scored at all (``skip``), or why the VLM judge gave no usable answer to
+one of a sample's questions (``judge``). One code may serve several scopes (a corrupt
 image is quarantined by ``build`` and skipped by ``score``). ``tests/test_reasons.py`` checks
 the table against every code the package's source emits, both ways.
 """
@@ -13,8 +14,8 @@ from typing import Dict, FrozenSet
 
 from .suggest import did_you_mean
 
-QUARANTINE, EDIT, SKIP = "quarantine", "edit", "skip"
-SCOPES = (QUARANTINE, EDIT, SKIP)
+QUARANTINE, EDIT, SKIP, JUDGE = "quarantine", "edit", "skip", "judge"
+SCOPES = (QUARANTINE, EDIT, SKIP, JUDGE)
 
 
 @dataclass(frozen=True)
@@ -79,11 +80,19 @@ REASONS: Dict[str, Reason] = {
     "no_reference": _r("the row has no reference image", SKIP),
     "no_edit_mask": _r("the row has no edit mask M_e", SKIP),
     "empty_prompt": _r("the prompt is empty", SKIP),
+    # -- score: the VLM judge (one question of one sample; never scored as a zero) ---------------
+    "judge_bad_json": _r("the judge's answer is not the JSON object the question's schema asks for", JUDGE),
+    "judge_out_of_range": _r("a score or count in the judge's answer is outside its allowed range", JUDGE),
+    "judge_refusal": _r("the judge refused to answer", JUDGE),
+    "judge_empty": _r("the judge's answer is empty", JUDGE),
+    "judge_truncated": _r("the judge's answer was cut off (finish_reason length: raise --judge-max-tokens)", JUDGE),
+    "judge_bad_request": _r("the judge server refused this request as malformed (HTTP 400/422)", JUDGE),
+    "judge_no_output": _r("the editor output to judge is missing or cannot be read", JUDGE),
 }
 
 
 def reasons(scope: str) -> Dict[str, str]:
-    """code -> description of the codes of one scope (``quarantine``, ``edit`` or ``skip``)."""
+    """code -> description of the codes of one scope (``quarantine``, ``edit``, ``skip`` or ``judge``)."""
     if scope not in SCOPES:
         raise ValueError(f"unknown reason scope {scope!r}; one of {SCOPES}")
     return {code: r.description for code, r in REASONS.items() if scope in r.scopes}

@@ -87,7 +87,10 @@ def test_the_tables_users_see_are_views_of_the_one_table():
     assert QUARANTINE_REASONS == reasons("quarantine") and "llm_bad_json" in QUARANTINE_REASONS
     assert FAILURE_REASONS == reasons("edit") and "cmd_timeout" in FAILURE_REASONS
     assert SKIP_REASONS == reasons("skip") and "duplicate_sample_id" in SKIP_REASONS
-    assert set(QUARANTINE_REASONS) | set(FAILURE_REASONS) | set(SKIP_REASONS) == set(REASONS)
+    from refcoco_edit.benchmark.judge import JUDGE_REASONS
+
+    assert JUDGE_REASONS == reasons("judge") and "judge_bad_json" in JUDGE_REASONS
+    assert set(QUARANTINE_REASONS) | set(FAILURE_REASONS) | set(SKIP_REASONS) | set(JUDGE_REASONS) == set(REASONS)
     assert all(r.description and r.scopes for r in REASONS.values())
     with pytest.raises(ValueError, match="scope"):
         reasons("nope")
