@@ -9,6 +9,13 @@ exact code path of ``--clip-model PATH``, ``--editor-arg model=PATH`` etc. Nothi
 * ``clip``: ``tiny_models``' CLIP (projection 32, 32-px images).
 * ``aesthetic``: the LAION aesthetic MLP (published hidden sizes) with input 32, ``layers.*`` keys.
 * ``dino``: a tiny transformers ``ViTModel`` (hidden 32, 32-px images, patch 8) + processor.
+* ``owlv2``, ``clipseg``, ``grounding-dino``: tiny random text-grounding models (transformers
+  ``Owlv2ForObjectDetection`` / ``CLIPSegForImageSegmentation`` / ``GroundingDinoForObjectDetection``,
+  32-64 px images) with their processors, for the ``grounded-*`` editors' ``grounder=PATH``.
+* ``instructdiffusion``: a single original-format (LDM) checkpoint with the key layout of the
+  released InstructDiffusion file (``model.diffusion_model.*`` with an 8-channel UNet,
+  ``first_stage_model.*``, ``cond_stage_model.transformer.*``, under ``state_dict``), converted from
+  the tiny InstructPix2Pix components, plus the tokenizer folder it needs.
 * ``lpips``: LPIPS-alex with random (seeded) weights, as a folder in the ``lpips`` package +
   torchvision layout (``alex.pth`` linear layers + ``alexnet-random.pth`` ``features.*``) and as a
   single full state-dict file (``lpips_alex_full.pth``).
@@ -111,7 +118,87 @@ def save_tiny_lpips(path: PathLike, seed: int = 0) -> Path:
     return path
 
 
+def _clip_text_cfg(tok, max_pos: int) -> dict:
+    eos, bos = tok.convert_tokens_to_ids("<|endoftext|>"), tok.convert_tokens_to_ids("<|startoftext|>")
+    return dict(bos_token_id=bos, eos_token_id=eos, pad_token_id=eos, hidden_size=32, intermediate_size=37,
+                num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tok), max_position_embeddings=max_pos)
+
+
+_TINY_VISION = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=32,
+                    patch_size=8)
+
+
+def save_tiny_owlv2(path: PathLike, seed: int = 0) -> Path:
+    """A tiny OWLv2 detector + ``Owlv2Processor`` (32-px images, 16-token queries); the box head's
+    last layer is scaled down, so boxes start near OWLv2's patch-grid prior instead of saturating."""
+    import torch
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    tok = tiny_tokenizer(path / "_tok", max_length=16)
+    cfg = Owlv2Config(text_config=_clip_text_cfg(tok, 16), vision_config=_TINY_VISION, projection_dim=32)
+    model = Owlv2ForObjectDetection(cfg)
+    with torch.no_grad():  # random box heads saturate (zero-width boxes): start them at the patch-grid prior
+        model.box_head.dense2.weight.mul_(0.01)
+        model.box_head.dense2.bias.zero_()
+    model.save_pretrained(str(path))
+    Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok).save_pretrained(str(path))
+    shutil.rmtree(path / "_tok", ignore_errors=True)
+    return path
+
+
+def save_tiny_clipseg(path: PathLike, seed: int = 0) -> Path:
+    """A tiny CLIPSeg + ``CLIPSegProcessor`` (32-px images)."""
+    import torch
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, ViTImageProcessor
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    tok = tiny_tokenizer(path / "_tok")
+    cfg = CLIPSegConfig(text_config=_clip_text_cfg(tok, 77), vision_config=_TINY_VISION, projection_dim=32, reduce_dim=16,
+                        extract_layers=[1], decoder_num_attention_heads=2, decoder_intermediate_size=32)
+    CLIPSegForImageSegmentation(cfg).save_pretrained(str(path))
+    CLIPSegProcessor(image_processor=ViTImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok).save_pretrained(str(path))
+    shutil.rmtree(path / "_tok", ignore_errors=True)
+    return path
+
+
+def save_tiny_grounding_dino(path: PathLike, seed: int = 0) -> Path:
+    """A tiny Grounding DINO (Swin 2 stages, BERT 1 layer, d_model 32, 10 queries) + its processor
+    (a small word-piece vocabulary)."""
+    import string
+
+    import torch
+    from transformers import (BertConfig, BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
+                              GroundingDinoImageProcessor, GroundingDinoProcessor, SwinConfig)
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + list(string.ascii_lowercase) + \
+        "the a an cow dog cat man woman on left right in red with bowl ball".split()
+    (path / "_vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    tok = BertTokenizer(str(path / "_vocab.txt"))
+    torch.manual_seed(seed)
+    cfg = GroundingDinoConfig(
+        backbone_config=SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+                                   window_size=4, out_features=["stage1", "stage2"]),
+        text_config=BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=37, max_position_embeddings=64),
+        d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2,
+        decoder_attention_heads=2, num_queries=10, num_feature_levels=2, encoder_n_points=2, decoder_n_points=2,
+        max_text_len=32, use_timm_backbone=False)
+    GroundingDinoForObjectDetection(cfg).save_pretrained(str(path))
+    GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 32, "longest_edge": 64}),
+                           tokenizer=tok).save_pretrained(str(path))
+    (path / "_vocab.txt").unlink()
+    return path
+
+
 _BUILDERS = {
+    "owlv2": lambda root: save_tiny_owlv2(root / "owlv2"),
+    "clipseg": lambda root: save_tiny_clipseg(root / "clipseg"),
+    "grounding-dino": lambda root: save_tiny_grounding_dino(root / "grounding-dino"),
     "ip2p": lambda root: save_tiny_ip2p(root / "ip2p"),
     "clip": lambda root: save_tiny_clip(root / "clip"),
     "aesthetic": lambda root: save_tiny_aesthetic(root / "aesthetic" / "tiny-aesthetic.pth"),
@@ -126,7 +213,7 @@ def tiny_bench(kind: str) -> Path:
     """The saved tiny model of ``kind`` for this test process (built on first use, removed at exit).
     The tiny SD / SD-inpainting pipelines come from ``tiny_models.tiny``."""
     global _ROOT
-    if kind in ("sd", "sd-inpaint"):
+    if kind in ("sd", "sd-inpaint", "pbe", "sam"):
         return tiny_models.tiny(kind)
     if kind not in _MADE:
         if _ROOT is None:
