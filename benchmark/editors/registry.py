@@ -46,6 +46,7 @@ EDITORS: Dict[str, str] = {
     "grounded-inpaint": "refcoco_edit.benchmark.editors.grounded:GroundedInpaintEditor",
     "grounded-pbe": "refcoco_edit.benchmark.editors.grounded:GroundedPbEEditor",
     "grounded-blended": "refcoco_edit.benchmark.editors.grounded:GroundedBlendedEditor",
+    "instructdiffusion": "refcoco_edit.benchmark.editors.instructdiffusion:InstructDiffusionEditor",
 }
 
 # names we know and will ship with the diffusion extra; asking for one says what is missing
@@ -71,6 +72,7 @@ ALIASES: Dict[str, str] = {
     "grounded-sam-pbe": "grounded-pbe",
     "grounded-blended-latent": "grounded-blended",
     "grounded-sam-blended": "grounded-blended",
+    "instruct-diffusion": "instructdiffusion",
 }
 
 

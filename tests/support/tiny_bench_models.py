@@ -195,7 +195,103 @@ def save_tiny_grounding_dino(path: PathLike, seed: int = 0) -> Path:
     return path
 
 
+def _ldm_unet_keys(unet) -> Dict[str, str]:
+    """diffusers UNet2DConditionModel parameter name -> its name in the original LDM layout (the
+    inverse of diffusers' ``convert_ldm_unet_checkpoint``, as in diffusers'
+    ``scripts/convert_diffusers_to_original_stable_diffusion.py``, for any number of levels)."""
+    cfg = unet.config
+    lpb, levels = int(cfg.layers_per_block), len(cfg.block_out_channels)
+    prefix = [("time_embedding.linear_1.", "time_embed.0."), ("time_embedding.linear_2.", "time_embed.2."),
+              ("conv_in.", "input_blocks.0.0."), ("conv_norm_out.", "out.0."), ("conv_out.", "out.2.")]
+    for i in range(levels):
+        for j in range(lpb):
+            prefix.append((f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{(lpb + 1) * i + j + 1}.0."))
+            prefix.append((f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{(lpb + 1) * i + j + 1}.1."))
+        for j in range(lpb + 1):
+            prefix.append((f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{(lpb + 1) * i + j}.0."))
+            prefix.append((f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{(lpb + 1) * i + j}.1."))
+        if i < levels - 1:
+            prefix.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{(lpb + 1) * (i + 1)}.0.op."))
+            has_attn = "CrossAttn" in cfg.up_block_types[i]
+            prefix.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{(lpb + 1) * i + lpb}.{2 if has_attn else 1}."))
+    prefix += [("mid_block.attentions.0.", "middle_block.1."), ("mid_block.resnets.0.", "middle_block.0."),
+               ("mid_block.resnets.1.", "middle_block.2.")]
+    resnet = [("norm1.", "in_layers.0."), ("conv1.", "in_layers.2."), ("norm2.", "out_layers.0."),
+              ("conv2.", "out_layers.3."), ("time_emb_proj.", "emb_layers.1."), ("conv_shortcut.", "skip_connection.")]
+    out = {}
+    for name in unet.state_dict():
+        new = name
+        for d, o in prefix:
+            if name.startswith(d):
+                new = o + name[len(d):]
+                if ".resnets." in d:
+                    for rd, ro in resnet:
+                        new = new.replace("." + rd, "." + ro, 1) if new[len(o):].startswith(rd) else new
+                break
+        out[name] = new
+    return out
+
+
+def _ldm_vae_keys(vae) -> Dict[str, str]:
+    """diffusers AutoencoderKL parameter name -> its LDM ``first_stage_model`` name."""
+    levels = len(vae.config.block_out_channels)
+    pairs = [("conv_norm_out.", "norm_out."), ("mid_block.attentions.0.", "mid.attn_1."),
+             ("mid_block.resnets.0.", "mid.block_1."), ("mid_block.resnets.1.", "mid.block_2.")]
+    for i in range(levels):
+        pairs.append((f"encoder.down_blocks.{i}.resnets.", f"encoder.down.{i}.block."))
+        pairs.append((f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample."))
+        pairs.append((f"decoder.up_blocks.{i}.resnets.", f"decoder.up.{levels - 1 - i}.block."))
+        pairs.append((f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{levels - 1 - i}.upsample."))
+    attn = [("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."), ("to_out.0.", "proj_out.")]
+    out = {}
+    for name in vae.state_dict():
+        new = name.replace("conv_shortcut.", "nin_shortcut.")
+        for d, o in pairs:
+            new = new.replace(d, o)
+        if ".attn_1." in new:
+            for d, o in attn:
+                new = new.replace(".attn_1." + d, ".attn_1." + o)
+        out[name] = new
+    return out
+
+
+def save_tiny_instructdiffusion(path: PathLike, seed: int = 0, safetensors: bool = False) -> Path:
+    """``path/instructdiffusion-tiny.ckpt`` (or ``.safetensors``): the tiny InstructPix2Pix components in
+    the released InstructDiffusion file's layout (``{"state_dict": {model.diffusion_model.*,
+    first_stage_model.*, cond_stage_model.transformer.text_model.*}}``), plus ``path/tokenizer``
+    and ``path/diffusers`` (the same weights as a diffusers folder). Returns the checkpoint file."""
+    import torch
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    path = Path(path)
+    folder = save_tiny_ip2p(path / "diffusers", seed=seed)
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(str(folder), safety_checker=None,
+                                                                   requires_safety_checker=False)
+    sd = {}
+    for name, ldm in _ldm_unet_keys(pipe.unet).items():
+        sd["model.diffusion_model." + ldm] = pipe.unet.state_dict()[name].clone()
+    for name, ldm in _ldm_vae_keys(pipe.vae).items():
+        t = pipe.vae.state_dict()[name].clone()
+        if ".attn_1." in ldm and ldm.endswith(("q.weight", "k.weight", "v.weight", "proj_out.weight")):
+            t = t[:, :, None, None]  # the LDM VAE's attention projections are 1x1 convolutions
+        sd["first_stage_model." + ldm] = t
+    for name, t in pipe.text_encoder.state_dict().items():  # the released file's "text_model." level
+        sd["cond_stage_model.transformer." + (name if name.startswith("text_model.") else "text_model." + name)] = t.clone()
+    sd["model_ema.decay"] = torch.tensor(0.9999)  # as in LDM training checkpoints (not a weight of any component)
+    pipe.tokenizer.save_pretrained(str(path / "tokenizer"))
+    if safetensors:
+        from safetensors.torch import save_file
+
+        out = path / "instructdiffusion-tiny.safetensors"
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(out))
+    else:
+        out = path / "instructdiffusion-tiny.ckpt"
+        torch.save({"state_dict": sd, "global_step": 0}, str(out))
+    return out
+
+
 _BUILDERS = {
+    "instructdiffusion": lambda root: save_tiny_instructdiffusion(root / "instructdiffusion"),
     "owlv2": lambda root: save_tiny_owlv2(root / "owlv2"),
     "clipseg": lambda root: save_tiny_clipseg(root / "clipseg"),
     "grounding-dino": lambda root: save_tiny_grounding_dino(root / "grounding-dino"),
