@@ -68,7 +68,8 @@ from refcoco_edit.models import DTYPES, ModelError, Runtime
 
 from .base import Editor, EditFailure
 
-__all__ = ["InstructPix2PixEditor", "MagicBrushEditor", "BlendedLatentEditor", "InpaintAnythingEditor",
+__all__ = ["InstructPix2PixEditor", "MagicBrushEditor", "BlendedLatentEditor", "InpaintAnythingEditor", "DiffusionEditor",
+           "seeded_generators", "to_uint8", "model_error",
            "PAPER_SUFFIX", "instruction", "working_size"]
 
 PAPER_SUFFIX = "and do not change any pixel else"
@@ -103,24 +104,24 @@ def _check_common(steps: Any, guidance_scale: Any, resolution: Any, dtype: Any, 
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
 
-def _generators(seeds: List[int]) -> List[Any]:
+def seeded_generators(seeds: List[int]) -> List[Any]:
     import torch
 
     return [torch.Generator("cpu").manual_seed(int(s) % (2 ** 63)) for s in seeds]
 
 
-def _to_uint8(a: np.ndarray) -> np.ndarray:
+def to_uint8(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype == np.uint8:
         return a
     return np.clip(np.rint(np.asarray(a, np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
-def _model_error(editor: str, e: Exception) -> InputError:
+def model_error(editor: str, e: Exception) -> InputError:
     return InputError(f"editor {editor!r}: {e}")
 
 
-class _DiffusionEditor(Editor):
+class DiffusionEditor(Editor):
     """Shared options and the runtime (device, dtype, local_files_only) of the diffusion editors."""
 
     default_model = ""
@@ -147,7 +148,7 @@ class _DiffusionEditor(Editor):
 # InstructPix2Pix / MagicBrush
 # ----------------------------------------------------------------------------------------------
 
-class InstructPix2PixEditor(_DiffusionEditor):
+class InstructPix2PixEditor(DiffusionEditor):
     """InstructPix2Pix (diffusers ``StableDiffusionInstructPix2PixPipeline``) on the whole image."""
 
     name = "instruct-pix2pix"
@@ -186,7 +187,7 @@ class InstructPix2PixEditor(_DiffusionEditor):
             src = resolve_source(c["model"], what, rt.local_files_only, "model_index.json")
             dtype = rt.torch_dtype()  # also checks the device
         except ModelError as e:
-            raise _model_error(self.name, e) from None
+            raise model_error(self.name, e) from None
         unet_cfg = (src.local / "unet" / "config.json") if src.local is not None else None
         if unet_cfg is not None and unet_cfg.is_file():
             in_ch = int(json.loads(unet_cfg.read_text(encoding="utf-8")).get("in_channels", -1))
@@ -227,11 +228,11 @@ class InstructPix2PixEditor(_DiffusionEditor):
                     prompt=[instruction(prompts[i], c["suffix"]) for i in idx], image=pil,
                     negative_prompt=[c["negative_prompt"]] * len(idx) if c["negative_prompt"] else None,
                     num_inference_steps=c["steps"], guidance_scale=c["guidance_scale"],
-                    image_guidance_scale=c["image_guidance_scale"], generator=_generators([seeds[i] for i in idx]),
+                    image_guidance_scale=c["image_guidance_scale"], generator=seeded_generators([seeds[i] for i in idx]),
                     output_type="np")
             for i, g in zip(idx, res.images):
                 h, w = images[i].shape[:2]
-                out[i] = np.asarray(Image.fromarray(_to_uint8(g)).resize((w, h), Image.LANCZOS))
+                out[i] = np.asarray(Image.fromarray(to_uint8(g)).resize((w, h), Image.LANCZOS))
         return out
 
 
@@ -250,7 +251,7 @@ def _empty_mask_failure() -> EditFailure:
     return EditFailure("editor_error", "the ground-truth mask M_e is empty: nothing to edit")
 
 
-class BlendedLatentEditor(_DiffusionEditor):
+class BlendedLatentEditor(DiffusionEditor):
     """Blended Latent Diffusion with the ground-truth mask M_e and the edit phrase P_e."""
 
     name = "blended-latent"
@@ -283,7 +284,7 @@ class BlendedLatentEditor(_DiffusionEditor):
         try:
             gt.load()
         except ModelError as e:
-            raise _model_error(self.name, e) from None
+            raise model_error(self.name, e) from None
         self._pipe = gt
 
     def edit(self, images: List[np.ndarray], prompts: List[str], seeds: List[int],
@@ -308,7 +309,7 @@ class BlendedLatentEditor(_DiffusionEditor):
         return out
 
 
-class InpaintAnythingEditor(_DiffusionEditor):
+class InpaintAnythingEditor(DiffusionEditor):
     """Inpaint-Anything style: the ground-truth mask M_e filled by Stable Diffusion inpainting."""
 
     name = "inpaint-anything"
@@ -342,7 +343,7 @@ class InpaintAnythingEditor(_DiffusionEditor):
             gt.load()
             _ = gt.pipe  # the DDIM scheduler swap happens on first access
         except ModelError as e:
-            raise _model_error(self.name, e) from None
+            raise model_error(self.name, e) from None
         self._pipe = gt
 
     def edit(self, images: List[np.ndarray], prompts: List[str], seeds: List[int],
@@ -371,7 +372,7 @@ class InpaintAnythingEditor(_DiffusionEditor):
                               negative_prompt=[c["negative_prompt"]] * len(todo) if c["negative_prompt"] else None,
                               image=[t[3] for t in todo], mask_image=[t[4] for t in todo], height=r, width=r,
                               strength=1.0, num_inference_steps=c["steps"], guidance_scale=c["guidance_scale"],
-                              generator=_generators([seeds[t[0]] for t in todo]), output_type="np")
+                              generator=seeded_generators([seeds[t[0]] for t in todo]), output_type="np")
             for (i, hole, win, _, _, _), g in zip(todo, res.images):
                 src = np.ascontiguousarray(images[i])
                 gen = uncrop(src, win, np.asarray(g, dtype=np.float32))

@@ -4,7 +4,9 @@ A spec is one of:
 
 * a registered name or alias: ``identity``, ``oracle`` (built-in, weight-free); the diffusion
   editors ``instruct-pix2pix``, ``magicbrush``, ``blended-latent``, ``inpaint-anything``
-  (``refcoco_edit.benchmark.editors.diffusion``: the diffusion extra, weights via ``--editor-arg model=...``);
+  (``refcoco_edit.benchmark.editors.diffusion``: the diffusion extra, weights via ``--editor-arg model=...``),
+  ``instructdiffusion`` (``.instructdiffusion``) and the grounding -> SAM -> editing baselines
+  ``grounded-inpaint``, ``grounded-pbe``, ``grounded-blended`` (``.grounded``);
   names of planned editors (``PLANNED``) are known and say so when asked for;
 * ``NAME:ARG``, a registered name (or alias) whose editor class declares ``spec_option``: ARG is
   that constructor option, e.g. ``referdiffusion:CHECKPOINT`` = ``referdiffusion`` with
@@ -41,6 +43,10 @@ EDITORS: Dict[str, str] = {
     "blended-latent": "refcoco_edit.benchmark.editors.diffusion:BlendedLatentEditor",
     "inpaint-anything": "refcoco_edit.benchmark.editors.diffusion:InpaintAnythingEditor",
     "referdiffusion": "refcoco_edit.benchmark.referdiffusion.infer:ReferDiffusionEditor",
+    "grounded-inpaint": "refcoco_edit.benchmark.editors.grounded:GroundedInpaintEditor",
+    "grounded-pbe": "refcoco_edit.benchmark.editors.grounded:GroundedPbEEditor",
+    "grounded-blended": "refcoco_edit.benchmark.editors.grounded:GroundedBlendedEditor",
+    "instructdiffusion": "refcoco_edit.benchmark.editors.instructdiffusion:InstructDiffusionEditor",
 }
 
 # names we know and will ship with the diffusion extra; asking for one says what is missing
@@ -61,6 +67,12 @@ ALIASES: Dict[str, str] = {
     "magic-brush": "magicbrush",
     "blended_latent": "blended-latent",
     "refer-diffusion": "referdiffusion",
+    "grounded-sam-inpaint": "grounded-inpaint",
+    "grounded-paint-by-example": "grounded-pbe",
+    "grounded-sam-pbe": "grounded-pbe",
+    "grounded-blended-latent": "grounded-blended",
+    "grounded-sam-blended": "grounded-blended",
+    "instruct-diffusion": "instructdiffusion",
 }
 
 
