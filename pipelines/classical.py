@@ -5,16 +5,22 @@ that ``refcoco-edit build`` runs on any laptop:
 
 ``InpaintRemoval`` ("classical-remove", edit type ``remove``)
     1. check the request;
-    2. M_e = dilate(source mask, max(min_dilate_px, dilate_frac * object size));
-    3. fill M_e with Telea inpainting (coarse-to-fine for large holes, so a 15 % mask stays fast);
-    4. add seeded grain matched to the surrounding texture, so the hole is not a flat smear;
+    2. M_e = dilate(source mask ∪ its cast/contact shadow, max(min_dilate_px, dilate_frac *
+       object size)) (``shadow``; ``patch_inpaint.shadow_region``);
+    3. ``method="patch"`` (default): fill M_e by multi-scale exemplar (patch) copying with a
+       smooth Telea base (``patch_inpaint.patch_inpaint``); ``method="telea"``: the former
+       remover: Telea inpainting (coarse-to-fine for large holes, so a 15 % mask stays fast),
+    4. plus (Telea only) seeded grain matched to the surrounding texture;
     5. paste back through M_e (exact outside) and check the output.
+    ``perf/bench_removal.py`` scores both against the demo's clean plates.
 
 ``ExemplarComposite`` ("classical-replace", edit type ``replace``, needs an exemplar)
     1. check the request; clean the RGBA exemplar (largest alpha blob, holes filled, eroded edge);
     2. remove the source object as ``InpaintRemoval`` does;
-    3. scale the exemplar to fit the source box (keeping its aspect ratio) and anchor it at the
-       box's bottom centre (or centre), clipped to the image;
+    3. scale the exemplar to the source box: its aspect is stretched toward the box's by at most
+       a factor ``stretch``, then it is scaled to fit the box and anchored at the box's bottom
+       centre (or centre), clipped to the image; a paste whose box covers less than ``min_cover``
+       of the source box fails with ``shape_mismatch`` (the target does not fit the region);
     4. Poisson-blend it (``cv2.seamlessClone`` on a reflect-padded canvas, so masks touching the
        border are safe); the Poisson colour shift is applied with weight ``harmonize`` (1 = pure
        NORMAL_CLONE, which turns an object that differs from its new surroundings into a tinted
@@ -44,6 +50,7 @@ import numpy as np
 
 from refcoco_edit.pipelines.base import EditRequest, GTPipeline, PipelineError, PipelineOutput
 from refcoco_edit.pipelines.masks import check_output, dilate, edit_mask, erode, feather_alpha, paste_back
+from refcoco_edit.pipelines.patch_inpaint import patch_inpaint, shadow_region
 
 __all__ = ["InpaintRemoval", "ExemplarComposite", "inpaint", "mask_bbox", "box_slices", "finish_output"]
 
@@ -159,8 +166,11 @@ def finish_output(
 # ----------------------------------------------------------------------------------------------
 # 1. removal
 # ----------------------------------------------------------------------------------------------
+REMOVAL_METHODS = ("patch", "telea")
+
+
 class InpaintRemoval(GTPipeline):
-    """Remove the referred object: Telea inpainting over its dilated mask plus matched grain."""
+    """Remove the referred object and its shadow: patch-based filling (default) or Telea inpainting."""
 
     name = "classical-remove"
     edit_types = ("remove",)
@@ -168,32 +178,55 @@ class InpaintRemoval(GTPipeline):
 
     def __init__(
         self,
+        method: str = "patch",
+        shadow: str = "auto",
         dilate_frac: float = 0.03,
         min_dilate_px: int = 5,
         radius: int = 5,
         noise: float = 0.8,
         feather_px: int = 4,
         max_direct_px: int = 12000,
+        patch_size: int = 7,
+        shadow_darker: float = 0.9,
     ) -> None:
+        """``method``: ``patch`` (exemplar filling) or ``telea`` (the former default, bytes
+        unchanged); ``shadow``: erase the object's cast shadow too: ``on``, ``off`` or ``auto``
+        (on for ``patch``, off for ``telea``); ``patch_size``: the patch window (an even size
+        uses the next odd one); ``shadow_darker``: a shadow pixel is below this fraction of the
+        background luminance predicted around it; ``radius``, ``noise``, ``max_direct_px``: Telea's."""
+        if method not in REMOVAL_METHODS:
+            raise ValueError(f"method must be one of {', '.join(REMOVAL_METHODS)}, got {method!r}")
+        if shadow not in ("auto", "on", "off"):
+            raise ValueError(f"shadow must be auto, on or off, got {shadow!r}")
+        if int(patch_size) < 3:
+            raise ValueError(f"patch_size must be >= 3, got {patch_size}")
         self.params: Dict[str, Any] = {
+            "method": method, "shadow": shadow,
             "dilate_frac": float(dilate_frac), "min_dilate_px": int(min_dilate_px), "radius": int(radius),
             "noise": float(noise), "feather_px": int(feather_px), "max_direct_px": int(max_direct_px),
+            "patch_size": int(patch_size), "shadow_darker": float(shadow_darker),
         }
 
     def generate(self, request: EditRequest) -> PipelineOutput:
-        """Steps: 1 check; 2 M_e; 3-4 inpaint + grain; 5 paste back + check."""
+        """Steps: 1 check; 2 M_e (with the shadow); 3-4 fill (+ grain for Telea); 5 paste back + check."""
         # 1. check
         self.check_inputs(request)
         p = self.params
         image, mask = np.ascontiguousarray(request.image), np.asarray(request.mask).astype(bool)
         rng = np.random.default_rng(request.seed)
-        # 2. M_e = dilate(mask)
+        # 2. M_e = dilate(mask ∪ shadow)
         dp = _removal_dilate_px(mask, p["dilate_frac"], p["min_dilate_px"])
-        m_e = edit_mask(mask, None, dp)
-        # 3-4. inpaint the hole (coarse-to-fine when large) and add matched grain
-        filled = inpaint(image, m_e, p["radius"], rng=rng, noise=p["noise"], max_direct_px=p["max_direct_px"])
+        use_shadow = p["shadow"] == "on" or (p["shadow"] == "auto" and p["method"] == "patch")
+        shadow = shadow_region(image, mask, darker=p["shadow_darker"]) if use_shadow else None
+        m_e = edit_mask(mask, shadow, dp)
+        # 3-4. fill the hole: patch copying, or Telea (coarse-to-fine when large) + matched grain
+        if p["method"] == "patch":
+            filled = patch_inpaint(image, m_e, rng, patch=p["patch_size"] | 1)
+        else:
+            filled = inpaint(image, m_e, p["radius"], rng=rng, noise=p["noise"], max_direct_px=p["max_direct_px"])
         # 5. exact paste-back and contract check
-        return finish_output(image, filled, m_e, min(p["feather_px"], dp), {**p, "dilate_px": dp})
+        extra = {"dilate_px": dp, "shadow_px": int(shadow.sum()) if shadow is not None else 0}
+        return finish_output(image, filled, m_e, min(p["feather_px"], dp), {**p, **extra})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,6 +238,14 @@ _CLONE_MODES = {
     "monochrome": cv2.MONOCHROME_TRANSFER,
     "alpha": None,  # plain alpha compositing, no Poisson blending
 }
+
+
+def _cover(placed: Box, box: Box) -> float:
+    """The share of ``box`` that the ``placed`` box covers (both x0, y0, x1, y1)."""
+    iw = min(placed[2], box[2]) - max(placed[0], box[0])
+    ih = min(placed[3], box[3]) - max(placed[1], box[1])
+    area = max(1, (box[2] - box[0]) * (box[3] - box[1]))
+    return max(0, iw) * max(0, ih) / area
 
 
 def _largest_blob(mask: np.ndarray) -> np.ndarray:
@@ -292,7 +333,16 @@ class ExemplarComposite(GTPipeline):
         feather_px: int = 4,
         pad_px: int = 16,
         min_clone_px: int = 64,
+        stretch: float = 1.25,
+        min_cover: float = 0.4,
     ) -> None:
+        """``stretch``: the most the exemplar's aspect may be stretched toward the source box's
+        (1: never); ``min_cover``: the least share of the source box the pasted exemplar's box
+        must cover (else ``shape_mismatch``; 0: off). The others: see the module docstring."""
+        if not stretch >= 1:
+            raise ValueError(f"stretch must be >= 1, got {stretch}")
+        if not 0 <= min_cover <= 1:
+            raise ValueError(f"min_cover must be in [0, 1], got {min_cover}")
         if clone_mode not in _CLONE_MODES:
             raise ValueError(f"clone_mode must be one of {sorted(_CLONE_MODES)}, got {clone_mode!r}")
         if anchor not in ("bottom", "center"):
@@ -304,7 +354,7 @@ class ExemplarComposite(GTPipeline):
             "dilate_px": None if dilate_px is None else int(dilate_px), "dilate_frac": float(dilate_frac),
             "min_dilate_px": int(min_dilate_px), "erode_px": int(erode_px), "radius": int(radius),
             "noise": float(noise), "feather_px": int(feather_px), "pad_px": int(pad_px),
-            "min_clone_px": int(min_clone_px),
+            "min_clone_px": int(min_clone_px), "stretch": float(stretch), "min_cover": float(min_cover),
         }
 
     def check_inputs(self, request: EditRequest) -> None:
@@ -321,8 +371,12 @@ class ExemplarComposite(GTPipeline):
         x0, y0, x1, y1 = box
         bw, bh = x1 - x0, y1 - y0
         eh, ew = ex.shape[:2]
-        s = self.params["scale"] * min(bw / ew, bh / eh)
-        nw, nh = max(1, int(round(ew * s))), max(1, int(round(eh * s)))
+        # stretch the exemplar's aspect toward the box's (at most by ``stretch``), then fit it
+        st = self.params["stretch"]
+        k = math.sqrt(min(max((bw / bh) / (ew / eh), 1.0 / st), st))
+        ew_s, eh_s = ew * k, eh / k
+        s = self.params["scale"] * min(bw / ew_s, bh / eh_s)
+        nw, nh = max(1, int(round(ew_s * s))), max(1, int(round(eh_s * s)))
         interp = cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC
         rgb = cv2.resize(np.ascontiguousarray(ex[..., :3]), (nw, nh), interpolation=interp)
         alpha = cv2.resize(ex[..., 3].astype(np.float32) / 255.0, (nw, nh), interpolation=cv2.INTER_LINEAR) >= 0.5
@@ -357,6 +411,11 @@ class ExemplarComposite(GTPipeline):
         placed[cy0:cy1, cx0:cx1] = alpha[sub]
         if not placed.any():
             raise PipelineError("pipeline_error", "the placed exemplar lies outside the image")
+        cover = _cover((cx0, cy0, cx1, cy1), box)
+        if cover < p["min_cover"]:
+            raise PipelineError("shape_mismatch", f"the exemplar of {request.edit_target!r} ({ex.shape[1]}x{ex.shape[0]}) "
+                                f"covers {cover:.0%} of the source box {box[2] - box[0]}x{box[3] - box[1]} once scaled "
+                                f"into it, under min_cover {p['min_cover']:.0%}: the target does not fit the region")
         raw = bg.copy()
         raw[placed] = rgb[sub][alpha[sub]]  # row-major order matches inside the window
         # 4. blend: Poisson (seamlessClone) on a reflect-padded canvas, or alpha for tiny pastes
@@ -370,7 +429,7 @@ class ExemplarComposite(GTPipeline):
             composite = self._poisson(bg, raw, rgb, alpha, placed, (left, top), mode)
         # 5. M_e = dilate(mask ∪ pasted), exact paste-back and contract check
         m_e = edit_mask(mask, placed, dp)
-        params = {**p, "dilate_px": dp, "blend": blend,
+        params = {**p, "dilate_px": dp, "blend": blend, "cover": round(cover, 4),
                   "placement": [int(cx0), int(cy0), int(cx1 - cx0), int(cy1 - cy0)]}
         return finish_output(image, composite, m_e, min(p["feather_px"], dp), params, exemplar=ex)
 

@@ -56,6 +56,9 @@ REASONS: Dict[str, Reason] = {
     "llm_too_long": _r("the LLM prompt is longer than allowed", QUARANTINE),
     # -- ground-truth generation -----------------------------------------------------------------
     "no_exemplar": _r("no exemplar instance of the edit target is available", QUARANTINE),
+    "no_fitting_target": _r("no replace target fits the source box (typical aspect and size, see "
+                            "target_aspect_tolerance / target_size_ratio)", QUARANTINE),
+    "shape_mismatch": _r("the exemplar scaled into the source box covers less than min_cover of it", QUARANTINE),
     "no_change": _r("the pipeline output does not differ from the source inside the edit mask", QUARANTINE),
     "pipeline_error": _r("the generation pipeline raised an error", QUARANTINE),
     # -- score: editor outputs -------------------------------------------------------------------

@@ -49,6 +49,8 @@ class SelectionConfig:
     similarity_threshold: float = 0.7
     use_pixels: bool = True
     imaginative_targets: bool = False
+    target_aspect_tolerance: float = 2.0  # replace targets: typical box aspect within this factor of the source box's
+    target_size_ratio: float = 4.0        # replace targets: typical physical size within this factor of the source's
 
 
 @dataclass
@@ -168,11 +170,13 @@ class Selector:
     """Applies the rules to a RefCOCO index (``refcoco_edit.refcoco.RefCOCO``)."""
 
     def __init__(self, refer: Any, cfg: SelectionConfig, seed: int = 0,
-                 available_categories: Optional[Sequence[str]] = None):
+                 available_categories: Optional[Sequence[str]] = None,
+                 category_aspects: Optional[Dict[str, float]] = None):
         self.refer = refer
         self.cfg = cfg
         self.seed = int(seed)
         self.available_categories = list(available_categories) if available_categories is not None else None
+        self.category_aspects = dict(category_aspects or {})  # measured typical box aspects (w / h)
         self.quarantine: List[Dict[str, Any]] = []
         self.dropped: Dict[str, int] = {r: 0 for r in DROP_RULES}
         self.kept_by: Dict[str, int] = {"same_category": 0, "visual": 0}
@@ -386,7 +390,9 @@ class Selector:
             try:
                 target = choose_edit_target(etype, me.category, sent["text"], srng,
                                             available_categories=self.available_categories if etype == "replace" else None,
-                                            imaginative=cfg.imaginative_targets)
+                                            imaginative=cfg.imaginative_targets, source_box=me.bbox[2:4],
+                                            aspect_tolerance=cfg.target_aspect_tolerance,
+                                            size_ratio=cfg.target_size_ratio, aspects=self.category_aspects)
             except SampleError as e:
                 self._quarantine(f"ref:{v.ref_id}:{etype}", e.reason, str(e))
                 self._target_failed.add(v.ref_id)

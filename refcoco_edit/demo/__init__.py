@@ -30,6 +30,10 @@ ships RefCOCO, RefCOCO+ and RefCOCOg::
 Every random choice comes from ``numpy.random.default_rng([seed, image_index, stream])``, so the
 first N images are the same whatever ``num_images`` is, and two runs give byte-identical files.
 
+``render_clean_plate(ann_id, seed)`` re-renders an object's image without that object and its
+shadows (same streams, same noise): the ground truth of its removal, made on demand so that the
+files on disk never change for it (``perf/bench_removal.py`` scores removers against it).
+
 Modules, by concern (the API is this package's ``__all__``; the modules are internal)::
 
     layout.py    the refer layout: datasets, split schemes, id blocks, DEMO_VERSION
@@ -38,13 +42,15 @@ Modules, by concern (the API is this package's ``__all__``; the modules are inte
     objects.py   one renderer per drawable category
     backdrop.py  wall and table, the shelf of books, lighting, shadows, camera
     grammar.py   the referring-expression grammar of RefCOCO, RefCOCO+ and RefCOCOg
-    image.py     one image: render, annotate (polygons, crowd RLE), describe
+    image.py     one image: render, annotate (polygons, crowd RLE), describe; clean plates
     writer.py    write_demo / ensure_demo: instances.json, refs(*).p, images, the done-marker
 """
 from __future__ import annotations
 
 from .grammar import LOCATION_WORDS
 from .layout import DEFAULT_NUM_IMAGES, DEMO_VERSION, MARKER_NAME
+from .image import render_clean_plate
 from .writer import ensure_demo, write_demo
 
-__all__ = ["DEFAULT_NUM_IMAGES", "DEMO_VERSION", "MARKER_NAME", "LOCATION_WORDS", "write_demo", "ensure_demo"]
+__all__ = ["DEFAULT_NUM_IMAGES", "DEMO_VERSION", "MARKER_NAME", "LOCATION_WORDS", "write_demo", "ensure_demo",
+           "render_clean_plate"]

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import functools
-from typing import Tuple
+from typing import Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
 from ..vocab import COLOURS
-from .scene import Scene, pick
+from .scene import Obj, Scene, pick
 
 @functools.lru_cache(maxsize=1)
 def _noise_bank() -> Tuple[np.ndarray, np.ndarray]:
@@ -169,8 +169,10 @@ def shelf(scene: Scene, img: np.ndarray, rng: np.random.Generator, light: np.nda
     return books
 
 
-def shadow_factor(scene: Scene) -> np.ndarray:
+def shadow_factor(scene: Scene, objs: Optional[Sequence[Obj]] = None) -> np.ndarray:
     """Background darkening (H, W) from each object's cast shadow (a sheared silhouette) and contact shadow.
+
+    ``objs``: the objects that cast shadows (default: all of the scene's; a clean plate leaves one out).
 
     Drawn at half resolution: the shadows are soft anyway, and full-size blurs were costly.
     """
@@ -180,7 +182,7 @@ def shadow_factor(scene: Scene) -> np.ndarray:
     contact = np.zeros((h2, w2), np.float32)
     sx, sy = -0.45 * scene.side, 0.2
     u = min(W, H)
-    for o in scene.objs:
+    for o in (scene.objs if objs is None else objs):
         base = o.base
         M = np.float32([[0.5, -0.5 * sx, 0.5 * (o.x0 + sx * (base - o.y0))],
                         [0, 0.5 * sy, 0.5 * (base * (1 - sy) + sy * o.y0)]])

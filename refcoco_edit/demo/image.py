@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from io import BytesIO
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -11,7 +11,7 @@ from .backdrop import background, camera, light_field, shadow_factor, shelf
 from .grammar import Phrases, choose, refcoco_candidates, refcoco_plus_candidates, refcocog_candidates, sentence
 from .layout import CAT_IDS, DATASETS, FIRST_IMAGE_ID, JPEG_QUALITY, SENT_ID_BASE
 from .objects import render_object
-from .scene import Obj, plan
+from .scene import Obj, Scene, plan
 from .shapes import unit3
 
 def polygons(mask: np.ndarray) -> List[List[float]]:
@@ -53,35 +53,39 @@ def ann_geometry(segmentation: Any, h: int, w: int) -> Tuple[float, List[float]]
 
 
 
-def make_image(seed: int, index: int) -> Tuple[bytes, Dict[str, Any], List[Dict[str, Any]], Dict[str, List[Dict[str, Any]]]]:
-    """Render one scene; returns (jpeg bytes, image record, annotations, refs per dataset)."""
+def _paint(seed: int, index: int, omit: Optional[int] = None) -> Tuple[Scene, np.ndarray, Optional[np.ndarray]]:
+    """Plan and render scene ``index``; returns (scene, uint8 pixels, books mask or None).
+
+    ``omit``: the position in ``scene.objs`` of an object rendered (so that every random stream
+    is consumed exactly as in the full scene) but neither painted nor shadowed: the *clean plate*
+    of that object. With ``omit=None`` the pixels are those of :func:`make_image`.
+    """
     scene = plan(seed, index)
     rrng = np.random.default_rng([seed, index, 1])   # rendering stream
-    # one text stream per dataset, so that changing one dataset's wording leaves the others alone
-    trngs = {ds: np.random.default_rng([seed, index, 2, j]) for j, ds in enumerate(DATASETS)}
-    W, H = scene.width, scene.height
-    image_id = FIRST_IMAGE_ID + index
-    file_name = f"COCO_train2014_{image_id:012d}.jpg"
     light = unit3(0.55 * scene.side, -0.7, 0.55)
-
     tone, colours = background(scene, rrng)
     wb = (1.0 + np.asarray((1.0, 0.0, -1.0), np.float32) * rrng.uniform(-0.035, 0.05)).astype(np.float32)
     colours *= wb
     for o in scene.objs:
         render_object(o, rrng, light, scene.side)
+    shown = [o for k, o in enumerate(scene.objs) if k != omit]
     lf = light_field(scene, rrng)
-    tone *= shadow_factor(scene)
+    tone *= shadow_factor(scene, shown)
     tone *= lf
     img = tone[..., None] * colours[:, None, :]
     books = shelf(scene, img, rrng, lf) if scene.shelf else None
-    draw = sorted(scene.objs, key=lambda a: (a.base, a.cx))
-    for o in draw:
+    for o in sorted(shown, key=lambda a: (a.base, a.cx)):
         ys, xs = slice(o.y0, o.y0 + o.alpha.shape[0]), slice(o.x0, o.x0 + o.alpha.shape[1])
         a = o.alpha[..., None]
         img[ys, xs] = (o.rgb * wb) * (lf[ys, xs, None] * a) + img[ys, xs] * (1 - a)
-    pixels = camera(img, rrng)
+    return scene, camera(img, rrng), books
 
-    # visible masks, front to back
+
+def _annotate(scene: Scene, books: Optional[np.ndarray], image_id: int) -> List[Dict[str, Any]]:
+    """Visible masks (front to back), polygons and the crowd RLE; keeps only annotated objects
+    in ``scene.objs`` (each with its ``ann``) and returns the annotations."""
+    W, H = scene.width, scene.height
+    draw = sorted(scene.objs, key=lambda a: (a.base, a.cx))
     occ = np.zeros((H, W), bool)
     for o in reversed(draw):
         full = np.zeros((H, W), bool)
@@ -111,6 +115,56 @@ def make_image(seed: int, index: int) -> Tuple[bytes, Dict[str, Any], List[Dict[
             annotations.append({"id": image_id * 100 + 90, "image_id": image_id, "category_id": CAT_IDS["book"],
                                 "segmentation": seg, "area": area, "bbox": bbox, "iscrowd": 1})
     scene.objs = kept
+    return annotations
+
+
+def _jpeg(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = BytesIO()
+    Image.fromarray(pixels, "RGB").save(buf, format="JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
+
+
+def render_clean_plate(ann_id: int, seed: int = 0, jpeg: bool = True) -> np.ndarray:
+    """The demo image of annotation ``ann_id`` as it would look without that object: the same
+    seeded scene re-rendered with the object (and its cast and contact shadows) left out.
+
+    Everything else is identical to the image :func:`write_demo` writes (same wall, table,
+    lighting and sensor noise), so the clean plate is the ground truth of removing the object;
+    an object it occluded shows whole. ``jpeg=True`` passes it through the same JPEG encoding as
+    the demo's images (HxWx3 uint8, decoded as the loader decodes them); ``jpeg=False`` gives
+    the camera's pixels before compression. ``ann_id`` must be a non-crowd annotation of a demo
+    image of this ``seed`` (ValueError otherwise).
+    """
+    image_id, pos = divmod(int(ann_id), 100)
+    index = image_id - FIRST_IMAGE_ID
+    if index < 0 or pos >= 90:
+        raise ValueError(f"{ann_id} is not the annotation id of a demo object")
+    scene, _, books = _paint(seed, index)
+    objs = list(scene.objs)
+    _annotate(scene, books, image_id)
+    hit = [k for k, o in enumerate(objs) if o.ann is not None and o.ann["id"] == int(ann_id)]
+    if not hit:
+        raise ValueError(f"demo image {image_id} (seed {seed}) has no object with annotation id {ann_id}")
+    _, pixels, _ = _paint(seed, index, omit=hit[0])
+    if not jpeg:
+        return pixels
+    from ..imageio import decode_image_bytes
+
+    return decode_image_bytes(_jpeg(pixels))
+
+
+def make_image(seed: int, index: int) -> Tuple[bytes, Dict[str, Any], List[Dict[str, Any]], Dict[str, List[Dict[str, Any]]]]:
+    """Render one scene; returns (jpeg bytes, image record, annotations, refs per dataset)."""
+    scene, pixels, books = _paint(seed, index)
+    # one text stream per dataset, so that changing one dataset's wording leaves the others alone
+    trngs = {ds: np.random.default_rng([seed, index, 2, j]) for j, ds in enumerate(DATASETS)}
+    H = scene.height
+    image_id = FIRST_IMAGE_ID + index
+    file_name = f"COCO_train2014_{image_id:012d}.jpg"
+    annotations = _annotate(scene, books, image_id)
+    kept = scene.objs
 
     # refs: every object that has look-alikes (>= 2 of its category in the image)
     refs: Dict[str, List[Dict[str, Any]]] = {ds: [] for ds in DATASETS}
@@ -143,11 +197,7 @@ def make_image(seed: int, index: int) -> Tuple[bytes, Dict[str, Any], List[Dict[
                 "sent_ids": [r["sent_id"] for r in recs], "sentences": recs,
                 "category_id": CAT_IDS[o.cat], "file_name": f"COCO_train2014_{image_id:012d}_{o.ann['id']}.jpg",
             })
-    buf = BytesIO()
-    from PIL import Image
-
-    Image.fromarray(pixels, "RGB").save(buf, format="JPEG", quality=JPEG_QUALITY)
-    record = {"id": image_id, "file_name": file_name, "height": H, "width": W}
-    return buf.getvalue(), record, annotations, refs
+    record = {"id": image_id, "file_name": file_name, "height": H, "width": scene.width}
+    return _jpeg(pixels), record, annotations, refs
 
 

@@ -41,6 +41,7 @@ The package, by concern (each module imports only those listed before it):
 ``expressions``  normal form of a referring expression, whether it needs ``"the "``
 ``renderings``   articles, replace-target and attribute renderings
 ``templates``    the instruction templates and their rendering into segments
+``fit``          whether a replacement target fits the source region (size, aspect)
 ``targets``      choosing the edit target
 ``paraphrase``   the offline :class:`TemplateParaphraser`
 ``compose``      :func:`compose` and :func:`make_prompt`
@@ -81,5 +82,5 @@ __all__ = [
 ]
 
 # Bump whenever templates, renderings or target choice change (templates.py, renderings.py,
-# targets.py, paraphrase.py, compose.py): it is part of cache keys.
-TEMPLATE_VERSION = "1"
+# targets.py, fit.py, paraphrase.py, compose.py): it is part of cache keys.
+TEMPLATE_VERSION = "2"  # 2: shape-aware replace targets (fit.py)

@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import SampleError
 from ..vocab import BUILD_EDIT_TYPES, COCO_CATEGORIES, COCO_SUPERCATEGORIES, COLOURS, IMAGINATIVE_TARGETS, MATERIALS
 from .expressions import normalize_expression
+from .fit import fits
 
 # Probability that an attribute edit is a material rather than a colour.
 P_MATERIAL = 0.3
@@ -110,13 +111,21 @@ def choose_edit_target(
     rng: np.random.Generator,
     available_categories: Optional[Sequence[str]] = None,
     imaginative: bool = False,
+    source_box: Optional[Sequence[float]] = None,
+    aspect_tolerance: float = 0.0,
+    size_ratio: float = 0.0,
+    aspects: Optional[Dict[str, float]] = None,
 ) -> str:
     """Pick what the edit changes the object into / to.
 
     * replace: a COCO category name other than ``category`` and other than any category the
       expression names (also by synonyms and plurals: "man" names person). With
       ``available_categories`` (the classical backend needs an exemplar instance) the choice is
-      restricted to those; if nothing is left, ``SampleError("no_exemplar")``. With
+      restricted to those; if nothing is left, ``SampleError("no_exemplar")``. Shape-aware
+      (``refcoco_edit.prompts.fit``): with ``size_ratio > 0`` only categories of a plausible
+      size, with ``source_box`` (w, h) and ``aspect_tolerance > 0`` only categories whose
+      typical box aspect (``aspects``, measured in the data, else the table) is within that
+      factor of the box's; none left: ``SampleError("no_fitting_target")``. With
       ``imaginative=True`` an imaginative target ("a robot") is drawn with probability
       ``P_IMAGINATIVE`` (or whenever no COCO candidate is left). COCO candidates are weighted
       toward a similar size and the same supercategory, keeping every candidate possible.
@@ -133,6 +142,14 @@ def choose_edit_target(
         if available_categories is not None:
             allowed = set(available_categories)
             pool = [n for n in pool if n in allowed]
+        if not pool and available_categories is not None and not imaginative:
+            raise SampleError(
+                "no_exemplar",
+                f"no replace target for {category!r} ({expression!r}): no other category "
+                f"with an exemplar among {sorted(available_categories or [])}",
+            )
+        unfiltered = len(pool)
+        pool = [n for n in pool if fits(category, source_box, n, aspect_tolerance, size_ratio, aspects)]
         fancy: List[str] = []
         if imaginative:
             text = f"{expression} {category}"
@@ -142,6 +159,12 @@ def choose_edit_target(
             ]
         if fancy and (not pool or rng.random() < P_IMAGINATIVE):
             return _pick(rng, fancy)
+        if not pool and unfiltered:
+            raise SampleError(
+                "no_fitting_target",
+                f"no replace target fits {category!r} ({expression!r}, box {source_box}): none of "
+                f"{unfiltered} candidates is within size ratio {size_ratio} and aspect tolerance {aspect_tolerance}",
+            )
         if not pool:
             raise SampleError(
                 "no_exemplar",

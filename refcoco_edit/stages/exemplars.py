@@ -48,15 +48,35 @@ class ExemplarBank:
                 out.append(cat)
         return sorted(out)
 
-    def cut(self, category: str, exclude_image: int, rng: np.random.Generator) -> Tuple[np.ndarray, int]:
+    def aspects(self) -> Dict[str, float]:
+        """Each category's median instance box aspect (width / height) in the data."""
+        out = {}
+        for cat, anns in self.by_cat.items():
+            ratios = [float(b[2]) / float(b[3]) for b in (self.refer.anns[a].get("bbox") for a in anns)
+                      if b is not None and len(b) == 4 and float(b[2]) > 0 and float(b[3]) > 0]
+            if ratios:
+                out[cat] = float(np.median(ratios))
+        return out
+
+    def cut(self, category: str, exclude_image: int, rng: np.random.Generator,
+            box_wh: Optional[Tuple[float, float]] = None, aspect_tolerance: float = 0.0) -> Tuple[np.ndarray, int]:
         """An RGBA cut-out of an instance of ``category`` from another image.
 
-        Instances are tried in a seeded order until one loads; unusable ones (bad image or mask)
-        are remembered, so a broken image costs one attempt per process, not one per sample.
+        With ``box_wh`` (the source box) and ``aspect_tolerance > 0``, only instances whose box
+        aspect is within that factor of the source box's are offered, when there are any (else
+        all of them). Instances are tried in a seeded order until one loads; unusable ones (bad
+        image or mask) are remembered, so a broken image costs one attempt per process, not one
+        per sample.
         """
         pool = [a for a in self.by_cat.get(category, []) if self.refer.anns[a]["image_id"] != exclude_image]
         if not pool:
             raise SampleError("no_exemplar", f"no instance of {category!r} in another image")
+        if box_wh is not None and aspect_tolerance > 0:
+            from ..prompts.fit import aspect_gap
+
+            fitting = [a for a in pool if self._aspect(a) is not None
+                       and aspect_gap(box_wh, self._aspect(a)) <= aspect_tolerance]
+            pool = fitting or pool
         errors = []
         for k in rng.permutation(len(pool)):
             ann_id = pool[int(k)]
@@ -77,6 +97,12 @@ class ExemplarBank:
             rgba = np.dstack([li.array[y0:y1, x0:x1], (mask[y0:y1, x0:x1] * 255).astype(np.uint8)])
             return np.ascontiguousarray(rgba), ann_id
         raise SampleError("no_exemplar", f"no usable instance of {category!r}: " + "; ".join(errors))
+
+    def _aspect(self, ann_id: int) -> Optional[float]:
+        b = self.refer.anns[ann_id].get("bbox")
+        if b is None or len(b) != 4 or float(b[3]) <= 0 or float(b[2]) <= 0:
+            return None
+        return float(b[2]) / float(b[3])
 
 
 def user_exemplar(exemplar_dir: Optional[str], target: str, rng: np.random.Generator) -> Optional[np.ndarray]:
@@ -116,12 +142,15 @@ def exemplar_for(bank: ExemplarBank, cfg: "BuildConfig", row: Dict[str, Any]) ->
     if row["edit_type"] != "replace":
         return None
     rng = rng_for(cfg.seed, row["sample_id"], "exemplar")
+    bbox = row.get("bbox")
+    fit = {"box_wh": (float(bbox[2]), float(bbox[3])) if bbox is not None and len(bbox) == 4 else None,
+           "aspect_tolerance": cfg.selection.target_aspect_tolerance}
     if cfg.backend == "classical":
-        return bank.cut(row["edit_target"], int(row["image_id"]), rng)[0]
+        return bank.cut(row["edit_target"], int(row["image_id"]), rng, **fit)[0]
     exemplar = user_exemplar(cfg.exemplar_dir, row["edit_target"], rng)
     if exemplar is None:
         try:
-            exemplar, _ = bank.cut(row["edit_target"], int(row["image_id"]), rng)
+            exemplar, _ = bank.cut(row["edit_target"], int(row["image_id"]), rng, **fit)
         except SampleError:
             exemplar = None
     return exemplar

@@ -2,7 +2,8 @@
 
 It wraps the selection rules of ``refcoco_edit.select`` (the paper's two rules, with scores): the
 build settings become a ``SelectionConfig``, and with the classical backend only categories the
-exemplar bank can cut from another image are offered as replacement targets.
+exemplar bank can cut from another image are offered as replacement targets, and replacement
+targets must fit the source box (``refcoco_edit.prompts.fit``; typical aspects measured by the bank).
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def run(ctx: BuildContext) -> Dict[str, Any]:
         return stage.stats(0)
     cfg = ctx.cfg
     available = ctx.bank.categories() if cfg.backend == "classical" else None
-    result = Selector(ctx.refer, selection_config(cfg), seed=cfg.seed, available_categories=available).run()
+    result = Selector(ctx.refer, selection_config(cfg), seed=cfg.seed, available_categories=available,
+                      category_aspects=ctx.bank.aspects()).run()
     stage.write_shard(0, rows_to_table(result.rows), {"report": result.report}, result.quarantine)
     ctx.forget_plan()
     return stage.stats(0)

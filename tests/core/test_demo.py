@@ -305,3 +305,52 @@ def test_bad_params_are_rejected(tmp_path):
         write_demo(tmp_path / "x", num_images=0)
     with pytest.raises(ValueError):
         write_demo(tmp_path / "x", seed=-1)
+
+
+# -- clean plates (the ground truth of removals) --------------------------------------------------
+def _ann_mask(ann: Dict[str, Any], h: int, w: int) -> np.ndarray:
+    return mask_api.decode(mask_api.merge(mask_api.frPyObjects(ann["segmentation"], h, w))).astype(bool)
+
+
+@pytest.mark.parametrize("image_index", [2, 5])
+def test_clean_plate_differs_only_at_the_object_and_its_shadow(demo, instances, image_index):
+    import cv2
+
+    from refcoco_edit.demo import render_clean_plate
+
+    root, _ = demo
+    rec = instances["images"][image_index]
+    H, W = rec["height"], rec["width"]
+    photo = np.asarray(Image.open(root / "images" / rec["file_name"]).convert("RGB"))
+    objs = [a for a in instances["annotations"] if a["image_id"] == rec["id"] and not a["iscrowd"]]
+    for ann in objs[:2]:
+        m = _ann_mask(ann, H, W)
+        raw = render_clean_plate(ann["id"], jpeg=False)
+        jpg = render_clean_plate(ann["id"])
+        assert raw.shape == jpg.shape == photo.shape and raw.dtype == np.uint8
+        # inside the object: the background shows, clearly not the object
+        d_in = np.abs(jpg.astype(int) - photo.astype(int)).max(axis=2)[m]
+        assert d_in.mean() > 12
+        # far from the object (outside its box grown by its height on each side): untouched
+        x, y, w, h = [int(v) for v in ann["bbox"]]
+        near = np.zeros((H, W), bool)
+        g = max(w, h)
+        near[max(0, y - g):y + h + g, max(0, x - g):x + w + g] = True
+        d_raw = np.abs(jpg.astype(int) - photo.astype(int)).max(axis=2)
+        assert d_raw[~near].max() <= 2  # JPEG of the same pixels: at most rounding noise
+        # its shadow is gone too: just below the object the plate is brighter than the photo
+        below = cv2.dilate(m.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool) & ~m
+        below[: y + int(0.8 * h)] = False
+        lum = lambda a: a.astype(float).mean(axis=2)  # noqa: E731
+        assert (lum(raw) - lum(photo))[below].mean() > 2
+
+
+def test_clean_plate_is_deterministic_and_checks_its_id():
+    from refcoco_edit.demo import render_clean_plate
+
+    a = render_clean_plate(100001)
+    assert a.tobytes() == render_clean_plate(100001).tobytes()
+    with pytest.raises(ValueError):
+        render_clean_plate(100090)  # the crowd id block
+    with pytest.raises(ValueError):
+        render_clean_plate(100099 - 40)  # no such object in image 1000

@@ -513,3 +513,40 @@ def test_module_has_no_heavy_imports():
     for f in files:
         assert "import torch" not in f.read_text(encoding="utf-8"), f.name
     assert "refcoco_edit.prompts" in sys.modules
+
+
+# -- shape-aware replace targets ------------------------------------------------------------------
+def test_shape_rule_never_turns_a_standing_man_into_a_bus():
+    """'turn the man with grey hair into a bus': with the shape rule a bus (11 m, 1.3:1) is never
+    drawn for a person's 60 x 180 box, whatever the seed; without it, it is."""
+    import numpy as np
+
+    from refcoco_edit.errors import SampleError
+    from refcoco_edit.prompts import choose_edit_target
+    from refcoco_edit.prompts.fit import fits
+
+    pool = ["bus", "car", "dog", "bottle", "fire hydrant", "refrigerator", "umbrella"]
+    picks = {choose_edit_target("replace", "person", "the man with grey hair", np.random.default_rng(s),
+                                available_categories=pool, source_box=(60, 180), aspect_tolerance=2.0,
+                                size_ratio=4.0) for s in range(200)}
+    assert "bus" not in picks and "car" not in picks and "dog" not in picks
+    assert picks == {"refrigerator"}  # the one person-sized, person-shaped category of the pool
+    assert not fits("person", (60, 180), "bus", 2.0, 4.0)
+    assert not fits("person", (200, 200), "bus", 2.0, 4.0)  # size alone rules it out
+    assert fits("person", (200, 200), "bus", 2.0, 0.0)      # rules off: allowed
+    loose = {choose_edit_target("replace", "person", "the man with grey hair", np.random.default_rng(s),
+                                available_categories=pool) for s in range(200)}
+    assert "bus" in loose
+    with pytest.raises(SampleError) as e:
+        choose_edit_target("replace", "person", "the man", np.random.default_rng(0), available_categories=["bus"],
+                           source_box=(40, 200), aspect_tolerance=2.0, size_ratio=4.0)
+    assert e.value.reason == "no_fitting_target"
+
+
+def test_measured_aspects_win_over_the_table():
+    from refcoco_edit.prompts.fit import fits, typical_aspect
+
+    assert typical_aspect("bottle") == pytest.approx(0.4)
+    assert typical_aspect("bottle", {"bottle": 1.5}) == 1.5
+    assert not fits("cup", (100, 100), "bottle", 2.0, 4.0)
+    assert fits("cup", (100, 100), "bottle", 2.0, 4.0, aspects={"bottle": 0.9})

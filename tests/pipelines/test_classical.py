@@ -360,3 +360,147 @@ def test_recolor_same_colour_is_no_change():
     with pytest.raises(PipelineError) as e:
         Recolor().generate(req)
     assert e.value.reason == "no_change"
+
+
+# -- removal methods: patch (default) and telea; shadows -----------------------------------------
+@pytest.mark.parametrize("method,shadow", [("patch", "auto"), ("patch", "off"), ("telea", "auto"), ("telea", "on")])
+@pytest.mark.parametrize("obj", ["red", "border"])
+def test_remove_methods_are_bit_exact_outside_me(scene, exemplar, method, shadow, obj):
+    img, masks = scene
+    _, _, out = run_case(scene, exemplar, "classical-remove", "remove", obj, "", method=method, shadow=shadow)
+    m_e = out.edit_mask
+    assert np.array_equal(out.image[~m_e], img[~m_e])
+    assert not np.any(masks[obj] & ~m_e)
+    assert out.params["method"] == method
+    assert out.params["shadow"] == shadow
+    assert (out.params["shadow_px"] == 0) if shadow == "off" or (shadow, method) == ("auto", "telea") else True
+
+
+def test_telea_method_keeps_the_former_pixels(scene):
+    """method=telea is the former remover: same M_e, same fill, same grain, byte for byte."""
+    from refcoco_edit.pipelines.classical import _removal_dilate_px, finish_output, inpaint
+    from refcoco_edit.pipelines.masks import edit_mask
+
+    img, masks = scene
+    req = request(scene, "remove", "red", seed=5)
+    out = InpaintRemoval(method="telea").generate(req)
+    dp = _removal_dilate_px(masks["red"], 0.03, 5)
+    m_e = edit_mask(masks["red"], None, dp)
+    old = finish_output(img, inpaint(img, m_e, 5, rng=np.random.default_rng(5), noise=0.8), m_e, min(4, dp), {})
+    assert out.image.tobytes() == old.image.tobytes()
+
+
+def test_remove_bad_method():
+    with pytest.raises(ValueError, match="method"):
+        InpaintRemoval(method="lama")
+    with pytest.raises(ValueError, match="patch_size"):
+        InpaintRemoval(patch_size=2)
+    with pytest.raises(ValueError, match="shadow"):
+        InpaintRemoval(shadow="yes")
+
+
+def _stripes(h: int = 120, w: int = 160, period: int = 10) -> np.ndarray:
+    xx = np.arange(w, dtype=np.float32)[None, :].repeat(h, 0)
+    v = 120 + 60 * (np.sin(2 * np.pi * xx / period) > 0)
+    return np.clip(np.dstack([v, v * 0.8, v * 0.6]), 0, 255).astype(np.uint8)
+
+
+def test_patch_fill_continues_a_texture_better_than_telea():
+    from refcoco_edit.pipelines.classical import inpaint
+    from refcoco_edit.pipelines.patch_inpaint import patch_inpaint
+
+    truth = _stripes()
+    hole = np.zeros(truth.shape[:2], bool)
+    hole[30:90, 50:110] = True
+    img = truth.copy()
+    img[hole] = (200, 30, 30)
+
+    def err(out):
+        return float(np.mean((out[hole].astype(float) - truth[hole].astype(float)) ** 2))
+
+    patch = patch_inpaint(img, hole, np.random.default_rng(0), lowpass=0.0)
+    telea = inpaint(img, hole, 5)
+    assert np.array_equal(patch[~hole], img[~hole])
+    assert err(patch) < 0.5 * err(telea)
+    assert patch.tobytes() == patch_inpaint(img, hole, np.random.default_rng(0), lowpass=0.0).tobytes()
+
+
+def _shadow_scene():
+    """A flat textured floor, a blue box standing on it, its darker cast shadow to the right, and
+    a dark red box of another colour touching its other side."""
+    rng = np.random.default_rng(0)
+    img = np.full((120, 160, 3), (170, 150, 120), np.float32) + rng.normal(0, 2, (120, 160, 1))
+    obj = np.zeros((120, 160), bool)
+    obj[40:90, 60:90] = True
+    shadow = np.zeros((120, 160), bool)
+    shadow[80:90, 90:110] = True
+    img[shadow] *= 0.6
+    other = np.zeros((120, 160), bool)
+    other[70:90, 40:60] = True
+    img[other] = (90, 20, 20)
+    img[obj] = (40, 60, 200)
+    return np.clip(img, 0, 255).astype(np.uint8), obj, shadow, other
+
+
+def test_shadow_region_takes_the_shadow_not_a_dark_neighbour():
+    from refcoco_edit.pipelines.patch_inpaint import shadow_region
+
+    img, obj, shadow, other = _shadow_scene()
+    found = shadow_region(img, obj)
+    assert not np.any(found & obj)
+    assert (found & shadow).sum() > 0.8 * shadow.sum()
+    assert (found & other).sum() == 0
+    assert (found & ~shadow).sum() < 0.3 * shadow.sum()  # its soft edge
+    assert not shadow_region(img, np.zeros_like(obj)).any()
+
+
+def test_remove_erases_the_shadow_with_the_object():
+    img, obj, shadow, _ = _shadow_scene()
+    req = EditRequest("s", "remove", img, obj, [60, 40, 30, 50], "remove it", "remove", "", 0)
+    out = InpaintRemoval().generate(req)
+    assert out.edit_mask[shadow].mean() > 0.8 and out.params["shadow_px"] > 0
+    floor = np.array((170, 150, 120), float)
+    assert np.abs(out.image[shadow].astype(float).mean(axis=0) - floor).max() < 20
+    old = InpaintRemoval(method="telea").generate(req)
+    assert not old.edit_mask[shadow].all()
+
+
+# -- replacement: the exemplar is scaled to the region; targets that do not fit are refused ------
+def _box_request(img, box, exemplar, target):
+    x0, y0, x1, y1 = box
+    m = np.zeros(img.shape[:2], bool)
+    m[y0:y1, x0:x1] = True
+    return EditRequest("s", "replace", img, m, [x0, y0, x1 - x0, y1 - y0], f"turn it into a {target}", f"a {target}",
+                       target, 0, exemplar=exemplar)
+
+
+def _solid_exemplar(h, w, colour=(200, 180, 40)):
+    ex = np.zeros((h, w, 4), np.uint8)
+    ex[..., :3] = colour
+    ex[..., 3] = 255
+    return ex
+
+
+def test_bus_for_person_is_refused_not_pasted_small():
+    """'turn the man with grey hair into a bus': a wide bus in a standing man's box would be a
+    fifth of his height at the bottom of the box; the pipeline refuses it (shape_mismatch)."""
+    img = make_scene()[0]
+    man = (130, 20, 170, 220)              # 40 x 200: a standing person
+    bus = _solid_exemplar(60, 150)         # 2.5 : 1, a bus seen from the side
+    with pytest.raises(PipelineError) as e:
+        ExemplarComposite().generate(_box_request(img, man, bus, "bus"))
+    assert e.value.reason == "shape_mismatch"
+    # min_cover=0 turns the rule off: then the paste is the small strip the rule prevents
+    out = ExemplarComposite(min_cover=0.0).generate(_box_request(img, man, bus, "bus"))
+    x, y, w, h = out.params["placement"]
+    assert h < 0.25 * 200 and y + h == 220
+
+
+def test_fitting_exemplar_fills_the_region():
+    img = make_scene()[0]
+    box = (130, 20, 170, 220)                # 40 x 200
+    tall = _solid_exemplar(150, 45)          # 0.3 : 1, stretched toward 0.2 : 1 within 1.25
+    out = ExemplarComposite().generate(_box_request(img, box, tall, "bottle"))
+    x, y, w, h = out.params["placement"]
+    assert out.params["cover"] >= 0.8 and h >= 0.8 * 200 and y + h == 220  # 0.3:1 stretched to 0.24:1
+    assert w * h >= 0.8 * 40 * 200
