@@ -20,7 +20,7 @@ def cmd_study_push(args: argparse.Namespace) -> int:
 
     push(args.out, args.runs, _url(args), title=args.title, samples=args.samples, seed=args.seed,
          document_root=args.document_root or os.environ.get(DOCUMENT_ROOT_ENV), media_url=args.media_url,
-         batch_size=args.batch_size)
+         batch_size=args.batch_size, raters_per_task=args.raters_per_task)
     return 0
 
 
@@ -66,6 +66,9 @@ def add_study_parser(subparsers: Any) -> None:
                    help=f"the server's local-files document root, an ancestor of STUDY (default: ${DOCUMENT_ROOT_ENV})")
     p.add_argument("--media-url", default=None,
                    help="serve the images from this URL prefix instead (STUDY/media/ copied there)")
+    p.add_argument("--raters-per-task", type=int, default=3, metavar="K",
+                   help="how many raters the labeling stream gives each task to (the project's maximum annotations; "
+                        "alpha needs at least 2; default: 3)")
     p.add_argument("--batch-size", type=int, default=50, help="tasks per import request (default: 50)")
     p.set_defaults(func=cmd_study_push)
     p = sub.add_parser("pull", help="export the ratings; write study.json, study.md, ratings.parquet, plots/",

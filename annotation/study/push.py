@@ -215,7 +215,7 @@ def default_title(study: Path) -> str:
 def push(study: str | Path, runs: Sequence[str | Path], url: str, token: Optional[str] = None,
          title: Optional[str] = None, samples: Optional[int] = None, seed: Optional[int] = None,
          document_root: Optional[str] = None, media_url: Optional[str] = None, batch_size: int = 50,
-         log: Callable[[str], None] = print) -> StudyPushResult:
+         raters_per_task: int = 3, log: Callable[[str], None] = print) -> StudyPushResult:
     """Create or update the study project and its tasks (see the module doc)."""
     t0 = time.perf_counter()
     study = Path(study)
@@ -229,6 +229,8 @@ def push(study: str | Path, runs: Sequence[str | Path], url: str, token: Optiona
     seed = int(state.get("seed", 0) if seed is None else seed)
     if samples is not None and samples < 1:
         raise InputError("--samples: give a positive number")
+    if raters_per_task < 1:
+        raise InputError("--raters-per-task: give a positive number")
     n = samples if samples is not None else state.get("samples_requested")
     method_runs = register_methods(state, loaded)
     if len(method_runs) < 2:
@@ -264,11 +266,16 @@ def push(study: str | Path, runs: Sequence[str | Path], url: str, token: Optiona
     xml = lab.study_config(num_slots)
     if created:
         project = conn.call("creating the project", conn.client.projects.create, title=title, label_config=xml,
-                            description="RefCOCO-Edit human study: rate each output (blind, shuffled per task)")
+                            description="RefCOCO-Edit human study: rate each output (blind, shuffled per task)",
+                            maximum_annotations=raters_per_task)
         log(f"created project {project.id} {title!r} on {conn.url}")
-    elif (project.label_config or "").strip() != xml.strip():
-        conn.call("updating the labeling config", conn.client.projects.update, id=project.id, label_config=xml)
-        log(f"updated the labeling config of project {project.id} ({num_slots} outputs per task)")
+    else:
+        if (project.label_config or "").strip() != xml.strip():
+            conn.call("updating the labeling config", conn.client.projects.update, id=project.id, label_config=xml)
+            log(f"updated the labeling config of project {project.id} ({num_slots} outputs per task)")
+        if getattr(project, "maximum_annotations", raters_per_task) != raters_per_task:
+            conn.call("setting the raters per task", conn.client.projects.update, id=project.id,
+                      maximum_annotations=raters_per_task)
     pid = int(project.id)
     if state.get("project_id") not in (None, pid) or state.get("url") not in (None, conn.url):
         tasks_state = {}  # another project: the old task ids mean nothing there

@@ -157,6 +157,7 @@ def test_push_two_runs_is_blind_shuffled_and_idempotent(label_studio, flow, monk
     assert code == 0, err
     assert f"{N_SAMPLES} imported, 0 updated, 0 unchanged" in out and ls.token not in out + err
     state = _state(flow)
+    assert ls.api("GET", f"/api/projects/{state['project_id']}")["maximum_annotations"] == 3  # --raters-per-task
     assert list(state["methods"]) == ["m1", "m2"]
     assert state["methods"]["m1"]["run"] == str(runs[0].resolve())
     assert len(state["tasks"]) == N_SAMPLES
