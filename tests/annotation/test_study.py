@@ -140,6 +140,15 @@ def check_blind(ls, flow, with_third: bool = False) -> None:
     assert sid in served[2] and "out_0_image" in served[2]  # the session really got the task
     for w in _identities(flow, with_third):
         assert all(w not in page for page in served), w
+    # the mapping lies beside the media folder, outside the local storage: the server will not serve it
+    rel = (flow["study"] / "study_state.json").relative_to(ls.files_root).as_posix()
+    import urllib.error
+
+    req = urllib.request.Request(f"{ls.url}/data/local-files/?d={rel}",
+                                 headers={"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=60)
+    assert refused.value.code in (403, 404)
     for t in state["tasks"].values():  # media file names say nothing either
         assert all(".png" in u and "out_" in u or "source" in u for u in
                    [v for k, v in ls.api("GET", f"/api/tasks/{t['task_id']}")["data"].items() if k.endswith("image")])

@@ -148,3 +148,44 @@ def test_study_json_schema_and_markdown(tmp_path):
         load_study(tmp_path)
     del doc["agreement"]
     assert any("agreement" in e for e in study_errors(doc))
+
+
+def _run(tmp_path, name: str, ok=("a", "b", "c", "d")):
+    from refcoco_edit.annotation.study.runs import ScoreRun
+
+    root = tmp_path / name
+    (root / "outputs").mkdir(parents=True)
+    rows = {}
+    for sid in ("a", "b", "c", "d"):
+        (root / "outputs" / f"{sid}.png").write_bytes(b"x")
+        rows[sid] = {"sample_id": sid, "status": "ok" if sid in ok else "failed", "output": f"outputs/{sid}.png"}
+    return ScoreRun(root.resolve(), name, name, "/data", "export", "h", rows, [])
+
+
+def test_push_choices_without_a_server(tmp_path):
+    from refcoco_edit.annotation.study.push import assign_slots, push, register_methods, select_samples
+    from refcoco_edit.annotation.study.runs import load_run
+
+    a, b, c = _run(tmp_path, "A"), _run(tmp_path, "B", ok=("a", "b", "c")), _run(tmp_path, "C")
+    state: dict = {}
+    assert list(register_methods(state, [a, b])) == ["m1", "m2"]
+    assert list(register_methods(state, [b, a, c])) == ["m2", "m1", "m3"]  # a run keeps its key
+    with pytest.raises(InputError, match="can add runs, not drop"):
+        register_methods(state, [a, c])
+    runs = {"m1": a, "m2": b}
+    assert select_samples(runs, [], None, 0) == ["a", "b", "c"]  # d: failed in B
+    two = select_samples(runs, [], 2, 0)
+    assert len(two) == 2 and set(two) <= set(select_samples(runs, [], 3, 0))
+    assert set(two) <= set(select_samples(runs, two, 3, 5))  # kept samples stay, whatever the seed
+    # slots: a fresh task is shuffled by (seed, sample); old slots never move, new methods go after
+    orders = {tuple(assign_slots(s, [], ["m1", "m2", "m3"], 0)) for s in "abcdefgh"}
+    assert len(orders) > 1 and all(sorted(o) == ["m1", "m2", "m3"] for o in orders)
+    assert assign_slots("a", ["m2", "m1"], ["m1", "m2", "m3"], 0) == ["m2", "m1", "m3"]
+    # the escape of an output path out of its run folder is refused
+    a.rows["a"]["output"] = "../B/outputs/a.png"
+    with pytest.raises(InputError, match="outside the run folder"):
+        a.output_path("a")
+    with pytest.raises(InputError, match="not a finished"):
+        load_run(tmp_path / "A")
+    with pytest.raises(InputError, match="at least two"):
+        push(tmp_path / "study", [tmp_path / "A"], "http://127.0.0.1:9", token="t")
