@@ -19,7 +19,6 @@ import io
 import json
 import sys
 import urllib.request
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
