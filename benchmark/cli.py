@@ -65,6 +65,9 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-gallery", dest="gallery", action="store_false", help="skip gallery.html")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip plots/*.png")
+    p.add_argument("--study", default=None, metavar="STUDY",
+                   help="add a human study (`refcoco-edit study pull --out STUDY`): its Table 3, agreement and "
+                        "metric alignment go into report.md and comparison.json")
     p.set_defaults(func=cmd_report)
     return p
 
@@ -154,6 +157,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import compare_runs
 
     out = Path(args.out)
-    compare_runs([Path(r) for r in args.runs], out, gallery=args.gallery, plots=args.plots)
+    compare_runs([Path(r) for r in args.runs], out, gallery=args.gallery, plots=args.plots,
+                 study=Path(args.study) if args.study else None)
     print(f"compared {len(args.runs)} run(s) -> {out / 'report.md'}")
     return 0

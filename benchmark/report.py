@@ -12,7 +12,7 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from refcoco_edit.errors import InputError
 from refcoco_edit.workspace import atomic_write_bytes, atomic_write_table
@@ -51,14 +51,30 @@ def write_run(out: Path, results: Dict[str, Any], records: Sequence[Dict[str, An
     atomic_write_bytes(out / "results.json", dumps(results))  # last: a complete run has results.json
 
 
+def study_section(study: Path, run_dirs: Sequence[Path]) -> Dict[str, Any]:
+    """A human study (``refcoco-edit study pull --out STUDY``) for a report, read as a plain file:
+    its study.json (checked), its tables as Markdown, and which of its methods are runs of the report."""
+    from refcoco_edit.study_format import load_study, render_study_markdown
+
+    doc = load_study(study)
+    ours = {str(Path(r).resolve()) for r in run_dirs}
+    methods = [dict(m, in_report=m["run"] in ours) for m in doc["methods"]]
+    return {"doc": doc, "markdown": render_study_markdown(doc, level=2),
+            "summary": {"path": str(study), "study_schema_version": doc["study_schema_version"], "project": doc["project"],
+                        "methods": methods, "counts": doc["counts"], "table": doc["table"], "agreement": doc["agreement"],
+                        "alignment": doc["alignment"]}}
+
+
 def compare_runs(run_dirs: Sequence[Path], out: Path, gallery: bool = True, plots: bool = True,
-                 log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """``refcoco-edit report RUN1 RUN2 ... --out DIR``: report.md with one row per run in every
-    table, comparison.json, gallery.html with the runs' outputs side by side, plots/."""
+                 log: Callable[[str], None] = print, study: Optional[Path] = None) -> Dict[str, Any]:
+    """``refcoco-edit report RUN1 RUN2 ... --out DIR [--study STUDY]``: report.md with one row per
+    run in every table (then the human study's tables), comparison.json, gallery.html with the
+    runs' outputs side by side, plots/."""
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
         raise InputError("report needs at least one results folder")
     runs = [load_run(r) for r in run_dirs]
+    human = study_section(Path(study), run_dirs) if study is not None else None
     labels = [run_label(r) for r in runs]
     seen: Counter = Counter()
     for i, lab in enumerate(labels):  # make labels unique: the same editor scored twice
@@ -68,6 +84,8 @@ def compare_runs(run_dirs: Sequence[Path], out: Path, gallery: bool = True, plot
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     md = render_markdown(runs, labels, title="refcoco-edit report: " + ", ".join(labels))
+    if human is not None:
+        md = md.rstrip("\n") + "\n\n" + human["markdown"]
     atomic_write_bytes(out / "report.md", md.encode("utf-8"))
     comparison = {"results_schema_version": RESULTS_SCHEMA_VERSION,
                   "runs": [{"path": str(d), "label": lab, "editor": r["editor"], "counts": r["counts"],
@@ -79,6 +97,8 @@ def compare_runs(run_dirs: Sequence[Path], out: Path, gallery: bool = True, plot
                                                       for n, m in r["judge"]["metrics"].items()},
                                           "agreement": r["judge"]["agreement"]}} if r.get("judge") else {})}
                            for d, lab, r in zip(run_dirs, labels, runs)]}
+    if human is not None:
+        comparison["study"] = human["summary"]
     atomic_write_bytes(out / "comparison.json", dumps(comparison))
     samples = [read_samples(d) for d in run_dirs]
     if gallery:

@@ -64,10 +64,10 @@ refusal, finish reason, verdict) is in ``judge/answers.parquet``.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List
 
 from refcoco_edit.errors import InputError
+from refcoco_edit.schema_check import schema_errors as check_schema
 
 __all__ = ["RESULTS_SCHEMA_VERSION", "RESULTS_SCHEMA", "JUDGE_SCHEMA", "schema_errors", "validate_results"]
 
@@ -189,57 +189,12 @@ RESULTS_SCHEMA: Dict[str, Any] = {
     },
 }
 
-_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
-
-
-def _is_type(v: Any, t: str) -> bool:
-    if t == "integer":
-        return isinstance(v, int) and not isinstance(v, bool)
-    if t == "number":
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    return isinstance(v, _TYPES[t])
-
-
 def schema_errors(doc: Any, schema: Dict[str, Any] = RESULTS_SCHEMA, path: str = "$") -> List[str]:
     """Violations of a JSON Schema subset (type, const, enum, required, properties,
     additionalProperties, items, minItems, maxItems, minimum, maximum): enough for RESULTS_SCHEMA
-    and the judge's answers, no dependency."""
-    errs: List[str] = []
-    if "const" in schema and doc != schema["const"]:
-        errs.append(f"{path}: expected {schema['const']!r}, got {doc!r}")
-    if "enum" in schema and doc not in schema["enum"]:
-        errs.append(f"{path}: {doc!r} is not one of {schema['enum']}")
-    if "type" in schema:
-        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-        if not any(_is_type(doc, t) for t in types):
-            return errs + [f"{path}: expected {'/'.join(types)}, got {type(doc).__name__}"]
-    if isinstance(doc, (int, float)) and not isinstance(doc, bool):
-        if "minimum" in schema and doc < schema["minimum"]:
-            errs.append(f"{path}: {doc!r} is below the minimum {schema['minimum']}")
-        if "maximum" in schema and doc > schema["maximum"]:
-            errs.append(f"{path}: {doc!r} is above the maximum {schema['maximum']}")
-    if isinstance(doc, dict):
-        for k in schema.get("required", []):
-            if k not in doc:
-                errs.append(f"{path}: missing key {k!r}")
-        props = schema.get("properties", {})
-        extra = schema.get("additionalProperties", True)
-        for k, v in doc.items():
-            if k in props:
-                errs += schema_errors(v, props[k], f"{path}.{k}")
-            elif extra is False:
-                errs.append(f"{path}: unexpected key {k!r}")
-            elif isinstance(extra, dict):
-                errs += schema_errors(v, extra, f"{path}.{k}")
-    if isinstance(doc, list):
-        if "minItems" in schema and len(doc) < schema["minItems"]:
-            errs.append(f"{path}: fewer than {schema['minItems']} items")
-        if "maxItems" in schema and len(doc) > schema["maxItems"]:
-            errs.append(f"{path}: more than {schema['maxItems']} items")
-        if "items" in schema:
-            for i, v in enumerate(doc):
-                errs += schema_errors(v, schema["items"], f"{path}[{i}]")
-    return errs
+    and the judge's answers, no dependency (the checker is ``refcoco_edit.schema_check``, shared
+    with study.json)."""
+    return check_schema(doc, schema, path)
 
 
 def validate_results(doc: Any) -> None:

@@ -1,18 +1,21 @@
 #!/usr/bin/env python3
-"""Screenshot of the Label Studio labeling interface of one review task, with headless Chromium.
+"""Screenshot of the Label Studio labeling interface of one review or study task, with headless Chromium.
 
     python tools/screenshot_labeling.py --url http://127.0.0.1:8080 --workdir W --out shot.png
         [--task ID | --sample SAMPLE_ID] [--email E --password P] [--chromium chromium]
+    python tools/screenshot_labeling.py --url ... --study STUDY --out shot.png     (a `study push` task)
 
 Label Studio's pages need a logged-in browser session, and a headless ``chromium --screenshot``
 cannot log in. So this script logs in with the e-mail and password (default:
 ``$LABEL_STUDIO_USERNAME`` / ``$LABEL_STUDIO_PASSWORD``), then runs a small reverse proxy on
 127.0.0.1 that adds the session cookie to every request, and points Chromium at the proxy.
-The project and task come from ``WORKDIR/review/project.json`` (written by ``review push``).
+The project and task come from ``WORKDIR/review/project.json`` (written by ``review push``), or
+``STUDY/study_state.json`` (written by ``study push``).
 
 It then loads the page once more with ``--dump-dom`` and checks that it shows the source and
-candidate images, the highlighted referring and edit phrases and the candidate choice (exit 1
-when something is missing).
+candidate images, the highlighted referring and edit phrases and the candidate choice (a study:
+the outputs, a quality and a consistency rating per output, the preference, and no word of the
+blind mapping: no method label, editor or run folder) - exit 1 when something is missing.
 
 Chromium: Debian's ``chromium`` (``apt-get install -y chromium``), run with ``--headless
 --no-sandbox --disable-gpu`` and no background networking, in a fresh profile.
@@ -145,10 +148,33 @@ def check_dom(dom: str, num_candidates: int) -> Dict[str, bool]:
     }
 
 
+def check_study_dom(dom: str, state: Dict) -> Dict[str, bool]:
+    """What a study's rating page must show, and must not: the methods' identities."""
+    n = int(state.get("num_slots", 2))
+    images = re.findall(r'<img[^>]+src="([^"]*local-files[^"]*)"', dom)
+    secrets = [w for m in state.get("methods", {}).values()
+               for w in (m["label"], m["editor"], m["run"], Path(m["run"]).name) if w]
+    # what a rater can read: the page without its style sheets and scripts (Label Studio's own CSS
+    # says "blur", its scripts say many things); text, attributes and image addresses stay
+    visible = re.sub(r"<(style|script)\b[^>]*>.*?</\1>", "", dom, flags=re.S | re.I)
+    found = sorted({w for w in secrets if w in visible})
+    return {
+        "source and output images": len(set(images)) >= 1 + n,
+        "highlighted referring phrase": 'class="rce-referring"' in dom,
+        "highlighted edit phrase": 'class="rce-edit"' in dom,
+        "outputs titled Output 1..n": all(f"Output {k + 1}" in dom for k in range(n)),
+        "quality and consistency ratings": dom.count("Quality") >= n and dom.count("Consistency") >= n,
+        "best-output preference": "No preference" in dom,
+        "no method identity in the page" + (f" (found: {', '.join(found)})" if found else ""): not found,
+    }
+
+
 def main(argv: Optional[list] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", required=True, help="Label Studio URL")
-    ap.add_argument("--workdir", required=True, help="the pushed workspace (review/project.json)")
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--workdir", help="the pushed workspace (review/project.json)")
+    which.add_argument("--study", help="the pushed study folder (study_state.json)")
     ap.add_argument("--out", required=True, help="PNG to write")
     ap.add_argument("--task", type=int, help="task id (default: the first pushed task)")
     ap.add_argument("--sample", help="sample id (instead of --task)")
@@ -159,8 +185,12 @@ def main(argv: Optional[list] = None) -> int:
     args = ap.parse_args(argv)
     if not (args.email and args.password):
         ap.error("give --email/--password or set LABEL_STUDIO_USERNAME/LABEL_STUDIO_PASSWORD")
-    state = json.loads((Path(args.workdir) / "review" / "project.json").read_text())
-    tasks = state["tasks"]
+    if args.study:
+        state = json.loads((Path(args.study) / "study_state.json").read_text())
+        tasks = {sid: t["task_id"] for sid, t in state["tasks"].items()}
+    else:
+        state = json.loads((Path(args.workdir) / "review" / "project.json").read_text())
+        tasks = state["tasks"]
     task = args.task or (tasks[args.sample] if args.sample else min(tasks.values()))
     url = args.url.rstrip("/")
     cookies = login(url, args.email, args.password)
@@ -172,7 +202,8 @@ def main(argv: Optional[list] = None) -> int:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         screenshot(page, out, args.chromium, args.size)
-        checks = check_dom(dump_dom(page, args.chromium, args.size), int(state.get("num_candidates", 1)))
+        dom = dump_dom(page, args.chromium, args.size)
+        checks = check_study_dom(dom, state) if args.study else check_dom(dom, int(state.get("num_candidates", 1)))
     finally:
         server.shutdown()
     print(f"wrote {out} (project {state['project_id']}, task {task})")

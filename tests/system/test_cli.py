@@ -16,7 +16,8 @@ def test_help_does_not_import_torch_or_heavy_modules():
     code = (
         "import sys\n"
         "from refcoco_edit.cli import main\n"
-        "for args in (['--help'], ['build', '--help'], ['export', '--help'], ['demo', '--help'], ['score', '--help']):\n"
+        "for args in (['--help'], ['build', '--help'], ['export', '--help'], ['demo', '--help'], ['score', '--help'],"
+        " ['study', 'push', '--help'], ['study', 'pull', '--help']):\n"
         "    assert main(args) == 0\n"
         "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'ray', 'openai', 'label_studio_sdk', 'cv2', 'pyarrow') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
@@ -114,6 +115,7 @@ def test_train_command_reaches_the_trainer(tmp_path):
     ("export", ("dataset card", "reference_candidate", "--view")),
     ("score", ("{output_mask}", "{batch}", "--list-editors shows every name and alias")),
     ("build", ("--refcoco", "--pipeline-params")),
+    ("study", ("blind and shuffled per task", "Krippendorff's alpha", "$LABEL_STUDIO_API_KEY")),
 ])
 def test_every_command_help_says_what_it_does(command, needles):
     text = build_parser()._subparsers._group_actions[0].choices[command].format_help()
