@@ -70,7 +70,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     ws = Workspace(args.workdir)
     if not ws.manifest_path.exists() and not ws.stage("generate").dir.exists():
         raise UsageError(f"--workdir {args.workdir} is not a refcoco-edit workspace")
-    s = export_workspace(ws, out=args.out, status=args.status, view=args.view)
+    repainter = None
+    if args.repaint_model:
+        if args.view != "reference-based":
+            raise UsageError("--repaint-model is for --view reference-based")
+        from refcoco_edit.models import Runtime
+        from refcoco_edit.pipelines.repaint_surround import SDSurroundRepainter
+
+        try:
+            repainter = SDSurroundRepainter(args.repaint_model, Runtime(device=args.device),
+                                            num_inference_steps=args.repaint_steps, resolution=args.repaint_resolution)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    s = export_workspace(ws, out=args.out, status=args.status, view=args.view, repainter=repainter)
     print(f"exported {s['rows']} samples ({', '.join(f'{k} {v}' for k, v in s['splits'].items())}) to {s['out']}")
     return EXIT_OK
 
@@ -116,7 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--status", choices=("accepted", "all"), default="all", help="which samples (default: all)")
     p.add_argument("--view", choices=("rie", "reference-based"), default="rie",
-                   help="rie: every column; reference-based: (source, exemplar, reference) triplets")
+                   help="rie: every column; reference-based: twice-repainted (source, exemplar, reference) triplets")
+    p.add_argument("--repaint-model", default=None,
+                   help="reference-based view: an SD inpainting model (folder or hub id) that repaints the exemplars' "
+                        "surroundings (sd-inpaint-surround); default: the weight-free backdrop repainter")
+    p.add_argument("--repaint-steps", type=int, default=30, help="denoising steps of --repaint-model (default: 30)")
+    p.add_argument("--repaint-resolution", type=int, default=512, help="working resolution of --repaint-model (default: 512)")
+    p.add_argument("--device", default="auto", help="device of --repaint-model (auto|cpu|cuda[:i]; default: auto)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("train", help="train ReferDiffusion (the reference baseline)", add_help=False,

@@ -30,15 +30,20 @@ from .workspace import Workspace
 
 EXPORT_MARKER = ".refcoco-edit-export.json"
 VIEWS = ("rie", "reference-based")
-# FreeBench-style triplets (source, exemplar, reference) for reference-based editing: the replace
-# samples with an exemplar, plus *addition* samples made by reversing removals (see
-# ``reversed_removal``)
+# FreeBench-style triplets (source, exemplar, reference) for reference-based editing, made by
+# twice-repainting (``refcoco_edit.repaint``): the after image (``reference_image``) is always the
+# real photo, the before image (``source_image``) a build pipeline's repaint of the object region
+# (a removal's or a replacement's output: ``reversed_removal``, ``reversed_replacement``), the
+# exemplar the real object in a repainted surrounding. ``exemplar_mask``: the object in the
+# exemplar; ``repaint``: JSON naming what made the before image and the exemplar.
 REFERENCE_BASED_COLUMNS = (
     "sample_id", "split", "image_id", "ref_id", "category", "source_image", "source_mask", "bbox",
     "exemplar_image", "edit_type", "edit_target", "prompt", "referring_span", "edit_span", "prompt_source",
     "reference_image", "edit_mask", "review", "schema_version",
 )
+REPAINT_COLUMNS = ("exemplar_mask", "repaint")
 ADDITION_SOURCE = "reversed-removal"
+REPLACEMENT_SOURCE = "reversed-replacement"
 
 
 def _umask() -> int:
@@ -103,28 +108,51 @@ def _split_names(table: Any) -> List[str]:
     return [str(s) if s else "train" for s in table.column("split").to_pylist()]
 
 
-def _reference_based_table(table: Any) -> Any:
-    """The reference-based view's table: its rows (``reference_based_rows``), its columns."""
+def _reference_based_table(table: Any, repainter: Any = None) -> Any:
+    """The reference-based view's table: its rows (``reference_based_rows``), its columns (the
+    sample columns of ``REFERENCE_BASED_COLUMNS``, then ``REPAINT_COLUMNS``)."""
     import pyarrow as pa
 
-    rows = reference_based_rows(table.to_pylist())
+    rows = reference_based_rows(table.to_pylist(), repainter)
     fields = [f for f in sample_fields() if f.name in REFERENCE_BASED_COLUMNS]
+    mask_field = next(f for f in sample_fields() if f.name == "source_mask")
+    fields += [pa.field("exemplar_mask", mask_field.type), pa.field("repaint", pa.string())]
     meta = dict(arrow_schema().metadata)
     hf = json.loads(meta[b"huggingface"])
-    hf["info"]["features"] = {k: v for k, v in hf["info"]["features"].items() if k in REFERENCE_BASED_COLUMNS}
+    feats = hf["info"]["features"]
+    hf["info"]["features"] = {k: v for k, v in feats.items() if k in REFERENCE_BASED_COLUMNS}
+    hf["info"]["features"].update(exemplar_mask=feats["source_mask"], repaint={"dtype": "string", "_type": "Value"})
     meta[b"huggingface"] = json.dumps(hf).encode()
-    return rows_to_table(rows).select([f.name for f in fields]).cast(pa.schema(fields, metadata=meta))
+    if not rows:
+        return pa.schema(fields, metadata=meta).empty_table()
+    base = rows_to_table(rows).select([f.name for f in fields[:-2]])
+    base = base.append_column("exemplar_mask", pa.array([r["exemplar_mask"] for r in rows], mask_field.type))
+    base = base.append_column("repaint", pa.array([r["repaint"] for r in rows], pa.string()))
+    return base.cast(pa.schema(fields, metadata=meta))
 
 
 def write_export(rows: Union[Sequence[Dict[str, Any]], Any], out: Union[str, Path], view: str = "rie",
-                 rows_per_file: int = 500, card: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                 rows_per_file: int = 500, card: Optional[Dict[str, Any]] = None, repainter: Any = None) -> Dict[str, Any]:
     """Write samples (dicts or a sample table) as split-wise Parquet files plus README.md into
-    ``out`` (atomically). The ``rie`` view stores each image once (``storage``)."""
+    ``out`` (atomically). The ``rie`` view stores each image once (``storage``); the
+    ``reference-based`` view makes its exemplars with ``repainter`` (a ``refcoco_edit.repaint.
+    Repainter``; default: the weight-free ``BackdropRepainter``)."""
     if view not in VIEWS:
         raise InputError(f"unknown view {view!r}; choose from {', '.join(VIEWS)}")
     table = _table_of(rows)
-    part = _reference_based_table(table) if view == "reference-based" else store_reference_once(table)
+    if view == "reference-based":
+        repainter = repainter if repainter is not None else _default_repainter()
+        part = _reference_based_table(table, repainter)
+        card = dict(card or {}, repaint=repainter.describe())
+    else:
+        part = store_reference_once(table)
     return _write_parts([part], part.schema, out, view, rows_per_file, card)
+
+
+def _default_repainter() -> Any:
+    from .repaint import BackdropRepainter
+
+    return BackdropRepainter()
 
 
 def _write_parts(parts: Iterable[Any], schema: Any, out: Union[str, Path], view: str, rows_per_file: int,
@@ -182,78 +210,122 @@ def _write_parts(parts: Iterable[Any], schema: Any, out: Union[str, Path], view:
     return summary
 
 
-def object_crop(row: Dict[str, Any]) -> Optional[bytes]:
-    """The referred object cut from the source image (RGBA PNG, alpha = its mask, cropped to the
-    mask's box): the exemplar of an addition sample."""
-    import io
+def _first_repaint(row: Dict[str, Any]) -> str:
+    """The pipeline whose output is the row's reference image (the first repaint)."""
+    cands = row.get("candidates") or []
+    k = ((row.get("review") or {}).get("chosen_candidate"))
+    k = 0 if k is None else int(k)
+    if 0 <= k < len(cands) and cands[k].get("pipeline"):
+        return str(cands[k]["pipeline"])
+    return "reference_image"
 
-    import numpy as np
-    from PIL import Image
 
+def _second_repaint(row: Dict[str, Any], sid: str, repainter: Any) -> Optional[Dict[str, Any]]:
+    """The exemplar of a triplet: the row's object (from its real photo) in a repainted
+    surrounding; {exemplar_image, exemplar_mask, info}, or None when the row has no usable
+    photo or mask."""
     from . import rle as rle_mod
+    from .imageio import decode_image_bytes, encode_png
+    from .seeds import derive_seed
 
     src = row.get("source_image") or {}
     if not src.get("bytes") or not row.get("source_mask"):
         return None
-    with Image.open(io.BytesIO(src["bytes"])) as im:
-        rgb = np.asarray(im.convert("RGB"))
+    after = decode_image_bytes(src["bytes"])
     mask = rle_mod.decode(row["source_mask"])
-    if mask.shape != rgb.shape[:2] or not mask.any():
+    if mask.shape != after.shape[:2] or not mask.any():
         return None
-    ys, xs = np.nonzero(mask)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    rgba = np.dstack([rgb[y0:y1, x0:x1], (mask[y0:y1, x0:x1] * 255).astype(np.uint8)])
-    buf = io.BytesIO()
-    Image.fromarray(rgba).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    rep = repainter.repaint(after, mask, str(row.get("category") or "object"), derive_seed(0, "repaint", sid))
+    return {"exemplar_image": {"bytes": encode_png(rep.image), "path": f"{sid}-exemplar.png"},
+            "exemplar_mask": rle_mod.encode(rep.mask),
+            "info": dict(repainter.describe(), **rep.params)}
 
 
-def reversed_removal(row: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """An *addition* sample from a removal: the removal's output is the before image, the original
-    photo the after image, the removed object's crop the exemplar, "add <a category>" the
-    instruction (its edit span is the whole prompt; there is no referring part: the object is
-    not in the before image). Source mask and M_e stay those of the removal; the review status
-    is the removal's. None when the removal has no reference image."""
-    from .prompts import render_target
-    from .schema import sample_id
-
+def _triplet(row: Dict[str, Any], sid: str, prompt: str, referring: List[int], edit: List[int], edit_type: str,
+             source: str, repainter: Any) -> Optional[Dict[str, Any]]:
+    """A twice-repainted triplet: before = the row's reference (first repaint), after = its real
+    photo, exemplar = the second repaint of the real object."""
     ref = row.get("reference_image") or {}
-    if row.get("edit_type") != "remove" or not ref.get("bytes"):
+    if not ref.get("bytes"):
         return None
-    crop = object_crop(row)
-    if crop is None:
+    second = _second_repaint(row, sid, repainter)
+    if second is None:
         return None
-    category = str(row.get("category") or "object")
-    prompt = f"add {render_target(category)}"
-    sid = sample_id(str(row.get("dataset") or ""), int(row.get("ref_id") or 0), int(row.get("sent_id") or 0), "add", category)
     out = dict(row)
     out.update(
-        sample_id=sid,
-        edit_type="add",
-        edit_target=category,
-        prompt=prompt,
-        referring_span=[len(prompt), len(prompt)],
-        edit_span=[0, len(prompt)],
-        prompt_source=ADDITION_SOURCE,
+        sample_id=sid, edit_type=edit_type, edit_target=str(row.get("category") or "object"), prompt=prompt,
+        referring_span=referring, edit_span=edit, prompt_source=source,
         source_image={"bytes": ref["bytes"], "path": f"{sid}-before.png"},
         reference_image={"bytes": row["source_image"]["bytes"], "path": row["source_image"].get("path")},
-        exemplar_image={"bytes": crop, "path": f"{sid}-exemplar.png"},
-        candidates=[],
+        exemplar_image=second["exemplar_image"], exemplar_mask=second["exemplar_mask"], candidates=[],
+        repaint=json.dumps({"before": {"repaint": "first", "pipeline": _first_repaint(row), "sample_id": row.get("sample_id")},
+                            "exemplar": dict(second["info"], repaint="second"),
+                            "after": "original photo"}, sort_keys=True),
     )
     return out
 
 
-def reference_based_rows(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """The rows of the reference-based view: samples with an exemplar (replacements), then an
-    addition sample for every removal (``reversed_removal``), in the order of ``rows``."""
+def reversed_removal(row: Dict[str, Any], repainter: Any = None) -> Optional[Dict[str, Any]]:
+    """An *addition* triplet from a removal: the removal's output is the before image (the first
+    repaint), the original photo the after image, the removed object in a repainted surrounding
+    the exemplar (the second repaint, ``repainter``), "add <a category>" the instruction (its edit
+    span is the whole prompt; there is no referring part: the object is not in the before image).
+    Source mask and M_e stay those of the removal; the review status is the removal's. None when
+    the removal has no reference image."""
+    from .prompts import render_target
+    from .schema import sample_id
+
+    if row.get("edit_type") != "remove":
+        return None
+    category = str(row.get("category") or "object")
+    prompt = f"add {render_target(category)}"
+    sid = sample_id(str(row.get("dataset") or ""), int(row.get("ref_id") or 0), int(row.get("sent_id") or 0), "add", category)
+    return _triplet(row, sid, prompt, [len(prompt), len(prompt)], [0, len(prompt)], "add", ADDITION_SOURCE,
+                    repainter if repainter is not None else _default_repainter())
+
+
+def _definite(target: str) -> str:
+    """``"a giraffe"`` / ``"giraffe"`` -> ``"the giraffe"``."""
+    words = " ".join(str(target).split()).split(" ")
+    if len(words) > 1 and words[0].lower() in ("a", "an", "the", "some"):
+        words = words[1:]
+    return "the " + " ".join(words)
+
+
+def reversed_replacement(row: Dict[str, Any], repainter: Any = None) -> Optional[Dict[str, Any]]:
+    """A *replacement* triplet from a replace sample, reversed so that the real photo is the after
+    image: the replacement's output (the object region repainted with the target: the first
+    repaint) is the before image, the real object in a repainted surrounding the exemplar (the
+    second repaint), "replace the <target> with <a category>" the instruction (referring span: the
+    target's phrase, which names the repainted object of the before image; edit span: from "with").
+    None when the sample has no reference image."""
+    from .prompts import render_target
+    from .schema import sample_id
+
+    if row.get("edit_type") != "replace":
+        return None
+    category = str(row.get("category") or "object")
+    ref_phrase = _definite(str(row.get("edit_target") or "object"))
+    prompt = f"replace {ref_phrase} with {render_target(category)}"
+    a = len("replace ")
+    b = a + len(ref_phrase)
+    sid = sample_id(str(row.get("dataset") or ""), int(row.get("ref_id") or 0), int(row.get("sent_id") or 0),
+                    "replace", f"{row.get('edit_target')}->{category}")
+    return _triplet(row, sid, prompt, [a, b], [b + 1, len(prompt)], "replace", REPLACEMENT_SOURCE,
+                    repainter if repainter is not None else _default_repainter())
+
+
+def reference_based_rows(rows: Sequence[Dict[str, Any]], repainter: Any = None) -> List[Dict[str, Any]]:
+    """The rows of the reference-based view, in the order of ``rows``: a reversed replacement
+    triplet for every replace sample, an addition triplet for every removal (twice-repainted:
+    ``reversed_replacement``, ``reversed_removal``); ``repainter`` makes the exemplars."""
+    repainter = repainter if repainter is not None else _default_repainter()
     out = []
     for r in rows:
-        if r.get("exemplar_image") is not None:
-            out.append(r)
-        elif r.get("edit_type") == "remove":
-            add = reversed_removal(r)
-            if add is not None:
-                out.append(add)
+        t = reversed_replacement(r, repainter) if r.get("edit_type") == "replace" else \
+            reversed_removal(r, repainter) if r.get("edit_type") == "remove" else None
+        if t is not None:
+            out.append(t)
     return out
 
 
@@ -301,9 +373,10 @@ def _stored_parts(ws: Workspace, reviews: Dict[str, Dict[str, Any]], status: str
 
 
 def export_workspace(ws: Union[Workspace, str, Path], out: Optional[Union[str, Path]] = None, status: str = "all",
-                     view: str = "rie", build_info: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                     view: str = "rie", build_info: Optional[Dict[str, Any]] = None,
+                     repainter: Any = None) -> Dict[str, Any]:
     """Export the generated samples of a workspace (optionally only accepted ones), streaming
-    shard by shard."""
+    shard by shard (the reference-based view: in memory, its exemplars made by ``repainter``)."""
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     if status not in ("accepted", "all"):
         raise InputError(f"unknown --status {status!r}; choose accepted or all")
@@ -323,7 +396,7 @@ def export_workspace(ws: Union[Workspace, str, Path], out: Optional[Union[str, P
             import pyarrow as pa
 
             table = table.filter(pa.array([(r or {}).get("status") == "accepted" for r in table.column("review").to_pylist()]))
-        return write_export(table, out, view=view, card=info)
+        return write_export(table, out, view=view, card=info, repainter=repainter)
     return _write_parts(_stored_parts(ws, reviews, status), stored_schema(), out, view, 500, info)
 
 
@@ -411,6 +484,24 @@ def _layout_text(view: str) -> str:
             "`refcoco_edit.export.load_export` does for you.\n")
 
 
+def _repaint_text(view: str, info: Dict[str, Any]) -> str:
+    if view != "reference-based":
+        return ""
+    rep = json.dumps(info.get("repaint") or {}, sort_keys=True)
+    return ("\n## Twice-repainting (reference-based view)\nEvery triplet is (`source_image` = before, "
+            "`exemplar_image` = reference, `reference_image` = after), and the after image is always the real "
+            "photo. First repaint: the before image is a build pipeline's repaint of the object region -- a "
+            "removal's output for an `add` triplet (prompt \"add a <category>\"), a replacement's output for a "
+            "`replace` one (prompt \"replace the <target> with a <category>\", reversing the build's edit). "
+            "Second repaint: the exemplar shows the same object, its pixels taken from the after image, in a "
+            "repainted surrounding, so that no pixel of its context is shared with the after image and copying "
+            "the exemplar back in place cannot produce the after image. `exemplar_mask` is the object in the "
+            "exemplar; `repaint` (JSON) names the pipeline of the first repaint and the repainter and drawn "
+            f"parameters of the second. Repainter of this export: `{rep}` (`backdrop`: weight-free, the object "
+            "scaled, rotated, maybe mirrored, on a backdrop synthesized from a seed; `sd-inpaint-surround`: SD "
+            "inpainting of everything outside the object mask, the object's pixels pasted back exactly).\n")
+
+
 def _licence_text(demo: bool) -> str:
     if demo:
         return ("The images are synthetic: drawn by refcoco-edit's demo generator (no photographs, no COCO or "
@@ -448,7 +539,7 @@ from refcoco_edit.export import load_export
 table = load_export("path/to/this/folder")   # one Arrow table, candidate images filled back in
 ```
 (`data_files="folder/*.parquet"` without a dict puts every split into one split named `train`.)
-{_layout_text(summary['view'])}
+{_layout_text(summary['view'])}{_repaint_text(summary['view'], info)}
 Masks are COCO RLE (`pycocotools.mask.decode({{"size": m["size"], "counts": m["counts"].encode()}})`).
 `prompt[referring_span[0]:referring_span[1]]` is the referring expression verbatim;
 `prompt[edit_span[0]:edit_span[1]]` is the phrase naming the edit (the replace target, the new

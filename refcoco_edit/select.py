@@ -148,6 +148,26 @@ def _obj_mask(o: _Obj) -> np.ndarray:
     return o.mask
 
 
+def _occlusion(me: _Obj, objs: Dict[int, _Obj]) -> Tuple[bool, bool]:
+    """(touches, split): whether the object's mask meets another object's mask (1-px contact or
+    overlap: one occludes the other, as far as 2-D masks can tell), and whether it is in several
+    parts (an occluder cut it in two). Masks are decoded only for objects whose boxes meet."""
+    import cv2
+
+    x, y, w, h = me.bbox
+    near = [o for o in objs.values() if o.ann_id != me.ann_id and
+            o.bbox[0] <= x + w + 1 and x <= o.bbox[0] + o.bbox[2] + 1 and
+            o.bbox[1] <= y + h + 1 and y <= o.bbox[1] + o.bbox[3] + 1]
+    m = _obj_mask(me)
+    x0, y0 = max(0, int(x) - 2), max(0, int(y) - 2)
+    x1, y1 = min(m.shape[1], int(np.ceil(x + w)) + 2), min(m.shape[0], int(np.ceil(y + h)) + 2)
+    crop = m[y0:y1, x0:x1].astype(np.uint8)
+    grown = cv2.dilate(crop, np.ones((3, 3), np.uint8)) > 0
+    touches = any(bool((grown & _obj_mask(o)[y0:y1, x0:x1]).any()) for o in near)
+    n_parts = cv2.connectedComponents(crop, connectivity=8)[0] - 1
+    return touches, n_parts >= 2
+
+
 def _pixels_once(refer: Any, image_id: int) -> Callable[[], Optional[np.ndarray]]:
     """A loader of the image's RGB pixels for the colour test, decoding at most once and only if
     asked; None when the image cannot be used in the annotation frame as is (not upright, or
@@ -180,6 +200,7 @@ class Selector:
         self.quarantine: List[Dict[str, Any]] = []
         self.dropped: Dict[str, int] = {r: 0 for r in DROP_RULES}
         self.kept_by: Dict[str, int] = {"same_category": 0, "visual": 0}
+        self.occlusion: Dict[str, int] = {"touching": 0, "touching_passed": 0, "split": 0, "split_passed": 0}
         self._bad_keys: set = set()
         self._target_failed: set = set()  # passed both rules, but an edit target could not be chosen
 
@@ -274,6 +295,18 @@ class Selector:
         v.scores["score"] = round(size_pref + 0.25 * min(len(distractors), 4) + 0.5 * v.scores["max_similarity"], 6)
         return v
 
+    def _count_occlusion(self, ref: Dict[str, Any], objs: Dict[int, _Obj], v: _Verdict) -> None:
+        """Count a considered object that touches another one or is split in parts (and whether it
+        passed both rules): the occlusion cases of the report."""
+        me = objs.get(int(ref["ann_id"]))
+        if me is None:
+            return
+        touches, split = _occlusion(me, objs)
+        for key, hit in (("touching", touches), ("split", split)):
+            if hit:
+                self.occlusion[key] += 1
+                self.occlusion[key + "_passed"] += int(v.ok)
+
     def _sentences(self, ref: Dict[str, Any]) -> List[Dict[str, Any]]:
         from .prompts import normalize_expression
 
@@ -324,6 +357,7 @@ class Selector:
                 refs_considered += 1
                 ref = refer.refs[ref_id]
                 v = self._judge(ref, objs, hw, pixels)
+                self._count_occlusion(ref, objs, v)
                 if not v.ok:
                     self.dropped[v.rule] += 1
                     continue
@@ -351,6 +385,7 @@ class Selector:
             "refs_unused_quota": passed - used - len(self._target_failed - used_ids),
             "dropped": dict(self.dropped),
             "kept_by_rule2": dict(self.kept_by),
+            "occlusion": dict(self.occlusion),
             "samples": len(rows),
             "edit_types": {t: sum(1 for r in rows if r["edit_type"] == t) for t in cfg.edit_types},
             "quarantined": len(self.quarantine),
@@ -423,6 +458,12 @@ def format_report(report: Dict[str, Any]) -> str:
     kb = report.get("kept_by_rule2", {})
     lines.append(f"  kept     {kb.get('same_category', 0):6d}  rule 2 by a same-category object")
     lines.append(f"  kept     {kb.get('visual', 0):6d}  rule 2 by a visually similar object")
+    occ = report.get("occlusion")
+    if occ:
+        lines.append(f"  occluded {occ['touching']:6d}  touching another object's mask "
+                     f"({occ['touching_passed']} passed both rules)")
+        lines.append(f"  occluded {occ['split']:6d}  split in parts by an occluder "
+                     f"({occ['split_passed']} passed both rules)")
     et = ", ".join(f"{k} {v}" for k, v in report.get("edit_types", {}).items())
     lines.append(f"  edits: {et}")
     return "\n".join(lines)

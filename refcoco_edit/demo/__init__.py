@@ -20,7 +20,12 @@ ships RefCOCO, RefCOCO+ and RefCOCOg::
   ref points at); at least two look-alikes of one category in every image; a tall object in front
   of a wide one in every sixth image (a two-part polygon); a shelf of books on the wall in every
   sixteenth one (its visible part is one ``iscrowd=1`` "book" annotation, never a ref).
-* ``refs(*).p``: a protocol-2 pickle of a list of plain dicts, one per referred object:
+  Hard cases of the selection rules: every eighth image (from the fourth) is a close-up of one big
+  referred subject with two small look-alikes in front of it (rule 1 must drop the subject; every
+  other close-up is a book over 60% of a square frame), and single objects are referred to by
+  their category (rule 2 must drop those that nothing resembles).
+* ``refs(*).p``: a protocol-2 pickle of a list of plain dicts, one per referred object (every
+  object but the potted plant):
   {ref_id, ann_id, image_id, split, sent_ids, sentences: [{tokens, raw, sent_id, sent}],
   category_id, file_name}. Splits are per image. RefCOCO expressions are short and may use
   location words; RefCOCO+ ones use appearance only (colour, size, pattern); RefCOCOg ones are

@@ -138,6 +138,8 @@ def refcoco_candidates(ph: Phrases, rng: np.random.Generator) -> List[List[str]]
         colour += [f"{ph.size_in_col} {c} {N()}", f"the {ph.size_in_col} {c} {N()}"]
     if ph.size:
         other += [f"{ph.size} {N()}", f"the {ph.size} {N()}"]
+    if len(ph.G) == 1:  # the only one of its category: the bare noun identifies it
+        other += [N(), f"the {N()}"]
     adj, post = _pattern_forms(o)
     if ph.pattern_unique:
         if adj:
@@ -162,6 +164,8 @@ def refcoco_plus_candidates(ph: Phrases, rng: np.random.Generator) -> List[List[
         size += [f"{ph.size} {N()}", f"the {ph.size} {N()}", f"{big} {N()}"]
     if ph.size_in_col:
         size += [f"{ph.size_in_col} {c} {N()}", f"the {ph.size_in_col} {c} {N()}"]
+    if len(ph.G) == 1:
+        size += [N(), f"the {N()}"]
     if ph.pattern_unique:
         if adj:
             pattern.append(f"{adj} {N()}")
@@ -216,6 +220,8 @@ def refcocog_candidates(ph: Phrases, scene: Scene, rng: np.random.Generator) -> 
         app.append(f"the {ph.size} of the {k} {plural()}")
     if ph.size_in_col:
         app.append(f"the {ph.size_in_col} {c} {N()}")
+    if len(ph.G) == 1:
+        app.append(f"the {L_()}")
     if ph.pos in ("left", "right"):
         p = ph.pos
         loc += [f"the {N()} on the {p}", f"the {N()} furthest to the {p}", f"the {p}most of the {k} {plural()}"]

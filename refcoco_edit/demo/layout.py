@@ -6,7 +6,7 @@ from typing import Dict, Tuple
 from ..vocab import COCO_CATEGORIES, COCO_SUPERCATEGORIES
 
 DEFAULT_NUM_IMAGES = 48
-DEMO_VERSION = 1  # bump when the generator's output changes: ensure_demo then rewrites old demos
+DEMO_VERSION = 2  # bump when the generator's output changes: ensure_demo then rewrites old demos
 MARKER_NAME = ".demo-complete.json"
 FIRST_IMAGE_ID = 1000
 MAX_IMAGES = 100_000  # keeps the per-image id blocks below from colliding

@@ -34,6 +34,14 @@ _TALL_FRONT = ("bottle", "vase")   # their occluders: they split the back object
 
 PAD = 3  # padding of an object's render crop (px)
 
+# Hard cases of rule 1: every CLOSEUP_EVERY-th image (from CLOSEUP_AT) is a close-up of one big
+# subject with two small look-alikes in front of it; every other one of those a "huge" subject
+# (a book filling most of a square frame, over the default max_area_fraction).
+CLOSEUP_EVERY, CLOSEUP_AT = 8, 3
+_CLOSEUP_SUBJECTS = ("teddy bear", "vase", "bottle", "bowl", "cup")
+_CLOSEUP_SMALL = ("apple", "orange", "sports ball", "donut")
+SMALL_AREA_FRACTION = 0.0075  # of the image: above min_area_fraction (0.005), not "sizeable" (0.01)
+
 
 @dataclass
 class Obj:
@@ -81,6 +89,7 @@ class Scene:
     objs: List[Obj] = field(default_factory=list)
     shelf: bool = False
     occlusion_pair: Optional[Tuple[Obj, Obj]] = None
+    closeup: str = ""          # "" | "subject" | "huge": a hard case of rule 1 (see plan_closeup)
 
 
 def pick(rng: np.random.Generator, seq: Sequence[Any]) -> Any:
@@ -90,6 +99,8 @@ def pick(rng: np.random.Generator, seq: Sequence[Any]) -> Any:
 
 def plan(seed: int, index: int) -> Scene:
     """Choose the image size, look-alike groups, colours, patterns and positions of one scene."""
+    if index % CLOSEUP_EVERY == CLOSEUP_AT:
+        return plan_closeup(seed, index)
     rng = np.random.default_rng([seed, index, 0])
     W, H = int(rng.integers(320, 641)), int(rng.integers(320, 641))
     scene = Scene(index, W, H, horizon=float(H * rng.uniform(0.30, 0.46)),
@@ -242,3 +253,47 @@ def _fits(o: Obj, box: Tuple[float, float, float, float], placed: List[Obj],
     return True
 
 
+
+
+def plan_closeup(seed: int, index: int) -> Scene:
+    """A close-up: one big subject (a single, referred to by its category) filling the frame, two
+    small look-alikes in front of it (each about SMALL_AREA_FRACTION of the image).
+
+    The subject has no other *sizeable* object beside it (and, when huge, covers more than 60% of
+    the image): the sole prominent subject that rule 1 of the selection must drop. The small
+    pair overlaps the subject's bottom edge, so they occlude it. Positions are set, not sampled.
+    """
+    rng = np.random.default_rng([seed, index, 0])
+    huge = (index // CLOSEUP_EVERY) % 2 == 1
+    W = int(rng.integers(320, 521))
+    H = W if huge else int(round(W * rng.uniform(0.9, 1.2)))
+    scene = Scene(index, W, H, horizon=float(H * rng.uniform(0.30, 0.40)),
+                  surface=pick(rng, ("wood", "wood", "tiles", "cloth")), side=int(pick(rng, (-1, 1))),
+                  closeup="huge" if huge else "subject")
+    cat = "book" if huge else pick(rng, _CLOSEUP_SUBJECTS)
+    subject = Obj(cat, pick(rng, _CAT_COLOURS[cat]), "plain", 1.0)
+    small_cat = pick(rng, _CLOSEUP_SMALL)
+    pair = _group_members(rng, small_cat, 2, 0)
+    # the subject: centred, its base above the bottom edge so that the pair stands in front of it
+    subject.base = float(round(H * 0.9))
+    if huge:
+        subject.h = int(round(subject.base - PAD - 0.03 * H))
+        subject.w = int(round(min(0.8 * W, 0.85 * subject.h)))
+    else:
+        hf, aspect = _SIZE[cat]
+        subject.h = int(round(min(rng.uniform(0.62, 0.75) * H, (0.7 * W) / aspect)))
+        subject.w = int(round(subject.h * aspect))
+    subject.cx = float(round(W / 2 + rng.uniform(-0.04, 0.04) * W))
+    subject.placed = True
+    # the pair: left and right of the centre, in front (larger base), sized by area fraction
+    _, aspect = _SIZE[small_cat]
+    fill = 0.62 if small_cat == "donut" else 0.77   # mask area / box area of the renderer
+    for o, side in zip(pair, (-1, 1)):
+        o.jitter = 1.0
+        o.h = int(round(np.sqrt(SMALL_AREA_FRACTION * W * H / (fill * aspect))))
+        o.w = int(round(o.h * aspect))
+        o.base = float(round(min(H - PAD - 1, subject.base + rng.uniform(0.04, 0.08) * H)))
+        o.cx = float(round(W / 2 + side * rng.uniform(0.2, 0.3) * W))
+        o.placed = True
+    scene.objs = [subject] + pair
+    return scene

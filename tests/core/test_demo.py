@@ -15,6 +15,7 @@ from PIL import Image
 from pycocotools import mask as mask_api
 
 from refcoco_edit.demo import DEFAULT_NUM_IMAGES, MARKER_NAME, ensure_demo, write_demo
+from refcoco_edit.demo.scene import CLOSEUP_AT, CLOSEUP_EVERY
 from refcoco_edit.errors import InputError
 from refcoco_edit.vocab import COCO_CATEGORIES, COCO_SUPERCATEGORIES, COLOURS
 
@@ -139,7 +140,8 @@ def test_polygons_are_valid_and_area_is_the_union(instances):
         if len(seg) > 1:
             multi += 1
             assert a["area"] <= sum(float(v) for v in mask_api.area(parts))
-        assert 0.003 < a["area"] / (h * w) < 0.25
+        closeup = (a["image_id"] - 1000) % CLOSEUP_EVERY == CLOSEUP_AT
+        assert 0.003 < a["area"] / (h * w) < (0.95 if closeup else 0.25)
     assert multi >= 1, "no occluder split an object into a multi-part polygon"
 
 
@@ -200,6 +202,32 @@ def test_every_image_has_lookalike_refs(refs, instances):
     n_cats = [len({a["category_id"] for a in instances["annotations"] if a["image_id"] == rec["id"]})
               for rec in instances["images"]]
     assert sum(n >= 2 for n in n_cats) >= 0.7 * len(n_cats)
+
+
+def test_hard_cases_of_the_two_rules(refs, instances):
+    """Close-ups hold a referred sole prominent subject (rule 1 must drop it): over 60% of the
+    image, or with no other object of 1% of the image; single objects are referred too (rule 2
+    must drop those that nothing resembles)."""
+    sizes = {i["id"]: i["height"] * i["width"] for i in instances["images"]}
+    by_image = defaultdict(list)
+    for a in instances["annotations"]:
+        if not a["iscrowd"]:
+            by_image[a["image_id"]].append(a)
+    referred = {r["ann_id"] for r in refs["refcoco/unc"]}
+    closeups = [i for i in sizes if (i - 1000) % CLOSEUP_EVERY == CLOSEUP_AT]
+    assert len(closeups) == 6
+    huge = 0
+    for i in closeups:
+        anns = sorted(by_image[i], key=lambda a: -a["area"])
+        subject, rest = anns[0], anns[1:]
+        assert subject["id"] in referred
+        assert len({a["category_id"] for a in anns}) == 2 and len(rest) == 2
+        assert all(0.005 <= a["area"] / sizes[i] < 0.01 for a in rest)
+        huge += subject["area"] / sizes[i] > 0.6
+    assert huge == 3
+    singles = [a for anns in by_image.values() for a in anns
+               if a["id"] in referred and sum(b["category_id"] == a["category_id"] for b in anns) == 1]
+    assert len(singles) >= 40
 
 
 def test_splits_are_per_image(refs):

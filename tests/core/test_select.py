@@ -510,3 +510,34 @@ def test_demo_selection(tmp_path):
     for r in res.rows:
         np.testing.assert_array_equal(rle.decode(r["source_mask"]), refer.ann_mask(r["ann_id"]))
         assert r["distractor_ann_ids"] and r["ann_id"] not in r["distractor_ann_ids"]
+
+
+def test_default_demo_selection_exercises_both_rules_and_occlusions(demo_dir):
+    """The default build's selection on the bundled demo drops objects by rule 1 (the close-ups'
+    sole subjects, three of them over max_area_fraction) and rule 2 (single objects nothing
+    resembles), keeps some by visual likeness, and counts the objects that touch or are split by
+    an occluder. Pinned: the demo is seeded, so these numbers move only with the generator."""
+    from refcoco_edit.stages.config import BuildConfig
+    from refcoco_edit.stages.select import selection_config
+
+    cfg = BuildConfig.of(out="unused", refcoco=str(demo_dir), images=str(demo_dir / "images"), progress=False)
+    refer = RefCOCO(demo_dir, "refcoco", "unc", images_dir=demo_dir / "images")
+    rep = Selector(refer, selection_config(cfg), seed=cfg.seed).run().report
+    assert rep["images_considered"] == rep["images_kept"] == 48
+    assert rep["refs_considered"] == 215 and rep["refs_passed"] == 145
+    assert rep["dropped"] == {"missing_annotation": 0, "bad_annotation": 0, "no_sentence": 0, "crowd": 0,
+                              "too_small": 0, "sole_subject": 6, "no_similar": 64}
+    assert rep["kept_by_rule2"] == {"same_category": 139, "visual": 6}
+    assert rep["occlusion"] == {"touching": 28, "touching_passed": 20, "split": 7, "split_passed": 6}
+    text = format_report(rep)
+    assert re.search(r"dropped\s+6\s+rule 1: sole prominent subject", text)
+    assert re.search(r"dropped\s+64\s+rule 2: no similar object", text)
+    assert re.search(r"occluded\s+7\s+split in parts by an occluder \(6 passed both rules\)", text)
+    # which ones rule 1 dropped: exactly the close-ups' subjects
+    hugeish = 0
+    for image_id, anns in refer.image_to_anns.items():
+        if (image_id - 1000) % 8 != 3:
+            continue
+        big = max(anns, key=lambda a: refer.anns[a]["area"])
+        hugeish += refer.anns[big]["area"] > 0.6 * refer.images[image_id]["height"] * refer.images[image_id]["width"]
+    assert hugeish == 3
