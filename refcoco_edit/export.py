@@ -412,15 +412,30 @@ def load_export(path: Union[str, Path], materialized: bool = True) -> Any:
     if not files:
         raise InputError(f"{path} holds no Parquet files")
     table = pa.concat_tables([read_parquet(f) for f in files], promote_options="default")
+    if is_reference_based(table):  # its own columns: checked against the sample schema's types
+        fields = {f.name: f for f in sample_fields()}
+        missing = [c for c in REFERENCE_BASED_COLUMNS + REPAINT_COLUMNS if c not in table.schema.names]
+        wrong = [c for c in table.schema.names if c in fields and not table.schema.field(c).type.equals(fields[c].type)]
+        if missing or wrong:
+            raise InputError(f"{path}: not a reference-based export (missing {missing}, wrong types {wrong})")
+        return table
     stored = table
     table = materialize(table)
     check_table(table)
     return table.select(column_names()) if materialized else stored
 
 
+def is_reference_based(table: Any) -> bool:
+    """True for a table of the reference-based view (triplets; ``REPAINT_COLUMNS``, no candidates)."""
+    return "repaint" in table.schema.names and "candidates" not in table.schema.names
+
+
 def import_export(export_dir: Union[str, Path], workdir: Union[str, Path], shard_size: int = 16) -> Dict[str, Any]:
     """Read an export back into a workspace as its ``generate`` stage (for review or re-export)."""
     table = load_export(export_dir)
+    if is_reference_based(table):
+        raise InputError(f"{export_dir} is a reference-based export (triplets, not samples): import the rie export "
+                         "of the same workspace instead")
     bad = [v for v in table.column("sample_id").to_pylist() if not is_safe_name(v)]
     if bad:  # sample ids become file names (review media, score outputs): never a path
         raise InputError(f"{export_dir}: {len(bad)} sample_id(s) are not plain names ([A-Za-z0-9_.-], at most 128 "

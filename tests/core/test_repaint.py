@@ -147,3 +147,16 @@ def test_reference_based_export_has_repaint_columns_and_card(rows, tmp_path):
     ex = ds[0]["exemplar_image"]
     assert isinstance(ex, Image.Image) and json.loads(ds[0]["repaint"])["exemplar"]["repaint"] == "second"
     assert np.asarray(ex).shape[:2] == tuple(rle.decode(ds[0]["exemplar_mask"]).shape)
+
+
+def test_load_export_reads_a_reference_based_export_and_import_refuses_it(rows, tmp_path):
+    from refcoco_edit.errors import InputError
+    from refcoco_edit.export import import_export, load_export
+    from refcoco_edit.schema import sample_fields
+
+    full = [dict({f.name: None for f in sample_fields()}, **r) for r in rows]
+    write_export(full, tmp_path / "rb", view="reference-based")
+    t = load_export(tmp_path / "rb")
+    assert t.num_rows == 12 and "repaint" in t.column_names and "candidates" not in t.column_names
+    with pytest.raises(InputError, match="reference-based export"):
+        import_export(tmp_path / "rb", tmp_path / "w")
