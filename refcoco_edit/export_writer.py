@@ -13,17 +13,20 @@ import os
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from .errors import is_disk_error, with_path
 
 ROW_GROUP_ROWS = 100  # as HF datasets writes image datasets: small enough to stream, big enough to scan
 
 
-def open_sink(path: Path) -> BinaryIO:
-    """The file one export file is written through (the fault-injection tests wrap it to fill
-    the disk mid-file)."""
-    return open(path, "wb")
+def open_sink(path: Path) -> Any:
+    """The file one export file is written through: Arrow's own (no Python call, no GIL per
+    write, so the read-ahead thread keeps running). The fault-injection tests wrap it to fill the
+    disk mid-file."""
+    import pyarrow as pa
+
+    return pa.OSFile(str(path), "wb")
 
 
 class SplitFiles:
@@ -103,8 +106,15 @@ class SplitFiles:
         k = len(self._parts.setdefault(split, []))
         path = self.folder / f".{split}-{k:05d}.part"
         sink = open_sink(path)
-        f = {"writer": pq.ParquetWriter(sink, self.schema, **self.options), "sink": sink, "path": path, "rows": 0,
-             "pending": [], "pending_rows": 0}
+        try:
+            writer = pq.ParquetWriter(sink, self.schema, **self.options)  # writes the header already
+        except OSError as e:
+            try:
+                sink.close()
+            except OSError:
+                pass  # the first error is the one to tell
+            raise (with_path(e, path) if is_disk_error(e) else e) from None
+        f = {"writer": writer, "sink": sink, "path": path, "rows": 0, "pending": [], "pending_rows": 0}
         self._open[split] = f
         return f
 

@@ -127,3 +127,28 @@ def test_materialize_leaves_null_index_rows_alone(n):
     stored = stored.set_column(stored.schema.get_field_index(REFERENCE_CANDIDATE), stored.schema.field(REFERENCE_CANDIDATE), idx)
     back = materialize(stored).to_pylist()
     assert all(r["candidates"][0]["image"] is None for r in back)  # nothing to fill from: stays null
+
+
+def test_a_real_full_disk_names_the_export_file_and_leaves_nothing(tmp_path, monkeypatch):
+    """Arrow's own file on /dev/full (every write: ENOSPC) in place of an export file."""
+    import errno
+    import os
+
+    import refcoco_edit.export_writer as ew
+    from refcoco_edit.errors import is_disk_error
+    from refcoco_edit.export import write_export
+
+    assert os.path.exists("/dev/full")
+    opened = []
+
+    def full_sink(path):
+        opened.append(path)
+        return pa.OSFile("/dev/full", "wb")
+
+    monkeypatch.setattr(ew, "open_sink", full_sink)
+    rows = [dict(r, split="train") for r in _rows()] * 40  # a few MB: more than any buffer
+    with pytest.raises(OSError) as info:
+        write_export(rows, tmp_path / "out")
+    e = info.value
+    assert is_disk_error(e) and e.errno == errno.ENOSPC and e.filename == str(opened[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no export, no temp folder
