@@ -391,6 +391,7 @@ def test_metric_selection(export, tmp_path):
     res = _score(export, tmp_path / "m", metrics=["referring", "pie"], limit=3)
     assert set(res.results["metrics"]) == {"referring_accuracy", "distractor_preservation", "change_target",
                                            "change_distractor_max", "change_distractor_mean", "referring_margin",
+                                           "others_preservation", "change_others_max", "change_others_mean",
                                            "psnr_bg", "mse_bg", "ssim_bg"}
     assert set(res.results["not_computed"]) == {"lpips_bg", "clip_whole", "clip_edited", "mask_iou"}
     with pytest.raises(InputError, match="did you mean"):
