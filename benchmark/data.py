@@ -12,7 +12,7 @@ whichever container holds them). Rows that cannot be scored are *skipped* with a
 (``SKIP_REASONS``), counted in results.json, and never stop the run.
 
 ``decode_sample`` turns a sample into arrays (source, reference, M_e, M, same-category distractor
-masks), validating every mask before pycocotools sees it and every size against the source's.
+masks, every other annotated object's mask when the data carry them), validating every mask before pycocotools sees it and every size against the source's.
 Images are decoded once per sample and shared by the editor input, all metrics and the gallery.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ SKIP_REASONS = reasons("skip")
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 COLUMNS = ("sample_id", "split", "image_id", "category", "source_image", "source_mask", "bbox",
-           "distractor_categories", "distractor_masks", "referring_expression", "edit_type", "edit_target",
+           "distractor_categories", "distractor_masks", "other_masks", "referring_expression", "edit_type", "edit_target",
            "prompt", "referring_span", "edit_span", "reference_image", "edit_mask", "review")
 
 
@@ -60,6 +60,8 @@ class BenchSample:
     """same-category distractors only"""
     n_distractors_all: int = 0
     bbox: Optional[List[float]] = None
+    other_masks: Optional[List[Dict[str, Any]]] = None
+    """every other annotated object (any category); None: unknown (data before schema 1.1)"""
 
     def _span(self, span: Tuple[int, int]) -> str:
         a, b = span
@@ -81,6 +83,7 @@ class DecodedSample:
     edit_mask: np.ndarray
     target_mask: Optional[np.ndarray]
     distractor_masks: List[np.ndarray] = field(default_factory=list)
+    other_masks: Optional[List[np.ndarray]] = None
 
     @property
     def hw(self) -> Tuple[int, int]:
@@ -171,6 +174,7 @@ def _to_sample(r: Dict[str, Any]) -> BenchSample:
         source_bytes=r["source_image"]["bytes"], reference_bytes=r["reference_image"]["bytes"],
         edit_mask=r["edit_mask"], source_mask=r.get("source_mask"), distractor_masks=same,
         n_distractors_all=len(masks), bbox=r.get("bbox"),
+        other_masks=[m for m in r["other_masks"] if m] if r.get("other_masks") is not None else None,
     )
 
 
@@ -241,4 +245,7 @@ def decode_sample(s: BenchSample, reference: bool = True) -> DecodedSample:
     me = _mask(s.edit_mask, hw, "edit_mask")
     target = _mask(s.source_mask, hw, "source_mask") if s.source_mask else None
     distractors = [_mask(m, hw, f"distractor_masks[{i}]") for i, m in enumerate(s.distractor_masks)]
-    return DecodedSample(source=src, reference=ref, edit_mask=me, target_mask=target, distractor_masks=distractors)
+    others = ([_mask(m, hw, f"other_masks[{i}]") for i, m in enumerate(s.other_masks)]
+              if s.other_masks is not None else None)
+    return DecodedSample(source=src, reference=ref, edit_mask=me, target_mask=target, distractor_masks=distractors,
+                         other_masks=others)

@@ -12,7 +12,8 @@ TABLE_FAMILIES = (
     ("paper", "Table 1 (the paper's metrics)"),
     ("pie", "PIE-Bench (background preservation; over pixels outside M_e)"),
     ("magicbrush", "MagicBrush (against the reference image)"),
-    ("referring", "Referring (instance level: the referred object vs its same-category distractors)"),
+    ("referring", "Referring (instance level: the referred object vs its same-category distractors; "
+                  "Others: every other annotated object of the image)"),
 )
 
 
@@ -102,6 +103,7 @@ def render_markdown(runs: Sequence[Dict[str, Any]], labels: Optional[Sequence[st
               f"- outputs of another size: {'resized (' + _md(cfgs['resize_rule']) + ')' if cfgs['resize_outputs'] else 'failures (wrong_size)'}",
               f"- background: {_md(cfgs['mask_protocol']['background'])}",
               f"- target: {_md(cfgs['mask_protocol']['target'])}; distractors: {_md(cfgs['mask_protocol']['distractors'])}",
+              *([f"- other objects: {_md(cfgs['mask_protocol']['others'])}"] if cfgs["mask_protocol"].get("others") else []),
               f"- referring: eps = {cfgs['metric_params'].get('referring_eps')}, "
               f"tau = {cfgs['metric_params'].get('preservation_tau')}; seed {cfgs['seed']}; "
               f"bootstrap {cfgs['bootstrap']['resamples']} resamples, {cfgs['bootstrap']['method']}",

@@ -122,6 +122,8 @@ def build_results(cfg: Any, dataset: Any, editor: Dict[str, Any], records: Seque
                 "target": "source_mask (M, the referred object)",
                 "distractors": "distractor_masks whose distractor_categories equal the sample's category, minus the "
                                "target's pixels",
+                "others": "other_masks (every other annotated object of the image, any category), minus the target's "
+                          "pixels; null other_masks (data before schema 1.1): the others metrics are NaN",
             },
             "metric_params": params.to_json(),
             "models": cfg.models(),

@@ -50,7 +50,8 @@ def score_item(it: Item, names: Sequence[str], params: MetricParams) -> None:
     rec["resized"] = bool(meta.get("resized"))
     rec["output"] = f"{OUTPUTS_DIR}/{it.sample.sample_id}.png"
     arrays = SampleArrays(source=d.source, output=it.output, edit_mask=d.edit_mask, reference=d.reference,  # type: ignore[arg-type]
-                          target_mask=d.target_mask, distractor_masks=d.distractor_masks, pred_mask=it.pred_mask)
+                          target_mask=d.target_mask, distractor_masks=d.distractor_masks, other_masks=d.other_masks,
+                          pred_mask=it.pred_mask)
     rec["metrics"] = compute_sample(arrays, names, params)
 
 

@@ -59,6 +59,33 @@ class EditRequest:
     category: str = ""  # the source object's category
     exemplar: Optional[np.ndarray] = None  # hxwx4 uint8 RGBA cut-out of a target-category instance
     distractor_masks: List[np.ndarray] = field(default_factory=list)
+    # HxW bool masks of every other annotated object of the image (the distractors included);
+    # None: unknown (data written before they were recorded)
+    other_masks: Optional[List[np.ndarray]] = None
+
+
+def protected_region(request: EditRequest) -> Optional[np.ndarray]:
+    """The pixels an edit must never paint: the other annotated objects' masks, less the source
+    object's own pixels; None when the other objects are unknown or there are none.
+
+    Layer order from the masks: COCO instance masks hold an object's *visible* pixels only (the
+    annotation of a partly hidden object stops where the object in front of it begins). A pixel of
+    another object's mask is therefore that object, seen; where it lies over the source's box the
+    other object is in front of the source (it occludes it), and painting there would damage it.
+    Pixels claimed by both masks (overlapping annotations) count as the source's, which the edit
+    may change. Objects behind the source need no special case: their masks already exclude the
+    pixels the source hides."""
+    if not request.other_masks:
+        return None
+    mask = np.asarray(request.mask).astype(bool)
+    region = np.zeros(mask.shape, bool)
+    for m in request.other_masks:
+        m = np.asarray(m).astype(bool)
+        if m.shape != mask.shape:
+            raise PipelineError("bad_rle", f"another object's mask {m.shape} does not match the image {mask.shape}")
+        region |= m
+    region &= ~mask
+    return region if region.any() else None
 
 
 @dataclass

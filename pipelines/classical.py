@@ -27,6 +27,12 @@ that ``refcoco-edit build`` runs on any laptop:
        ghost; 0 = plain cut-and-paste); tiny pastes fall back to alpha compositing;
     5. M_e = dilate(source mask ∪ pasted region); paste back and check.
 
+Every pipeline here leaves the other annotated objects of the image alone (``protect_others``,
+on by default): their pixels (``base.protected_region``: the other masks less the source's) are
+left out of the hole a removal fills and out of M_e, and keep the source's values with a hard
+edge, so an object standing in front of the source stays in front of the replacement or the
+recoloured object. Without ``EditRequest.other_masks`` nothing changes.
+
 ``Recolor`` ("classical-attribute", edit type ``attribute``; in ``recolor``)
     1. check the request: the target must be a colour of ``vocab.COLOURS`` or a material of
        ``vocab.MATERIALS``;
@@ -48,7 +54,7 @@ from typing import Any, Dict, Optional, Tuple
 import cv2
 import numpy as np
 
-from refcoco_edit.pipelines.base import EditRequest, GTPipeline, PipelineError, PipelineOutput
+from refcoco_edit.pipelines.base import EditRequest, GTPipeline, PipelineError, PipelineOutput, protected_region
 from refcoco_edit.pipelines.masks import check_output, dilate, edit_mask, erode, feather_alpha, paste_back
 from refcoco_edit.pipelines.patch_inpaint import patch_inpaint, shadow_region
 
@@ -153,12 +159,21 @@ def inpaint(
 
 def finish_output(
     source: np.ndarray, edited: np.ndarray, m_e: np.ndarray, feather_px: int, params: Dict[str, Any],
-    exemplar: Optional[np.ndarray] = None,
+    exemplar: Optional[np.ndarray] = None, protect: Optional[np.ndarray] = None,
 ) -> PipelineOutput:
-    """Paste back through M_e, verify the contract, and build the output record."""
+    """Paste back through M_e, verify the contract, and build the output record.
+
+    ``protect`` (the other objects' pixels, ``base.protected_region``) is never painted: those
+    pixels keep the source's values, with a hard edge (the object in front occludes the edit), and
+    leave M_e; ``params["protected_px"]`` counts the pixels of M_e given back."""
     out = paste_back(source, edited, m_e, feather_px=feather_px)
-    stats = check_output(source, out, m_e)
     params = dict(params)
+    if protect is not None:
+        hit = m_e & protect
+        out[hit] = source[hit]
+        m_e = m_e & ~protect
+        params["protected_px"] = int(hit.sum())
+    stats = check_output(source, out, m_e)
     params["stats"] = {k: round(float(v), 4) for k, v in stats.items()}
     return PipelineOutput(image=out, edit_mask=m_e, params=params, exemplar=exemplar)
 
@@ -188,12 +203,15 @@ class InpaintRemoval(GTPipeline):
         max_direct_px: int = 12000,
         patch_size: int = 7,
         shadow_darker: float = 0.9,
+        protect_others: bool = True,
     ) -> None:
         """``method``: ``patch`` (exemplar filling) or ``telea`` (the former default, bytes
         unchanged); ``shadow``: erase the object's cast shadow too: ``on``, ``off`` or ``auto``
         (on for ``patch``, off for ``telea``); ``patch_size``: the patch window (an even size
         uses the next odd one); ``shadow_darker``: a shadow pixel is below this fraction of the
-        background luminance predicted around it; ``radius``, ``noise``, ``max_direct_px``: Telea's."""
+        background luminance predicted around it; ``radius``, ``noise``, ``max_direct_px``: Telea's;
+        ``protect_others``: never paint the other annotated objects (``base.protected_region``;
+        the hole is filled around them, and a shadow the object casts on one of them stays)."""
         if method not in REMOVAL_METHODS:
             raise ValueError(f"method must be one of {', '.join(REMOVAL_METHODS)}, got {method!r}")
         if shadow not in ("auto", "on", "off"):
@@ -205,6 +223,7 @@ class InpaintRemoval(GTPipeline):
             "dilate_frac": float(dilate_frac), "min_dilate_px": int(min_dilate_px), "radius": int(radius),
             "noise": float(noise), "feather_px": int(feather_px), "max_direct_px": int(max_direct_px),
             "patch_size": int(patch_size), "shadow_darker": float(shadow_darker),
+            "protect_others": bool(protect_others),
         }
 
     def generate(self, request: EditRequest) -> PipelineOutput:
@@ -219,14 +238,16 @@ class InpaintRemoval(GTPipeline):
         use_shadow = p["shadow"] == "on" or (p["shadow"] == "auto" and p["method"] == "patch")
         shadow = shadow_region(image, mask, darker=p["shadow_darker"]) if use_shadow else None
         m_e = edit_mask(mask, shadow, dp)
+        protect = protected_region(request) if p["protect_others"] else None
+        hole = m_e & ~protect if protect is not None else m_e  # other objects stay and are context
         # 3-4. fill the hole: patch copying, or Telea (coarse-to-fine when large) + matched grain
         if p["method"] == "patch":
-            filled = patch_inpaint(image, m_e, rng, patch=p["patch_size"] | 1)
+            filled = patch_inpaint(image, hole, rng, patch=p["patch_size"] | 1)
         else:
-            filled = inpaint(image, m_e, p["radius"], rng=rng, noise=p["noise"], max_direct_px=p["max_direct_px"])
-        # 5. exact paste-back and contract check
+            filled = inpaint(image, hole, p["radius"], rng=rng, noise=p["noise"], max_direct_px=p["max_direct_px"])
+        # 5. exact paste-back (never over another object) and contract check
         extra = {"dilate_px": dp, "shadow_px": int(shadow.sum()) if shadow is not None else 0}
-        return finish_output(image, filled, m_e, min(p["feather_px"], dp), {**p, **extra})
+        return finish_output(image, filled, m_e, min(p["feather_px"], dp), {**p, **extra}, protect=protect)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,10 +356,13 @@ class ExemplarComposite(GTPipeline):
         min_clone_px: int = 64,
         stretch: float = 1.25,
         min_cover: float = 0.4,
+        protect_others: bool = True,
     ) -> None:
         """``stretch``: the most the exemplar's aspect may be stretched toward the source box's
         (1: never); ``min_cover``: the least share of the source box the pasted exemplar's box
-        must cover (else ``shape_mismatch``; 0: off). The others: see the module docstring."""
+        must cover (else ``shape_mismatch``; 0: off); ``protect_others``: never paint the other
+        annotated objects (``base.protected_region``): an object in front of the source stays in
+        front of the new one. The others: see the module docstring."""
         if not stretch >= 1:
             raise ValueError(f"stretch must be >= 1, got {stretch}")
         if not 0 <= min_cover <= 1:
@@ -355,6 +379,7 @@ class ExemplarComposite(GTPipeline):
             "min_dilate_px": int(min_dilate_px), "erode_px": int(erode_px), "radius": int(radius),
             "noise": float(noise), "feather_px": int(feather_px), "pad_px": int(pad_px),
             "min_clone_px": int(min_clone_px), "stretch": float(stretch), "min_cover": float(min_cover),
+            "protect_others": bool(protect_others),
         }
 
     def check_inputs(self, request: EditRequest) -> None:
@@ -398,6 +423,9 @@ class ExemplarComposite(GTPipeline):
         # 2. remove the source object
         dp = p["dilate_px"] if p["dilate_px"] is not None else _removal_dilate_px(mask, p["dilate_frac"], p["min_dilate_px"])
         hole = dilate(mask, dp)
+        protect = protected_region(request) if p["protect_others"] else None
+        if protect is not None:
+            hole &= ~protect  # the objects in front stay, and are context of the fill
         bg = inpaint(image, hole, p["radius"], rng=rng, noise=p["noise"])
         # 3. scale into the source box, anchor, clip to the image
         box = mask_bbox(mask)
@@ -427,11 +455,11 @@ class ExemplarComposite(GTPipeline):
             composite = np.clip(np.rint(bg + (raw.astype(np.float32) - bg) * a), 0, 255).astype(np.uint8)
         else:
             composite = self._poisson(bg, raw, rgb, alpha, placed, (left, top), mode)
-        # 5. M_e = dilate(mask ∪ pasted), exact paste-back and contract check
+        # 5. M_e = dilate(mask ∪ pasted) less the other objects, exact paste-back and contract check
         m_e = edit_mask(mask, placed, dp)
         params = {**p, "dilate_px": dp, "blend": blend, "cover": round(cover, 4),
                   "placement": [int(cx0), int(cy0), int(cx1 - cx0), int(cy1 - cy0)]}
-        return finish_output(image, composite, m_e, min(p["feather_px"], dp), params, exemplar=ex)
+        return finish_output(image, composite, m_e, min(p["feather_px"], dp), params, exemplar=ex, protect=protect)
 
     def _poisson(
         self, bg: np.ndarray, raw: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, placed: np.ndarray,

@@ -17,6 +17,11 @@ Checks (thresholds in ``FilterConfig``, i.e. in the build config):
   spilled into the background; passes up to ``max_bg_change``. ``edit_area_ratio`` = |M_e| / box
   area of the source, for the reviewer.
 
+The ground-truth audit of the other objects (``audit_other_objects``, every backend, no weights)
+is kept apart from those checks: a candidate that changes another annotated object of the image
+(``others_damaged`` > 0) is never the reference while a clean candidate exists, whatever its
+other scores (``refcoco_edit.stages.generate``).
+
 Without CLIP weights the CLIP checks are skipped and every candidate records why under
 ``"skipped"``; the background check still runs. ``score`` is what ranks candidates: passing
 candidates first, then the higher score (CLIP-based when available, else the smaller background
@@ -37,7 +42,8 @@ import numpy as np
 from refcoco_edit.models import ClipEncoder, ModelUnavailable, Runtime
 from refcoco_edit.pipelines.masks import grow_box, mask_box
 
-__all__ = ["FilterConfig", "CandidateFilter", "FilterItem", "rank_candidates", "DEFAULT_CLIP_MODEL", "load_clip"]
+__all__ = ["FilterConfig", "CandidateFilter", "FilterItem", "rank_candidates", "DEFAULT_CLIP_MODEL", "load_clip",
+           "AuditConfig", "other_object_changes", "audit_other_objects", "is_marked"]
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 
@@ -193,3 +199,51 @@ def rank_candidates(scores: Sequence[Dict[str, Any]]) -> int:
             best, key = i, k
     return best
 
+
+
+# ----------------------------------------------------------------------------------------------
+# the ground-truth audit of the other annotated objects
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AuditConfig:
+    """Thresholds of ``audit_other_objects``."""
+
+    pixel_threshold: int = 8
+    """a pixel changed when its largest per-channel difference exceeds this (0-255): above PNG/8-bit
+    rounding of a feathered seam, below any visible edit"""
+    max_changed: float = 0.01
+    """an object is damaged when more than this share of its pixels changed"""
+
+
+def other_object_changes(source: np.ndarray, edited: np.ndarray, target_mask: np.ndarray,
+                         other_masks: Sequence[np.ndarray], pixel_threshold: int = 8) -> List[float]:
+    """Per other object: the share of its pixels (its mask less the target's, ``base.
+    protected_region``'s layer rule) whose largest per-channel change exceeds
+    ``pixel_threshold``; NaN for an object with no pixel left."""
+    if source.shape != edited.shape:
+        raise ValueError(f"source {source.shape} and edited {edited.shape} differ in shape")
+    diff = np.abs(source.astype(np.int16) - edited.astype(np.int16))
+    changed = (diff.max(axis=2) if diff.ndim == 3 else diff) > int(pixel_threshold)
+    target = np.asarray(target_mask).astype(bool)
+    out: List[float] = []
+    for m in other_masks:
+        own = np.asarray(m).astype(bool) & ~target
+        n = int(np.count_nonzero(own))
+        out.append(float(np.count_nonzero(changed & own)) / n if n else math.nan)
+    return out
+
+
+def audit_other_objects(source: np.ndarray, edited: np.ndarray, target_mask: np.ndarray,
+                        other_masks: Sequence[np.ndarray], config: AuditConfig = AuditConfig()) -> Dict[str, Any]:
+    """The audit of one candidate (JSON-ready, merged into its ``filter_scores``):
+    ``others_n`` objects checked, ``others_changed_max`` the largest changed share
+    (``other_object_changes``), ``others_damaged`` how many exceed ``config.max_changed``."""
+    shares = [v for v in other_object_changes(source, edited, target_mask, other_masks, config.pixel_threshold)
+              if not math.isnan(v)]
+    return {"others_n": len(shares), "others_changed_max": round(max(shares), 6) if shares else 0.0,
+            "others_damaged": sum(1 for v in shares if v > config.max_changed)}
+
+
+def is_marked(scores: Dict[str, Any]) -> bool:
+    """True for a candidate whose audit found a damaged other object (False when not audited)."""
+    return int(scores.get("others_damaged", 0) or 0) > 0

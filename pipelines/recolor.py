@@ -19,7 +19,7 @@ from typing import Any, Dict, Tuple
 import cv2
 import numpy as np
 
-from refcoco_edit.pipelines.base import EditRequest, GTPipeline, PipelineError, PipelineOutput
+from refcoco_edit.pipelines.base import EditRequest, GTPipeline, PipelineError, PipelineOutput, protected_region
 from refcoco_edit.pipelines.classical import box_slices, finish_output, inpaint, mask_bbox
 from refcoco_edit.pipelines.masks import dilate, edit_mask, erode, feather_alpha
 from refcoco_edit.vocab import COLOURS, MATERIALS
@@ -89,11 +89,14 @@ class Recolor(GTPipeline):
         edge_feather_px: int = 2,
         dilate_px: int = 2,
         texture_strength: float = 1.0,
+        protect_others: bool = True,
     ) -> None:
+        """``protect_others``: never paint the other annotated objects (``base.protected_region``):
+        the recoloured rim stops at an object in front of the source."""
         self.params: Dict[str, Any] = {
             "shading_gain": float(shading_gain), "texture_keep": float(texture_keep),
             "edge_feather_px": int(edge_feather_px), "dilate_px": int(dilate_px),
-            "texture_strength": float(texture_strength),
+            "texture_strength": float(texture_strength), "protect_others": bool(protect_others),
         }
 
     def check_inputs(self, request: EditRequest) -> None:
@@ -132,7 +135,8 @@ class Recolor(GTPipeline):
         edited = image.copy()
         edited[ys, xs] = mixed
         m_e = edit_mask(mask, None, p["dilate_px"])
-        return finish_output(image, edited, m_e, 0, {**p, "attribute": target, "kind": kind})
+        protect = protected_region(request) if p["protect_others"] else None
+        return finish_output(image, edited, m_e, 0, {**p, "attribute": target, "kind": kind}, protect=protect)
 
     def _alpha(self, crop: np.ndarray, m: np.ndarray) -> np.ndarray:
         """Where the new appearance is applied: 1 inside the object, a feathered rim at its edge,

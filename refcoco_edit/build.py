@@ -45,6 +45,9 @@ class BuildResult:
     export: Dict[str, Any] = field(default_factory=dict)
     # per stage: {"shards": all, "ran": run now (the rest were done already), "rows_ran": their rows}
     shards: Dict[str, Dict[str, int]] = field(default_factory=dict)
+    # the ground-truth audit of the other annotated objects, summed over the generate shards
+    # (``audit_summary``)
+    audit: Dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line on what this run did, honest about a resumed or no-op run."""
@@ -77,6 +80,35 @@ def _check(cfg: BuildConfig) -> None:
     from .stages.backend import check_pipeline_params
 
     check_pipeline_params(cfg)
+
+
+AUDIT_KEYS = ("samples", "samples_unknown", "objects", "candidates", "candidates_marked", "samples_marked",
+              "references_marked")
+
+
+def audit_summary(ws: Workspace, n: int) -> Dict[str, Any]:
+    """The other-objects audit of the generate shards ``0..n-1``: each count of ``AUDIT_KEYS``
+    summed, and ``marked_sample_ids`` (sorted) of the samples with a marked candidate."""
+    stage = ws.stage("generate")
+    out: Dict[str, Any] = {k: 0 for k in AUDIT_KEYS}
+    ids: List[str] = []
+    for i in range(n):
+        a = (stage.stats(i).get("others_audit") or {}) if stage.is_done(i) else {}
+        for k in AUDIT_KEYS:
+            out[k] += int(a.get(k, 0))
+        ids += a.get("marked_sample_ids", [])
+    out["marked_sample_ids"] = sorted(ids)
+    return out
+
+
+def format_audit(a: Dict[str, Any]) -> str:
+    """The audit as one line of the build report."""
+    line = (f"audit of the other annotated objects: {a['samples']} samples ({a['objects']} objects), "
+            f"{a['candidates_marked']} of {a['candidates']} candidates changed another object "
+            f"({a['samples_marked']} samples); {a['references_marked']} references changed one (no clean candidate)")
+    if a.get("samples_unknown"):
+        line += f"; {a['samples_unknown']} samples without other-object masks (not audited)"
+    return line
 
 
 def _quarantine_counts(ws: Workspace) -> Dict[str, Dict[str, int]]:
@@ -143,6 +175,8 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = print) -> BuildResult:
                 counts["llm_calls"] = sum(r.get("llm_calls", 0) for r in ran)
                 counts["llm_cache_hits"] = sum(r.get("llm_cache_hits", 0) for r in ran)
     by_reason = _quarantine_counts(ws)
+    audit = audit_summary(ws, n)
+    log(format_audit(audit))
     exp = export.run(ctx, sel["report"])
     return BuildResult(ws.root, Path(exp["out"]), sel["report"], counts, by_reason, time.perf_counter() - t0, exp,
-                       shards)
+                       shards, audit)

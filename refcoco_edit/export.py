@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Unio
 from .errors import InputError
 from .export_writer import Counts, SplitFiles
 from .storage import LAYOUT, read_parquet, export_write_options, is_reference_once, materialize, store_reference_once, stored_schema
-from .schema import SCHEMA_VERSION, arrow_schema, check_table, column_names, is_safe_name, rows_to_table, sample_fields
+from .schema import SCHEMA_VERSION, arrow_schema, check_table, column_names, conform, is_safe_name, rows_to_table, sample_fields
 from .workspace import Workspace
 
 EXPORT_MARKER = ".refcoco-edit-export.json"
@@ -99,7 +99,7 @@ def _check_target(out: Path) -> None:
 def _table_of(rows: Union[Sequence[Dict[str, Any]], Any]) -> Any:
     """A sample table from sample dicts, or the table itself normalised to the sample schema."""
     if hasattr(rows, "schema") and hasattr(rows, "column"):
-        return rows.select(column_names()).cast(arrow_schema())
+        return conform(rows).select(column_names()).cast(arrow_schema())
     return rows_to_table(rows)
 
 
@@ -359,7 +359,7 @@ def _stored_parts(ws: Workspace, reviews: Dict[str, Dict[str, Any]], status: str
     with ThreadPoolExecutor(1, thread_name_prefix="export-read") as pool:
         ahead = pool.submit(stage.read_shard, ids[0])
         for j in range(len(ids)):
-            table = ahead.result()
+            table = conform(ahead.result())  # a shard written before schema 1.1: other_* null
             if j + 1 < len(ids):
                 ahead = pool.submit(stage.read_shard, ids[j + 1])
             if reviews and any(sid in reviews for sid in table.column("sample_id").to_pylist()):
@@ -419,7 +419,7 @@ def load_export(path: Union[str, Path], materialized: bool = True) -> Any:
         if missing or wrong:
             raise InputError(f"{path}: not a reference-based export (missing {missing}, wrong types {wrong})")
         return table
-    stored = table
+    stored = conform(table)
     table = materialize(table)
     check_table(table)
     return table.select(column_names()) if materialized else stored
@@ -524,6 +524,24 @@ def _licence_text(demo: bool) -> str:
     return "Images come from COCO (train2014, CC BY 4.0 per image terms of Flickr) when built from RefCOCO."
 
 
+def _audit_text(audit: Dict[str, Any], settings: Dict[str, Any]) -> str:
+    """The card's lines on the ground-truth audit of the other annotated objects."""
+    if not audit:
+        return ""
+    thr, share = settings.get("audit_pixel_threshold", 8), settings.get("audit_max_changed", 0.01)
+    text = (f"Audit of the other annotated objects (`other_masks`): every candidate is compared with the source over "
+            f"each other object of the image; a pixel changed when a channel moved by more than {thr}, an object is "
+            f"damaged when more than {share:g} of its pixels changed, and a candidate that damaged one is marked "
+            f"(`filter_scores.others_damaged`) and is not the reference while a clean candidate exists. "
+            f"{audit.get('samples', 0)} samples audited ({audit.get('objects', 0)} other objects); "
+            f"{audit.get('candidates_marked', 0)} of {audit.get('candidates', 0)} candidates marked, in "
+            f"{audit.get('samples_marked', 0)} samples; {audit.get('references_marked', 0)} references damage "
+            f"another object (no clean candidate).")
+    if audit.get("samples_unknown"):
+        text += f" {audit['samples_unknown']} samples carry no other-object masks (written before schema 1.1): not audited."
+    return text + "\n"
+
+
 def dataset_card(summary: Dict[str, Any], info: Dict[str, Any]) -> str:
     """The README.md of an export: loading configs, schema, counts and how it was built."""
     splits = sorted(summary["splits"])
@@ -575,6 +593,7 @@ Categories of the referred objects:
 {_table(summary['categories'])}
 Quarantined during the build (stage/reason):
 {_table(info.get('quarantine', {}))}
+{_audit_text(summary.get('audit') or {}, settings)}
 ## How it was built
 - data: {"bundled synthetic demo data (not real photos)" if demo else settings.get('refcoco', '?')}; dataset `{settings.get('dataset', '?')}`, {_split_by_text(settings)}
 - backend: `{settings.get('backend', '?')}`; seed {settings.get('seed', '?')}; samples exported: `{info.get('status_filter', 'all')}`

@@ -152,7 +152,7 @@ class Counts:
         self.rows = 0
         self.images: set = set()
         self.counters: Dict[str, Counter] = {k: Counter() for k in (
-            "splits", "edit_types", "categories", "prompt_sources", "review", "candidate_pipelines")}
+            "splits", "edit_types", "categories", "prompt_sources", "review", "candidate_pipelines", "audit")}
 
     def add(self, table: Any, splits: Sequence[str]) -> None:
         import pyarrow.compute as pc
@@ -170,6 +170,36 @@ class Counts:
         if "candidates" in table.schema.names:
             flat = pc.list_flatten(col("candidates"))
             c["candidate_pipelines"].update(str(v) for v in pc.struct_field(flat, "pipeline").to_pylist())
+        self._add_audit(table)
+
+    def _add_audit(self, table: Any) -> None:
+        """The other-objects audit (``pipelines.filters.audit_other_objects``) from the
+        ``other_masks`` column and the candidates' ``filter_scores``: samples audited, objects,
+        candidates (marked), samples with a marked candidate, references marked."""
+        import json
+
+        names, a = table.schema.names, self.counters["audit"]
+        if "other_masks" not in names:
+            return
+        others = table.column("other_masks").to_pylist()
+        known = [o is not None for o in others]
+        a["samples"] += sum(known)
+        a["samples_unknown"] += len(others) - sum(known)
+        a["objects"] += sum(len(o) for o in others if o is not None)
+        if "candidates" not in names:
+            return
+        refs = (table.column("reference_candidate").to_pylist() if "reference_candidate" in names
+                else [None] * table.num_rows)
+        for cands, ok, ref in zip(table.column("candidates").to_pylist(), known, refs):
+            if not ok:
+                continue
+            scores = [json.loads((c or {}).get("filter_scores") or "{}") for c in cands or []]
+            marked = [int(s.get("others_damaged", 0) or 0) > 0 for s in scores]
+            a["candidates"] += sum(1 for s in scores if "others_damaged" in s)
+            a["candidates_marked"] += sum(marked)
+            a["samples_marked"] += int(any(marked))
+            if ref is not None and 0 <= ref < len(marked):
+                a["references_marked"] += int(marked[ref])
 
     def summary(self, view: str) -> Dict[str, Any]:
         out: Dict[str, Any] = {"view": view, "rows": self.rows, "images": len(self.images)}

@@ -17,7 +17,11 @@ from typing import Any, Dict, List, Optional, Sequence
 from .reasons import reasons
 from .vocab import EDIT_TYPES  # noqa: F401 - the data model's edit types, re-exported here
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+# versions this code reads: 1.0 lacks the ``other_*`` columns (added as nulls by ``conform``)
+READABLE_VERSIONS = ("1.0", "1.1")
+# columns added after 1.0: a table without them is read with them null (unknown)
+OPTIONAL_COLUMNS = ("other_ann_ids", "other_categories", "other_masks")
 
 REVIEW_STATUSES = ("pending", "accepted", "rejected")
 
@@ -116,6 +120,11 @@ def sample_fields() -> List[Any]:
         pa.field("distractor_ann_ids", pa.list_(pa.int64())),
         pa.field("distractor_categories", pa.list_(pa.string())),
         pa.field("distractor_masks", pa.list_(rle)),
+        # every other annotated (non-crowd) object of the image, the distractors included; null:
+        # unknown (a table written before schema 1.1)
+        pa.field("other_ann_ids", pa.list_(pa.int64())),
+        pa.field("other_categories", pa.list_(pa.string())),
+        pa.field("other_masks", pa.list_(rle)),
         pa.field("selection", selection),
         pa.field("referring_expression", pa.string()),
         pa.field("edit_type", pa.string()),
@@ -190,14 +199,33 @@ def rows_to_table(rows: Sequence[Dict[str, Any]]):
     return pa.Table.from_pydict(cols, schema=schema)
 
 
+def conform(table):
+    """``table`` with the columns of ``OPTIONAL_COLUMNS`` it lacks added as nulls, each where the
+    sample schema puts it (after the column before it; works on the stored layout too). A table
+    that has them all passes through as it is."""
+    import pyarrow as pa
+
+    missing = [n for n in OPTIONAL_COLUMNS if n not in table.schema.names]
+    if not missing:
+        return table
+    fields = sample_fields()
+    names = [f.name for f in fields]
+    for name in missing:
+        f = fields[names.index(name)]
+        prev = names[names.index(name) - 1]
+        at = table.schema.get_field_index(prev) + 1 if prev in table.schema.names else table.num_columns
+        table = table.add_column(at, f, pa.nulls(table.num_rows, f.type))
+    return table
+
+
 def check_table(table) -> None:
     """Raise ValueError when a table does not follow our schema (missing columns, wrong types,
     unknown schema version)."""
     expected = arrow_schema()
     version = (table.schema.metadata or {}).get(b"refcoco_edit.schema_version")
-    if version is not None and version.decode() != SCHEMA_VERSION:
+    if version is not None and version.decode() not in READABLE_VERSIONS:
         raise ValueError(
-            f"table has schema version {version.decode()}, this refcoco-edit reads {SCHEMA_VERSION}"
+            f"table has schema version {version.decode()}, this refcoco-edit reads {', '.join(READABLE_VERSIONS)}"
         )
     for f in expected:
         if f.name not in table.schema.names:

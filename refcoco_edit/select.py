@@ -11,8 +11,10 @@ The paper keeps an object when two rules hold (Sec. 3):
    the same category, or one that is visually alike — shape (Hu-moment distance of the masks,
    aspect and size ratio) and, when pixels are available, colour (HSV histogram correlation).
 
-Every kept sample carries its scores (``selection``) and its look-alike distractors (ids,
-categories, masks). Selection is a pure function of (data, settings, seed): images are visited
+Every kept sample carries its scores (``selection``), its look-alike distractors (ids,
+categories, masks) and every other annotated object of the image (``other_*``: each non-crowd
+instance with a usable mask but the referred one, distractors included), which the generate stage
+protects from the edit and audits and the benchmark's ``others`` metrics score. Selection is a pure function of (data, settings, seed): images are visited
 in a seeded order until ``num_images`` images have yielded samples, each image giving
 ``samples_per_image`` samples where possible (different referred objects first, then other edit
 types on the same objects). Problems found on the way (a ref pointing to a missing annotation,
@@ -115,6 +117,7 @@ def _sample_row(refer: Any, image_id: int, v: _Verdict, sent: Dict[str, Any], ob
     """The select-stage record of one sample (the data model's columns; later stages fill the rest)."""
     ref = refer.refs[v.ref_id]
     me = objs[int(ref["ann_id"])]
+    others = sorted(a for a in objs if a != me.ann_id)  # every other non-crowd object with a usable mask
     return {
         "sample_id": sample_id(refer.dataset, v.ref_id, sent["sent_id"], etype, target),
         "dataset": refer.dataset,
@@ -130,6 +133,9 @@ def _sample_row(refer: Any, image_id: int, v: _Verdict, sent: Dict[str, Any], ob
         "distractor_ann_ids": [a for a, _ in v.distractors],
         "distractor_categories": [c for _, c in v.distractors],
         "distractor_masks": [objs[a].rle for a, _ in v.distractors],
+        "other_ann_ids": [a for a in others],
+        "other_categories": [objs[a].category for a in others],
+        "other_masks": [objs[a].rle for a in others],
         "selection": {k: v.scores[k] for k in ("area_fraction", "n_sizeable_others", "n_same_category",
                                                "max_similarity", "score")},
         "referring_expression": sent["text"],

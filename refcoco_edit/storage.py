@@ -7,7 +7,8 @@ samples, ~27 GB more for a 50k-sample build). Stored tables therefore keep ``ref
 what most readers want, an ``Image`` column that ``datasets`` decodes — and store the chosen
 candidate as ``image = null`` with its index in the extra column ``reference_candidate`` (null
 when no candidate is the reference). ``materialize`` puts the bytes back, so code that works on
-sample rows (review, scoring, import) sees the sample schema of ``refcoco_edit.schema``.
+sample rows (review, scoring, import) sees the sample schema of ``refcoco_edit.schema`` (a table
+written before a nullable column was added gets it as nulls: ``schema.conform``).
 
 Parquet settings differ by reader: the workspace's shards are read back by every later command,
 so their image bytes (PNG/JPEG, compressed already) are stored without zstd, which halves the
@@ -174,6 +175,9 @@ def materialize(table: Any) -> Any:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from .schema import conform
+
+    table = conform(table)  # a table written before a column was added: that column null
     if not is_reference_once(table):
         return table
     lists, flat, parents, starts = _flat_candidates(table)

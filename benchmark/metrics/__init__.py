@@ -11,6 +11,8 @@ magicbrush         magicbrush  ``l1``, ``l2``; ``clip_i``, ``dino``, ``clip_t`` 
 referring (ours)   referring   ``referring_accuracy``, ``distractor_preservation``,
                                ``change_target``, ``change_distractor_max``,
                                ``change_distractor_mean``, ``referring_margin``, ``mask_iou``
+                   others      ``others_preservation``, ``change_others_max``,
+                               ``change_others_mean`` (every other annotated object)
 =================  ==========  ============================================================
 
 ``select_metrics("pie,l1")`` resolves names and family names; ``plan`` splits a selection into
@@ -56,13 +58,21 @@ _WEIGHT_FREE = (
     MetricSpec("mask_iou", "referring", "Mask-IoU",
                "IoU of the editor's predicted mask (>= 0.5) with the referred object's mask M; editors that "
                "return one (returns_mask, e.g. referdiffusion)", True),
+    MetricSpec("others_preservation", "referring", "Others-Pres",
+               "fraction of every other annotated object of the image (any category) left unchanged (mean change < tau)",
+               True),
+    MetricSpec("change_others_max", "referring", "Chg-others-max",
+               "largest mean |output - source| in [0,1] inside another annotated object (the worst-treated one)", False),
+    MetricSpec("change_others_mean", "referring", "Chg-others-mean", "mean over the other annotated objects of their mean change",
+               False),
 )
 
 _ORDER = ("ap", "l2_bg", "clip_sim_fg", "clip_sim_fg_pr",
           "psnr_bg", "lpips_bg", "mse_bg", "ssim_bg", "clip_whole", "clip_edited",
           "l1", "l2", "clip_i", "dino", "clip_t",
           "referring_accuracy", "distractor_preservation", "change_target", "change_distractor_max",
-          "change_distractor_mean", "referring_margin", "mask_iou")
+          "change_distractor_mean", "referring_margin", "mask_iou",
+          "others_preservation", "change_others_max", "change_others_mean")
 _BY_NAME = {s.name: s for s in _WEIGHT_FREE + _MODEL_SPECS}
 assert set(_BY_NAME) == set(_ORDER)
 METRICS: "OrderedDict[str, MetricSpec]" = OrderedDict((n, _BY_NAME[n]) for n in _ORDER)
@@ -113,11 +123,11 @@ def plan(names: Sequence[str], models: Mapping[str, Optional[str]]) -> Tuple[Lis
 
 def compute_sample(arrays: SampleArrays, names: Sequence[str], params: MetricParams = MetricParams()) -> Dict[str, float]:
     """The weight-free metrics ``names`` of one sample; NaN where a metric does not apply."""
-    from . import background, magicbrush, referring
+    from . import background, magicbrush, others, referring
 
     ctx = MetricContext(arrays, params)
     out: Dict[str, float] = {}
-    for module in (background, magicbrush, referring):
+    for module in (background, magicbrush, referring, others):
         wanted = [n for n in names if n in module.NAMES]
         if wanted:
             out.update(module.compute(ctx, wanted))

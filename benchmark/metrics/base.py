@@ -8,7 +8,7 @@ Conventions (all metrics, all families):
   in [0, 1] (``x / 255``).
 * Masks are bool ``HxW`` at the same resolution: ``edit_mask`` = M_e (the edited area of the
   reference), ``target_mask`` = M (the referred object), ``distractor_masks`` = the masks of the
-  same-category distractors.
+  same-category distractors, ``other_masks`` = every other annotated object (None: unknown).
 * A metric that does not apply to a sample (no background pixels, no distractor) is NaN for
   that sample and is left out of the mean; results.json counts such samples per metric.
 * Sums of squared/absolute differences are computed in exact integer arithmetic on the 8-bit
@@ -94,6 +94,8 @@ class SampleArrays:
     reference: Optional[np.ndarray] = None
     target_mask: Optional[np.ndarray] = None
     distractor_masks: List[np.ndarray] = field(default_factory=list)
+    other_masks: Optional[List[np.ndarray]] = None
+    """every other annotated object of the image (the distractors included); None: unknown"""
     pred_mask: Optional[np.ndarray] = None
     """the editor's predicted mask M_hat of the referred object (``Editor.returns_mask``): HxW
     uint8 levels ``round(255 * p)``, as cached; ``>= 128`` (p >= 0.5) is the predicted region"""
@@ -106,7 +108,8 @@ class SampleArrays:
                 raise ValueError(f"{name} is {a.shape} {a.dtype}, the source is {self.source.shape} uint8")
         for name, m in [("edit_mask", self.edit_mask), ("target_mask", self.target_mask),
                         ("pred_mask", self.pred_mask)] + \
-                [("distractor_mask", m) for m in self.distractor_masks]:
+                [("distractor_mask", m) for m in self.distractor_masks] + \
+                [("other_mask", m) for m in (self.other_masks or [])]:
             if m is not None and m.shape != hw:
                 raise ValueError(f"{name} is {m.shape}, the image is {hw}")
 

@@ -136,6 +136,8 @@ class BuildConfig:
     pipeline_params: Dict[str, Any] = setting({}, "parameters of individual pipelines: NAME: {PARAM: VALUE} in YAML, "
                                              "--pipeline-params NAME.PARAM=VALUE on the command line (a pipeline's parameters are its constructor's)",
                                          metavar="NAME.PARAM=VALUE", flag="pipeline-params", new=True)
+    audit_pixel_threshold: int = setting(8, "ground-truth audit: a pixel of another annotated object changed when a channel moved by more than this (0-255)", new=True)
+    audit_max_changed: float = setting(0.01, "ground-truth audit: a candidate that changed more than this share of another annotated object's pixels is marked and is not the reference while a clean candidate exists", new=True)
 
     def settings(self) -> Dict[str, Any]:
         """What changes the outputs (the workspace fingerprint): everything but runtime knobs, and

@@ -8,7 +8,9 @@ A shard runs in three steps (``run_shard``):
 2. each pipeline runs once over all its requests of the shard (batched model calls); a failed
    request is recorded on its sample, the others go on;
 3. ``assemble`` per sample: the candidates that kept the pipeline contract, their filter scores
-   (diffusion backend), the best one as ``reference_image`` -> the sample row.
+   (diffusion backend) and the ground-truth audit of the other annotated objects (every backend:
+   a candidate that changed another object is marked and is not the reference while a clean one
+   exists), the best one as ``reference_image`` -> the sample row.
 
 A sample that fails is quarantined with its reason; the rest of the shard continues.
 """
@@ -50,6 +52,7 @@ class PreparedSample:
     image: LoadedImage  # the upright RGB array + the encoded source bytes
     mask: np.ndarray  # HxW bool: the source object, upright
     distractor_masks: List[np.ndarray]
+    other_masks: Optional[List[np.ndarray]]  # every other annotated object; None: unknown (old rows)
     exemplar: Optional[np.ndarray]  # hxwx4 RGBA cut-out (replace edits), or None
     source_rle: Dict[str, Any]
     requests: List[CandidateRequest]
@@ -67,6 +70,8 @@ def prepare_sample(ctx: BuildContext, row: Dict[str, Any], cache: Dict[int, Any]
     if not mask.any():
         raise SampleError("empty_mask", "the source mask is empty")
     dmasks = [li.orient_mask(rle_mod.decode(r)) for r in row["distractor_masks"]]
+    omasks = ([li.orient_mask(rle_mod.decode(r)) for r in row["other_masks"]]
+              if row.get("other_masks") is not None else None)
     exemplar = exemplar_for(ctx.bank, ctx.cfg, row)
     source_rle = rle_mod.encode(mask)
     names = ctx.backend.active(row["edit_type"])
@@ -80,9 +85,9 @@ def prepare_sample(ctx: BuildContext, row: Dict[str, Any], cache: Dict[int, Any]
                 sample_id=row["sample_id"], edit_type=row["edit_type"], image=image, mask=mask,
                 bbox=rle_mod.to_bbox(source_rle), prompt=row["prompt"], edit_phrase=row["prompt"][sp[0]:sp[1]],
                 edit_target=row["edit_target"], seed=derive_seed(cfg.seed, row["sample_id"], name, c),
-                category=row["category"], exemplar=exemplar, distractor_masks=dmasks,
+                category=row["category"], exemplar=exemplar, distractor_masks=dmasks, other_masks=omasks,
             )))
-    return PreparedSample(row, li, mask, dmasks, exemplar, source_rle, requests)
+    return PreparedSample(row, li, mask, dmasks, omasks, exemplar, source_rle, requests)
 
 
 def run_pipelines(ctx: BuildContext, prepared: List[PreparedSample]) -> None:
@@ -108,11 +113,42 @@ def _filter_scores(ctx: BuildContext, prep: PreparedSample, outputs: List[Any]) 
     return ctx.backend.candidate_filter().score_many(items)
 
 
-def assemble(ctx: BuildContext, prep: PreparedSample, cand_failures: Dict[str, int]) -> Dict[str, Any]:
+def _audit(ctx: BuildContext, prep: PreparedSample, outputs: List[Any]) -> List[Optional[Dict[str, Any]]]:
+    """The other-objects audit of each output (``pipelines.filters.audit_other_objects``); None
+    each when the sample's other objects are unknown."""
+    from refcoco_edit.pipelines.filters import AuditConfig, audit_other_objects
+
+    if prep.other_masks is None:
+        return [None] * len(outputs)
+    cfg = AuditConfig(ctx.cfg.audit_pixel_threshold, ctx.cfg.audit_max_changed)
+    return [audit_other_objects(prep.image.array, o.image, prep.mask, prep.other_masks, cfg) for o in outputs]
+
+
+def _count_audit(audit_stats: Dict[str, Any], prep: PreparedSample, audits: List[Optional[Dict[str, Any]]],
+                 best_marked: bool) -> None:
+    """Add one sample's audit to the shard's ``others_audit`` stats."""
+    if prep.other_masks is None:
+        audit_stats["samples_unknown"] = audit_stats.get("samples_unknown", 0) + 1
+        return
+    marked = [a for a in audits if a and a["others_damaged"] > 0]
+    for key, n in (("samples", 1), ("objects", len(prep.other_masks)), ("candidates", len(audits)),
+                   ("candidates_marked", len(marked)), ("samples_marked", int(bool(marked))),
+                   ("references_marked", int(best_marked))):
+        audit_stats[key] = audit_stats.get(key, 0) + n
+    if marked:
+        audit_stats.setdefault("marked_sample_ids", []).append(prep.row["sample_id"])
+
+
+def assemble(ctx: BuildContext, prep: PreparedSample, cand_failures: Dict[str, int],
+             audit_stats: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Step 3, the sample row: its candidates (failed ones left out, counted in
-    ``cand_failures``), their filter scores, and the best candidate as ``reference_image`` (the
-    first one with the classical backend). Raises the first error when no candidate is left."""
+    ``cand_failures``), their filter scores and other-objects audit, and the best candidate as
+    ``reference_image``: among the candidates the audit did not mark (all of them when every one
+    is marked), the first with the classical backend, the best ranked with the diffusion
+    backend. The audit is counted in ``audit_stats``. Raises the first error when no candidate
+    is left."""
     from refcoco_edit.pipelines.base import PipelineError
+    from refcoco_edit.pipelines.filters import is_marked
 
     cfg = ctx.cfg
     row, li, image = prep.row, prep.image, prep.image.array
@@ -142,14 +178,21 @@ def assemble(ctx: BuildContext, prep: PreparedSample, cand_failures: Dict[str, i
         })
     if not candidates:
         raise errors[0]
-    best = 0
+    scores: List[Dict[str, Any]] = [{} for _ in candidates]
+    if cfg.backend == "diffusion":
+        scores = _filter_scores(ctx, prep, outputs)
+    for s, a in zip(scores, _audit(ctx, prep, outputs)):
+        s.update(a or {})
+    for cand, s in zip(candidates, scores):
+        cand["filter_scores"] = json.dumps(s, sort_keys=True)
+    pool = [i for i, s in enumerate(scores) if not is_marked(s)] or list(range(len(candidates)))
+    best = pool[0]
     if cfg.backend == "diffusion":
         from refcoco_edit.pipelines.filters import rank_candidates
 
-        scores = _filter_scores(ctx, prep, outputs)
-        for cand, s in zip(candidates, scores):
-            cand["filter_scores"] = json.dumps(s, sort_keys=True)
-        best = rank_candidates(scores)
+        best = pool[rank_candidates([scores[i] for i in pool])]
+    if audit_stats is not None:
+        _count_audit(audit_stats, prep, [s if "others_damaged" in s else None for s in scores], is_marked(scores[best]))
     chosen = candidates[best]
     source_rle = prep.source_rle
     row.update(
@@ -157,6 +200,7 @@ def assemble(ctx: BuildContext, prep: PreparedSample, cand_failures: Dict[str, i
         source_mask=source_rle,
         bbox=rle_mod.to_bbox(source_rle),
         distractor_masks=[rle_mod.encode(m) for m in prep.distractor_masks],
+        other_masks=[rle_mod.encode(m) for m in prep.other_masks] if prep.other_masks is not None else None,
         candidates=candidates,
         reference_image={"bytes": chosen["image"]["bytes"], "path": f"{row['sample_id']}.png"},
         edit_mask=chosen["edit_mask"],
@@ -195,17 +239,20 @@ def run_shard(ctx: BuildContext, i: int) -> Dict[str, Any]:
     run_pipelines(ctx, list(prepared.values()))  # 2
     rows = []
     cand_failures: Dict[str, int] = {}
+    audit_stats: Dict[str, Any] = {}
     for k, row in enumerate(rows_in):  # 3
         if k not in prepared:
             continue
         try:
-            rows.append(assemble(ctx, prepared[k], cand_failures))
+            rows.append(assemble(ctx, prepared[k], cand_failures, audit_stats))
         except Exception as e:  # noqa: BLE001 - the shard boundary: recorded per sample
             failed[k] = _quarantine(row, e)
     quarantine = [failed[k] for k in sorted(failed)]
     stats: Dict[str, Any] = {"seconds": round(time.perf_counter() - t0, 3)}
     if cand_failures:
         stats["candidate_failures"] = dict(sorted(cand_failures.items()))
+    if audit_stats:
+        stats["others_audit"] = audit_stats
     stage = ctx.ws.stage("generate")
     stage.write_samples(i, rows_to_table(rows), stats, quarantine)
     return stage.stats(i)

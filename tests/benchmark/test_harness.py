@@ -391,6 +391,7 @@ def test_metric_selection(export, tmp_path):
     res = _score(export, tmp_path / "m", metrics=["referring", "pie"], limit=3)
     assert set(res.results["metrics"]) == {"referring_accuracy", "distractor_preservation", "change_target",
                                            "change_distractor_max", "change_distractor_mean", "referring_margin",
+                                           "others_preservation", "change_others_max", "change_others_mean",
                                            "psnr_bg", "mse_bg", "ssim_bg"}
     assert set(res.results["not_computed"]) == {"lpips_bg", "clip_whole", "clip_edited", "mask_iou"}
     with pytest.raises(InputError, match="did you mean"):
@@ -672,3 +673,79 @@ def test_cmd_adapter_with_predicted_masks(export, tmp_path):
     assert r["editor"]["config"]["masks"] is True
     assert r["counts"]["failed_by_reason"] == {"bad_mask": 1} and r["metrics"]["mask_iou"]["mean"] == 1.0
     assert "no {output_mask} file" in r["failures"][0]["error"]
+
+
+# ----------------------------------------------------------------------------------------------
+# every other annotated object (others_* metrics)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_oracle_and_identity_preserve_every_other_object(oracle_run, identity_run):
+    for run in (oracle_run, identity_run):
+        m = run.results["metrics"]
+        assert m["others_preservation"]["mean"] == 1.0 and m["others_preservation"]["n"] == 12
+        assert m["change_others_max"]["mean"] == 0.0  # the references leave every other object bit-exact
+    assert "others" in oracle_run.results["config"]["mask_protocol"]
+
+
+class ScribbleEditor(Editor):
+    """The oracle's output with a thick black scribble across one other annotated object of
+    another category than the target (``plan``: sample_id -> (x0, y0, x1, y1) of that object)."""
+
+    name = "scribble"
+    protocol = frozenset({"reference"})
+    plan: dict = {}
+
+    def edit(self, images, prompts, seeds, extras):
+        import cv2
+
+        outs = []
+        for e in extras:
+            out = np.array(e["reference"])
+            box = self.plan.get(e["sample_id"])
+            if box is not None:
+                x0, y0, x1, y1 = box
+                cv2.line(out, (x0, y0), (x1 - 1, y1 - 1), (0, 0, 0), max(3, (y1 - y0) // 3))
+                cv2.line(out, (x0, y1 - 1), (x1 - 1, y0), (0, 0, 0), max(3, (y1 - y0) // 3))
+            outs.append(out)
+        return outs
+
+
+def test_a_scribble_on_another_category_is_caught(export, tmp_path):
+    from refcoco_edit import rle
+
+    plan = {}
+    for r in load_export(export).to_pylist():
+        other = [(m, c) for m, c in zip(r["other_masks"], r["other_categories"]) if c != r["category"]]
+        if other:
+            x, y, w, h = rle.to_bbox(other[0][0])
+            plan[r["sample_id"]] = (int(x), int(y), int(x + w), int(y + h))
+    assert len(plan) >= 6
+    ScribbleEditor.plan = plan
+    res = run_score(ScoreConfig(model="scribble", data=str(export), out=str(tmp_path / "s"), plots=False, bootstrap=50,
+                                metrics=["referring"]), editor=ScribbleEditor(), log=lambda s: None)
+    rows = {x["sample_id"]: x for x in _rows(res.out)}
+    for sid, x in rows.items():
+        if sid in plan:
+            assert x["others_preservation"] < 1.0 and x["change_others_max"] > 0.05, sid
+            assert x["distractor_preservation"] == 1.0, sid  # the same-category check does not see it
+        else:
+            assert x["others_preservation"] == 1.0
+    assert res.results["metrics"]["others_preservation"]["mean"] < 1.0
+
+
+def test_an_export_without_other_objects_still_scores(export, tmp_path):
+    import pyarrow as pa
+
+    table = load_export(export)
+    old = table.drop_columns(["other_ann_ids", "other_categories", "other_masks"])
+    meta = dict(old.schema.metadata)
+    meta[b"refcoco_edit.schema_version"] = b"1.0"
+    (tmp_path / "old").mkdir()
+    pa.parquet.write_table(old.replace_schema_metadata(meta), tmp_path / "old" / "train-00000.parquet")
+    back = load_export(tmp_path / "old")
+    assert back.column("other_masks").null_count == back.num_rows
+    res = _score(tmp_path / "old", tmp_path / "r", model="oracle", metrics=["referring"])
+    m = res.results["metrics"]
+    assert m["others_preservation"]["n"] == 0 and m["others_preservation"]["mean"] is None  # all NaN: no mean
+    assert m["referring_accuracy"]["n"] > 0

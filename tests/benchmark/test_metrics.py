@@ -367,3 +367,63 @@ def test_aggregate_by_edit_type_skips_nan_and_unscored():
     assert agg["n"] == 2 and agg["mean"] == 2.0 and agg["n_not_applicable"] == 1
     assert agg["by_edit_type"]["remove"]["mean"] == 2.0
     assert agg["by_edit_type"]["replace"] == {"n": 0, "mean": None, "std": None, "ci95": None}
+
+
+# ----------------------------------------------------------------------------------------------
+# every other annotated object (others)
+# ----------------------------------------------------------------------------------------------
+
+
+def ref_others(out, src, target, others, tau=0.05):
+    """Textbook: per object, the float64 mean over its pixels (less the target's) and channels of
+    |out - src| / 255."""
+    diff = np.abs(out.astype(np.float64) - src.astype(np.float64)) / 255.0
+    cs = [diff[o & ~target].mean() for o in others if (o & ~target).any()]
+    if not cs:
+        return dict(others_preservation=math.nan, change_others_max=math.nan, change_others_mean=math.nan)
+    return dict(others_preservation=float(np.mean([c < tau for c in cs])), change_others_max=max(cs),
+                change_others_mean=float(np.mean(cs)))
+
+
+OTHER_NAMES = ["others_preservation", "change_others_max", "change_others_mean"]
+
+
+def test_others_metrics_match_the_reference(sample):
+    h, w = sample["src"].shape[:2]
+    bottle = _rect(h, w, 40, 60, 5, 20)  # another category: no distractor, still an object of the scene
+    others = sample["distractors"] + [bottle]
+    got = compute_sample(_arrays(sample, other_masks=others), OTHER_NAMES)
+    want = ref_others(sample["out"], sample["src"], sample["target"], others)
+    for k in OTHER_NAMES:
+        assert got[k] == pytest.approx(want[k], rel=1e-12, abs=1e-15), k
+    assert got["others_preservation"] == 1.0  # noise and a faint change stay under tau
+
+
+def test_a_scribble_on_another_category_is_caught_by_others_not_by_the_distractors(sample):
+    h, w = sample["src"].shape[:2]
+    bottle = _rect(h, w, 40, 60, 5, 20)
+    out = sample["out"].copy()
+    out[45:55, 5:20] = 0  # a thick scribble over half of the bottle
+    a = _arrays(sample, output=out, other_masks=sample["distractors"] + [bottle])
+    got = compute_sample(a, OTHER_NAMES + ["distractor_preservation"])
+    assert got["distractor_preservation"] == 1.0  # the same-category check cannot see it
+    assert got["others_preservation"] == pytest.approx(2 / 3)
+    want = ref_others(out, sample["src"], sample["target"], sample["distractors"] + [bottle])
+    assert got["change_others_max"] == pytest.approx(want["change_others_max"], rel=1e-12) and got["change_others_max"] > 0.1
+
+
+def test_others_unknown_empty_or_covered_by_the_target_are_nan(sample):
+    for others in (None, [], [sample["target"].copy()]):
+        got = compute_sample(_arrays(sample, other_masks=others), OTHER_NAMES)
+        assert all(math.isnan(got[k]) for k in OTHER_NAMES), others
+    got = compute_sample(_arrays(sample, other_masks=sample["distractors"], target_mask=None), OTHER_NAMES)
+    assert all(math.isnan(got[k]) for k in OTHER_NAMES)
+
+
+def test_others_exclude_the_targets_pixels(sample):
+    t = sample["target"]
+    overlap = t | _rect(*t.shape, 30, 33, 10, 30)  # claims the target too: only its own pixels count
+    got = compute_sample(_arrays(sample, other_masks=[overlap]), OTHER_NAMES)
+    want = ref_others(sample["out"], sample["src"], t, [overlap])
+    assert got["change_others_max"] == pytest.approx(want["change_others_max"], rel=1e-12)
+    assert got["change_others_max"] < 0.05  # the target's strong edit is not charged to the object

@@ -152,3 +152,29 @@ def test_a_real_full_disk_names_the_export_file_and_leaves_nothing(tmp_path, mon
     e = info.value
     assert is_disk_error(e) and e.errno == errno.ENOSPC and e.filename == str(opened[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no export, no temp folder
+
+
+def test_a_workspace_written_before_schema_1_1_still_loads_and_exports(tmp_path):
+    """Shards without the other_* columns (older builds): read back, exported and re-loaded with
+    them null (unknown), in both layouts."""
+    from refcoco_edit.export import export_workspace, load_export
+    from refcoco_edit.schema import OPTIONAL_COLUMNS, column_names, conform
+    from refcoco_edit.workspace import Workspace, atomic_write_json
+
+    ws = Workspace(tmp_path / "w")
+    stage = ws.stage("generate")
+    stage.dir.mkdir(parents=True)
+    full = rows_to_table([dict(r, review={"status": "pending"}) for r in _rows()])
+    for i, table in enumerate((store_reference_once(full), full)):  # the stored layout, and the one before it
+        old = table.drop_columns(list(OPTIONAL_COLUMNS))
+        meta = dict(old.schema.metadata or {})
+        meta[b"refcoco_edit.schema_version"] = b"1.0"
+        pq.write_table(old.replace_schema_metadata(meta), stage.shard_path(i))
+        atomic_write_json(stage.stats_path(i), {"rows": old.num_rows})
+    back = stage.read_samples()
+    assert back.column_names == column_names() and back.column("other_masks").null_count == back.num_rows
+    assert conform(back) is back  # nothing left to add
+    export_workspace(ws, tmp_path / "e")
+    table = load_export(tmp_path / "e")
+    assert table.num_rows == 2 * len(_rows()) and table.column("other_ann_ids").null_count == table.num_rows
+    assert "not audited" in (tmp_path / "e" / "README.md").read_text()

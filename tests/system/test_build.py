@@ -206,3 +206,20 @@ def test_dataset_card_says_where_the_data_came_from(built):
     assert "Flickr" not in demo.replace("no COCO or Flickr content", "") and "CC BY 4.0" not in demo
     assert "splits from `refs(umd).p` (the dataset's default)" in demo
     assert 'data_files={s: f"path/to/this/folder/{s}-*.parquet" for s in [\'val\']}' in demo
+
+
+def test_other_objects_are_recorded_and_every_reference_preserves_them(built):
+    a = built.audit
+    assert a["samples"] == 20 and a["references_marked"] == 0 and a["candidates_marked"] == 0
+    for r in load_export(built.export_dir).to_pylist():
+        assert len(r["other_ann_ids"]) == len(r["other_categories"]) == len(r["other_masks"]) >= 1
+        assert r["ann_id"] not in r["other_ann_ids"] and set(r["distractor_ann_ids"]) <= set(r["other_ann_ids"])
+        src, ref, m = _img(r["source_image"]), _img(r["reference_image"]), rle.decode(r["source_mask"])
+        me = rle.decode(r["edit_mask"])
+        for o in r["other_masks"]:
+            own = rle.decode(o) & ~m
+            assert np.array_equal(src[own], ref[own]), r["sample_id"]  # bit-exact: never painted
+            assert not (me & own).any()
+        assert json.loads(r["candidates"][0]["filter_scores"])["others_damaged"] == 0
+    card = (built.export_dir / "README.md").read_text()
+    assert "Audit of the other annotated objects" in card and "0 of 20 candidates marked" in card

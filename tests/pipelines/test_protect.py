@@ -1,0 +1,122 @@
+"""The classical pipelines never paint the other annotated objects (``protect_others``), and the
+ground-truth audit (``pipelines.filters.audit_other_objects``) catches a candidate that does."""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from refcoco_edit.pipelines.base import EditRequest, PipelineError, get_pipeline, protected_region
+from refcoco_edit.pipelines.filters import AuditConfig, audit_other_objects, is_marked, other_object_changes
+
+H, W = 160, 200
+
+
+def _scene():
+    """A red bowl with a white bottle standing in front of it (the bowl's annotation stops at the
+    bottle, as COCO's do) and a far green ball."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    img = np.dstack([120 + 0.2 * xx, 110 + 0.3 * yy, 100 + 0 * xx]) + rng.normal(0, 4, (H, W, 1))
+    bowl = np.zeros((H, W), np.uint8)
+    cv2.ellipse(bowl, (100, 100), (55, 32), 0, 0, 360, 1, -1)
+    bottle = np.zeros((H, W), np.uint8)
+    cv2.rectangle(bottle, (92, 60), (118, 150), 1, -1)
+    ball = np.zeros((H, W), np.uint8)
+    cv2.circle(ball, (25, 25), 12, 1, -1)
+    bowl, bottle, ball = bowl.astype(bool), bottle.astype(bool), ball.astype(bool)
+    bowl &= ~bottle  # the bottle is in front: the bowl's visible pixels exclude it
+    img[bowl] = (200, 40, 40)
+    img[bottle] = (235, 235, 230)
+    img[ball] = (40, 170, 60)
+    img = np.clip(np.rint(img + rng.normal(0, 3, img.shape)), 0, 255).astype(np.uint8)
+    return img, bowl, [bottle, ball]
+
+
+def _exemplar():
+    ex = np.zeros((60, 60, 4), np.uint8)
+    cv2.circle(ex, (30, 30), 28, (250, 140, 20, 255), -1)
+    return ex
+
+
+def _request(edit_type, target, others, img, bowl):
+    ys, xs = np.nonzero(bowl)
+    return EditRequest(sample_id="s", edit_type=edit_type, image=img, mask=bowl,
+                       bbox=[float(xs.min()), float(ys.min()), float(np.ptp(xs) + 1), float(np.ptp(ys) + 1)],
+                       prompt="p", edit_phrase=target, edit_target=target, seed=1, category="bowl",
+                       exemplar=_exemplar() if edit_type == "replace" else None, other_masks=others)
+
+
+CASES = [("classical-replace", "replace", "sports ball"), ("classical-remove", "remove", ""),
+         ("classical-attribute", "attribute", "blue")]
+
+
+@pytest.mark.parametrize("name,edit_type,target", CASES)
+def test_other_objects_are_never_painted(name, edit_type, target):
+    img, bowl, others = _scene()
+    protect = others[0] | others[1]
+    out = get_pipeline(name)([_request(edit_type, target, others, img, bowl)])[0]
+    m_e = out.edit_mask
+    assert not (m_e & protect).any()  # M_e leaves the other objects out
+    assert np.array_equal(out.image[~m_e], img[~m_e])  # bit-exact outside M_e
+    assert np.array_equal(out.image[protect], img[protect])
+    assert bowl[~m_e].sum() == 0  # the source object is still all inside M_e
+    assert out.params["protected_px"] > 0 and out.params["protect_others"] is True
+    a = audit_other_objects(img, out.image, bowl, others)
+    assert a == {"others_n": 2, "others_changed_max": 0.0, "others_damaged": 0} and not is_marked(a)
+
+
+@pytest.mark.parametrize("name,edit_type,target", CASES[:2])
+def test_without_protection_the_object_in_front_is_damaged_and_the_audit_marks_it(name, edit_type, target):
+    img, bowl, others = _scene()
+    out = get_pipeline(name, protect_others=False)([_request(edit_type, target, others, img, bowl)])[0]
+    assert "protected_px" not in out.params
+    shares = other_object_changes(img, out.image, bowl, others)
+    assert shares[0] > 0.01 and shares[1] == 0.0  # the bottle in front, not the far ball
+    a = audit_other_objects(img, out.image, bowl, others)
+    assert a["others_damaged"] == 1 and a["others_changed_max"] == round(shares[0], 6) and is_marked(a)
+    # a looser threshold lets it through
+    assert audit_other_objects(img, out.image, bowl, others, AuditConfig(max_changed=0.99))["others_damaged"] == 0
+
+
+@pytest.mark.parametrize("name,edit_type,target", CASES)
+def test_unknown_other_objects_change_nothing(name, edit_type, target):
+    img, bowl, others = _scene()
+    a = get_pipeline(name)([_request(edit_type, target, None, img, bowl)])[0]
+    b = get_pipeline(name, protect_others=False)([_request(edit_type, target, others, img, bowl)])[0]
+    assert a.image.tobytes() == b.image.tobytes() and np.array_equal(a.edit_mask, b.edit_mask)
+
+
+def test_protected_region_layer_rule():
+    img, bowl, (bottle, ball) = _scene()
+    overlap = np.zeros((H, W), bool)
+    overlap[95:100, 60:70] = True  # an annotation that claims some of the bowl's pixels too
+    req = _request("remove", "", [bottle, ball, overlap | ball], img, bowl | overlap)
+    region = protected_region(req)
+    assert np.array_equal(region, (bottle | ball) & ~(bowl | overlap))  # shared pixels are the source's
+    assert protected_region(_request("remove", "", None, img, bowl)) is None
+    assert protected_region(_request("remove", "", [], img, bowl)) is None
+    with pytest.raises(PipelineError, match="does not match"):
+        protected_region(_request("remove", "", [bottle[:10]], img, bowl))
+
+
+def test_other_object_changes_against_a_direct_count():
+    rng = np.random.default_rng(0)
+    src = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    out = src.copy()
+    out[5:10, 5:10, 1] = np.clip(src[5:10, 5:10, 1].astype(int) + 9, 0, 255)  # > 8 unless clipped at 255
+    out[20:25, 20:25] = np.clip(src[20:25, 20:25].astype(int) + 8, 0, 255)  # exactly 8: not a change
+    target = np.zeros((30, 40), bool)
+    target[5:7, 5:10] = True
+    a = np.zeros((30, 40), bool)
+    a[4:12, 4:12] = True
+    b = np.zeros((30, 40), bool)
+    b[18:28, 18:28] = True
+    c = target.copy()  # entirely the target's: ignored
+    changed = np.abs(out.astype(int) - src.astype(int)).max(axis=2) > 8
+    own = a & ~target
+    got = other_object_changes(src, out, target, [a, b, c])
+    assert got[0] == changed[own].sum() / own.sum() and got[1] == 0.0 and math.isnan(got[2])
+    assert audit_other_objects(src, out, target, [a, b, c])["others_n"] == 2
