@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-GEN_VERSION = 3  # 2: workspace shards store each image once (refcoco_edit.storage); 3: demo v2 (hard cases)
+GEN_VERSION = 4  # 2: each image stored once (refcoco_edit.storage); 3: demo v2 (hard cases); 4: schema 1.1 (other_*)
 FULL = dict(num_images=400, seed=0, repeats=5)
 QUICK = dict(num_images=12, seed=0, repeats=3)
 

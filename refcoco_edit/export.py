@@ -179,7 +179,8 @@ def _write_parts(parts: Iterable[Any], schema: Any, out: Union[str, Path], view:
                 raise InputError(f"split name(s) {', '.join(repr(b) for b in bad[:3])} are not plain names "
                                  "([A-Za-z0-9_.-]); refusing to export")
             counts.add(part, splits)
-            part = part.cast(schema)
+            if not part.schema.equals(schema, check_metadata=True):
+                part = part.cast(schema)
             names = sorted(set(splits))
             if len(names) == 1:
                 files.add(names[0], part)
