@@ -1,19 +1,21 @@
-"""The Parquet files of an export, written as the rows stream in.
+"""The Parquet files of an export, written as the rows stream in, on every core.
 
 An export is ``{split}-{k:05d}-of-{n:05d}.parquet`` files (``rows_per_file`` rows each). Rows
 arrive shard by shard, in the workspace's order, with their splits mixed; each split's rows go to
 that split's open file, ``ROW_GROUP_ROWS`` at a time, and a file is closed (and fsynced) when
-full. Nothing but one row group per split is held in memory, so an export of a 50k-sample build
-needs no more memory than one of the demo. The files are written under a part name and renamed
-to their final ``-of-{n}`` name once the last row is in (``n`` is only known then).
+full. The row groups are compressed and written by a small thread pool (Arrow releases the GIL),
+the files of different splits side by side, the row groups of one file in their order; at most
+``2 * workers`` row groups wait to be written, so an export of a 50k-sample build holds no more
+memory than one of the demo. The files are written under a part name and renamed to their final
+``-of-{n}`` name once the last row is in (``n`` is only known then).
 """
 from __future__ import annotations
 
 import os
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence
 
 from .errors import is_disk_error, with_path
 
@@ -22,39 +24,32 @@ ROW_GROUP_ROWS = 100  # as HF datasets writes image datasets: small enough to st
 
 def open_sink(path: Path) -> Any:
     """The file one export file is written through: Arrow's own (no Python call, no GIL per
-    write, so the read-ahead thread keeps running). The fault-injection tests wrap it to fill the
-    disk mid-file."""
+    write). The fault-injection tests wrap it to fill the disk mid-file."""
     import pyarrow as pa
 
     return pa.OSFile(str(path), "wb")
 
 
+def _named(e: BaseException, path: Path) -> BaseException:
+    return with_path(e, path) if isinstance(e, OSError) and is_disk_error(e) else e
+
+
 class SplitFiles:
     """Writers of one export's files, one open file per split."""
 
-    def __init__(self, folder: Path, schema: Any, rows_per_file: int, options: Dict[str, Any]) -> None:
+    def __init__(self, folder: Path, schema: Any, rows_per_file: int, options: Dict[str, Any],
+                 workers: Optional[int] = None) -> None:
         self.folder, self.schema, self.rows_per_file, self.options = Path(folder), schema, rows_per_file, options
-        self._open: Dict[str, Dict[str, Any]] = {}   # split -> {writer, path, rows, pending, pending_rows}
+        self.workers = workers or max(1, min(4, os.cpu_count() or 1))
+        self._open: Dict[str, Dict[str, Any]] = {}   # split -> {path, rows, pending, pending_rows, last, state}
         self._parts: Dict[str, List[Path]] = {}
-        # a closed file is fsynced in the background while the next rows are compressed
-        self._syncer = ThreadPoolExecutor(1, thread_name_prefix="export-fsync")
-        self._synced: List[Tuple[Future, Path]] = []
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="export-write")
+        self._inflight: Deque[Future] = deque()
+        self._states: List[Dict[str, Any]] = []  # every file's writer and sink, for abort()
 
     def add(self, split: str, table: Any) -> None:
         """Append ``table``'s rows (all of split ``split``) to that split's files. A full disk
         raises ``OSError`` naming the file."""
-        f = self._open.get(split)
-        try:
-            self._add(split, table)
-        except OSError as e:
-            raise self._named(e, split, f) from None
-
-    def _named(self, e: OSError, split: str, f: Any) -> OSError:
-        f = self._open.get(split) or f
-        path = f["path"] if f else self.folder
-        return with_path(e, path) if is_disk_error(e) else e
-
-    def _add(self, split: str, table: Any) -> None:
         while table.num_rows:
             f = self._open.get(split) or self._start(split)
             room = self.rows_per_file - f["rows"] - f["pending_rows"]
@@ -69,17 +64,10 @@ class SplitFiles:
     def finish(self) -> List[str]:
         """Close every file and give each its final name; returns the names, split by split."""
         for split in list(self._open):
-            f = self._open[split]
-            try:
-                self._close(split)
-            except OSError as e:
-                raise self._named(e, split, f) from None
-        for fut, path in self._synced:
-            try:
-                fut.result()
-            except OSError as e:
-                raise (with_path(e, path) if is_disk_error(e) else e) from None
-        self._syncer.shutdown()
+            self._close(split)
+        while self._inflight:
+            self._inflight.popleft().result()  # the first error, its file named
+        self._pool.shutdown()
         names = []
         for split in sorted(self._parts):
             parts = self._parts[split]
@@ -90,31 +78,53 @@ class SplitFiles:
         return names
 
     def abort(self) -> None:
-        """Close the writers of a failed export (its folder is removed by the caller)."""
-        for f in self._open.values():
-            for closing in (f["writer"].close, f["sink"].close):
-                try:
-                    closing()
-                except Exception:  # noqa: BLE001 - already failing; the folder goes anyway
-                    pass
+        """Stop a failed export: let the writes in flight end, close every file (the folder is
+        removed by the caller)."""
+        for fut in self._inflight:
+            try:
+                fut.result()
+            except BaseException:  # noqa: BLE001 - already failing; the first error is raised
+                pass
+        self._inflight.clear()
+        for state in self._states:
+            _close_quietly(state)
         self._open.clear()
-        self._syncer.shutdown(wait=True)
+        self._pool.shutdown(wait=True)
+
+    # -- one file: its writes run in the pool, chained so that they keep their order -------------
+
+    def _submit(self, f: Dict[str, Any], work: Callable[[Dict[str, Any]], None]) -> None:
+        prev: Optional[Future] = f["last"]
+        state, path = f["state"], f["path"]
+
+        def run() -> None:
+            if prev is not None:
+                prev.result()  # FIFO: the previous write of this file was taken first, so it is running or done
+            try:
+                work(state)
+            except BaseException as e:
+                raise _named(e, path) from None
+
+        fut = self._pool.submit(run)
+        f["last"] = fut
+        self._inflight.append(fut)
+        while len(self._inflight) > 2 * self.workers:  # back-pressure: bounded memory
+            self._inflight.popleft().result()
 
     def _start(self, split: str) -> Dict[str, Any]:
-        import pyarrow.parquet as pq
-
         k = len(self._parts.setdefault(split, []))
         path = self.folder / f".{split}-{k:05d}.part"
-        sink = open_sink(path)
-        try:
-            writer = pq.ParquetWriter(sink, self.schema, **self.options)  # writes the header already
-        except OSError as e:
-            try:
-                sink.close()
-            except OSError:
-                pass  # the first error is the one to tell
-            raise (with_path(e, path) if is_disk_error(e) else e) from None
-        f = {"writer": writer, "sink": sink, "path": path, "rows": 0, "pending": [], "pending_rows": 0}
+        f = {"path": path, "rows": 0, "pending": [], "pending_rows": 0, "last": None, "state": {}}
+        self._states.append(f["state"])
+        schema, options = self.schema, self.options
+
+        def open_file(state: Dict[str, Any]) -> None:
+            import pyarrow.parquet as pq
+
+            state["sink"] = open_sink(path)
+            state["writer"] = pq.ParquetWriter(state["sink"], schema, **options)  # writes the header already
+
+        self._submit(f, open_file)
         self._open[split] = f
         return f
 
@@ -123,18 +133,33 @@ class SplitFiles:
 
         if f["pending_rows"]:
             t = pa.concat_tables(f["pending"])
-            f["writer"].write_table(t, row_group_size=t.num_rows)
+            self._submit(f, lambda state: state["writer"].write_table(t, row_group_size=t.num_rows))
             f["rows"] += t.num_rows
         f["pending"], f["pending_rows"] = [], 0
 
     def _close(self, split: str) -> None:
         f = self._open[split]
         self._flush(f)
-        f["writer"].close()
-        f["sink"].close()
+        path = f["path"]
+
+        def close_file(state: Dict[str, Any]) -> None:
+            state["writer"].close()
+            state.pop("writer")
+            state.pop("sink").close()
+            _fsync(path)
+
+        self._submit(f, close_file)
         del self._open[split]
-        self._synced.append((self._syncer.submit(_fsync, f["path"]), f["path"]))
-        self._parts[split].append(f["path"])
+        self._parts[split].append(path)
+
+
+def _close_quietly(state: Dict[str, Any]) -> None:
+    for key in ("writer", "sink"):
+        if key in state:
+            try:
+                state.pop(key).close()
+            except Exception:  # noqa: BLE001 - already failing; the folder goes anyway
+                pass
 
 
 def _fsync(path: Path) -> None:

@@ -39,6 +39,7 @@ class ExemplarBank:
             by_cat.setdefault(refer.cats.get(ann["category_id"], ""), []).append(int(ann_id))
         self.by_cat = {k: sorted(v) for k, v in by_cat.items()}
         self._unusable: set = set()
+        self._overlapped = _overlapped(refer)
 
     def categories(self) -> List[str]:
         """Categories with at least one usable instance in two different images."""
@@ -77,6 +78,10 @@ class ExemplarBank:
             fitting = [a for a in pool if self._aspect(a) is not None
                        and aspect_gap(box_wh, self._aspect(a)) <= aspect_tolerance]
             pool = fitting or pool
+        # a whole object, not the visible part of a half-hidden one (its cut-out would be a
+        # fragment: the wrong shape, and a hard edge where the occluder was), when there is one
+        whole = [a for a in pool if a not in self._overlapped]
+        pool = whole or pool
         errors = []
         for k in rng.permutation(len(pool)):
             ann_id = pool[int(k)]
@@ -103,6 +108,25 @@ class ExemplarBank:
         if b is None or len(b) != 4 or float(b[3]) <= 0 or float(b[2]) <= 0:
             return None
         return float(b[2]) / float(b[3])
+
+
+def _overlapped(refer: Any) -> set:
+    """Annotations whose box meets the box of another (non-crowd) annotation of their image: maybe
+    occluded, so maybe a fragment of the object (boxes only: nothing is decoded)."""
+    by_image: Dict[int, List[Tuple[int, Tuple[float, float, float, float]]]] = {}
+    for ann_id, ann in refer.anns.items():
+        b = ann.get("bbox")
+        if ann.get("iscrowd", 0) or b is None or len(b) != 4:
+            continue
+        x, y, w, h = (float(v) for v in b)
+        by_image.setdefault(ann["image_id"], []).append((int(ann_id), (x, y, x + w, y + h)))
+    out = set()
+    for anns in by_image.values():
+        for i, (a, (ax0, ay0, ax1, ay1)) in enumerate(anns):
+            for b, (bx0, by0, bx1, by1) in anns[i + 1:]:
+                if ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1:
+                    out.update((a, b))
+    return out
 
 
 def user_exemplar(exemplar_dir: Optional[str], target: str, rng: np.random.Generator) -> Optional[np.ndarray]:
