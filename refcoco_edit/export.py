@@ -132,11 +132,13 @@ def _reference_based_table(table: Any, repainter: Any = None) -> Any:
 
 
 def write_export(rows: Union[Sequence[Dict[str, Any]], Any], out: Union[str, Path], view: str = "rie",
-                 rows_per_file: int = 500, card: Optional[Dict[str, Any]] = None, repainter: Any = None) -> Dict[str, Any]:
+                 rows_per_file: int = 500, card: Optional[Dict[str, Any]] = None, repainter: Any = None,
+                 fsync: bool = False) -> Dict[str, Any]:
     """Write samples (dicts or a sample table) as split-wise Parquet files plus README.md into
     ``out`` (atomically). The ``rie`` view stores each image once (``storage``); the
     ``reference-based`` view makes its exemplars with ``repainter`` (a ``refcoco_edit.repaint.
-    Repainter``; default: the weight-free ``BackdropRepainter``)."""
+    Repainter``; default: the weight-free ``BackdropRepainter``). ``fsync``: flush every file to
+    the disk before the folder is swapped in (a power loss then keeps it; see ``export --fsync``)."""
     if view not in VIEWS:
         raise InputError(f"unknown view {view!r}; choose from {', '.join(VIEWS)}")
     table = _table_of(rows)
@@ -146,7 +148,7 @@ def write_export(rows: Union[Sequence[Dict[str, Any]], Any], out: Union[str, Pat
         card = dict(card or {}, repaint=repainter.describe())
     else:
         part = store_reference_once(table)
-    return _write_parts([part], part.schema, out, view, rows_per_file, card)
+    return _write_parts([part], part.schema, out, view, rows_per_file, card, fsync)
 
 
 def _default_repainter() -> Any:
@@ -156,12 +158,9 @@ def _default_repainter() -> Any:
 
 
 def _write_parts(parts: Iterable[Any], schema: Any, out: Union[str, Path], view: str, rows_per_file: int,
-                 card: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+                 card: Optional[Dict[str, Any]], fsync: bool = False) -> Dict[str, Any]:
     """Stream tables (of ``schema``) into the split files of a new export folder ``out``: written
     next to it, swapped in with renames when complete, removed when anything fails."""
-    import numpy as np
-    import pyarrow as pa
-
     out = Path(out)
     _check_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +168,7 @@ def _write_parts(parts: Iterable[Any], schema: Any, out: Union[str, Path], view:
         shutil.rmtree(stale, ignore_errors=True)  # left by an export that was killed
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=str(out.parent)))
     os.chmod(tmp, 0o777 & ~_umask())
-    files = SplitFiles(tmp, schema, rows_per_file, export_write_options())
+    files = SplitFiles(tmp, schema, rows_per_file, export_write_options(), fsync=fsync)
     counts = Counts()
     try:
         for part in parts:
@@ -181,15 +180,11 @@ def _write_parts(parts: Iterable[Any], schema: Any, out: Union[str, Path], view:
             counts.add(part, splits)
             if not part.schema.equals(schema, check_metadata=True):
                 part = part.cast(schema)
-            names = sorted(set(splits))
-            if len(names) == 1:
-                files.add(names[0], part)
-                continue
-            # one copy, grouped by split (stable: rows keep their order), then zero-copy slices
-            order = np.argsort(np.asarray(splits), kind="stable")
-            part = part.take(pa.array(order))
+            if splits != sorted(splits):
+                part = _grouped_by_split(part)
+                splits = sorted(splits)
             at = 0
-            for split in names:
+            for split in sorted(set(splits)):
                 n = splits.count(split)
                 files.add(split, part.slice(at, n))
                 at += n
@@ -350,34 +345,53 @@ def _with_reviews(table: Any, reviews: Dict[str, Dict[str, Any]]) -> Any:
 
 def _stored_parts(ws: Workspace, reviews: Dict[str, Dict[str, Any]], status: str) -> Iterator[Any]:
     """The workspace's samples shard by shard in the export layout, reviews folded in, filtered
-    by ``status``; the next shard is read while this one is written."""
-    import pyarrow.compute as pc
-
+    by ``status``, grouped by split; the next shard is read and prepared while this one is
+    handed to the writers."""
     stage = ws.stage("generate")
     ids = stage.done_shards()
     if not ids:
         raise InputError(f"{ws.root} has no generated samples; run `refcoco-edit build --out {ws.root}` first")
+
+    def prepared(i: int) -> Any:  # in the read-ahead thread, while the main thread hands rows over
+        import pyarrow.compute as pc
+
+        table = conform(stage.read_shard(i))  # a shard written before schema 1.1: other_* null
+        if reviews and any(sid in reviews for sid in table.column("sample_id").to_pylist()):
+            table = store_reference_once(_with_reviews(_table_of(materialize(table)), reviews))
+        elif not is_reference_once(table):  # a shard written before the layout (or imported)
+            table = store_reference_once(_table_of(table))
+        if status == "accepted":
+            keep = pc.equal(pc.struct_field(table.column("review"), "status"), "accepted").fill_null(False)
+            table = table.filter(keep)
+        return _grouped_by_split(table)
+
     with ThreadPoolExecutor(1, thread_name_prefix="export-read") as pool:
-        ahead = pool.submit(stage.read_shard, ids[0])
+        ahead = pool.submit(prepared, ids[0])
         for j in range(len(ids)):
-            table = conform(ahead.result())  # a shard written before schema 1.1: other_* null
+            table = ahead.result()
             if j + 1 < len(ids):
-                ahead = pool.submit(stage.read_shard, ids[j + 1])
-            if reviews and any(sid in reviews for sid in table.column("sample_id").to_pylist()):
-                table = store_reference_once(_with_reviews(_table_of(materialize(table)), reviews))
-            elif not is_reference_once(table):  # a shard written before the layout (or imported)
-                table = store_reference_once(_table_of(table))
-            if status == "accepted":
-                keep = pc.equal(pc.struct_field(table.column("review"), "status"), "accepted").fill_null(False)
-                table = table.filter(keep)
+                ahead = pool.submit(prepared, ids[j + 1])
             yield table
+
+
+def _grouped_by_split(table: Any) -> Any:
+    """``table`` with its rows grouped by split (stable: each split's rows keep their order), so
+    that each split's rows are one zero-copy slice (one copy here, none when already grouped)."""
+    import numpy as np
+    import pyarrow as pa
+
+    splits = np.asarray(_split_names(table))
+    if len(splits) < 2 or (splits[:-1] <= splits[1:]).all():
+        return table
+    return table.take(pa.array(np.argsort(splits, kind="stable")))
 
 
 def export_workspace(ws: Union[Workspace, str, Path], out: Optional[Union[str, Path]] = None, status: str = "all",
                      view: str = "rie", build_info: Optional[Dict[str, Any]] = None,
-                     repainter: Any = None) -> Dict[str, Any]:
+                     repainter: Any = None, fsync: bool = False) -> Dict[str, Any]:
     """Export the generated samples of a workspace (optionally only accepted ones), streaming
-    shard by shard (the reference-based view: in memory, its exemplars made by ``repainter``)."""
+    shard by shard (the reference-based view: in memory, its exemplars made by ``repainter``).
+    ``fsync``: the files reach the disk before the folder is swapped in."""
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     if status not in ("accepted", "all"):
         raise InputError(f"unknown --status {status!r}; choose accepted or all")
@@ -397,8 +411,8 @@ def export_workspace(ws: Union[Workspace, str, Path], out: Optional[Union[str, P
             import pyarrow as pa
 
             table = table.filter(pa.array([(r or {}).get("status") == "accepted" for r in table.column("review").to_pylist()]))
-        return write_export(table, out, view=view, card=info, repainter=repainter)
-    return _write_parts(_stored_parts(ws, reviews, status), stored_schema(), out, view, 500, info)
+        return write_export(table, out, view=view, card=info, repainter=repainter, fsync=fsync)
+    return _write_parts(_stored_parts(ws, reviews, status), stored_schema(), out, view, 500, info, fsync)
 
 
 def load_export(path: Union[str, Path], materialized: bool = True) -> Any:

@@ -2,11 +2,12 @@
 
 An export is ``{split}-{k:05d}-of-{n:05d}.parquet`` files (``rows_per_file`` rows each). Rows
 arrive shard by shard, in the workspace's order, with their splits mixed; each split's rows go to
-that split's open file, ``ROW_GROUP_ROWS`` at a time, and a file is closed (and fsynced) when
-full. The row groups are compressed and written by a small thread pool (Arrow releases the GIL),
-the files of different splits side by side, the row groups of one file in their order; at most
-``2 * workers`` row groups wait to be written, so an export of a 50k-sample build holds no more
-memory than one of the demo. The files are written under a part name and renamed to their final
+that split's open file, ``ROW_GROUP_ROWS`` at a time, and a file is closed when full (and
+fsynced, with ``fsync``: the export is derived from the workspace, whose shards are fsynced, so
+by default its files are not — a disk flush costs ~1.5 s per GB, more than the export itself). Each open file has its own writer thread (Arrow releases the GIL while it compresses), so the
+files of different splits are written side by side and the row groups of one file in their
+order; at most ``max_inflight`` row groups wait to be written, so an export of a 50k-sample build
+holds no more memory than one of the demo. The files are written under a part name and renamed to their final
 ``-of-{n}`` name once the last row is in (``n`` is only known then).
 """
 from __future__ import annotations
@@ -15,11 +16,12 @@ import os
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence
+from typing import Any, Callable, Deque, Dict, List, Sequence
 
 from .errors import is_disk_error, with_path
 
 ROW_GROUP_ROWS = 100  # as HF datasets writes image datasets: small enough to stream, big enough to scan
+ROW_GROUP_BYTES = 8 << 20  # or fewer rows when they are big: compressed while the next shard is read
 
 
 def open_sink(path: Path) -> Any:
@@ -38,14 +40,14 @@ class SplitFiles:
     """Writers of one export's files, one open file per split."""
 
     def __init__(self, folder: Path, schema: Any, rows_per_file: int, options: Dict[str, Any],
-                 workers: Optional[int] = None) -> None:
+                 max_inflight: int = 8, fsync: bool = False) -> None:
         self.folder, self.schema, self.rows_per_file, self.options = Path(folder), schema, rows_per_file, options
-        self.workers = workers or max(1, min(4, os.cpu_count() or 1))
-        self._open: Dict[str, Dict[str, Any]] = {}   # split -> {path, rows, pending, pending_rows, last, state}
+        self.fsync = fsync  # flush each file to the disk before it counts as written (see export --fsync)
+        self.max_inflight = max_inflight  # row groups handed over and not yet written: bounded memory
+        self._open: Dict[str, Dict[str, Any]] = {}   # split -> {path, rows, pending..., thread, state}
         self._parts: Dict[str, List[Path]] = {}
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="export-write")
         self._inflight: Deque[Future] = deque()
-        self._states: List[Dict[str, Any]] = []  # every file's writer and sink, for abort()
+        self._files: List[Dict[str, Any]] = []  # every file's thread and state, for finish()/abort()
 
     def add(self, split: str, table: Any) -> None:
         """Append ``table``'s rows (all of split ``split``) to that split's files. A full disk
@@ -56,9 +58,10 @@ class SplitFiles:
             piece, table = table.slice(0, room), table.slice(room)
             f["pending"].append(piece)
             f["pending_rows"] += piece.num_rows
+            f["pending_bytes"] += piece.nbytes
             if f["rows"] + f["pending_rows"] >= self.rows_per_file:
                 self._close(split)
-            elif f["pending_rows"] >= ROW_GROUP_ROWS:
+            elif f["pending_rows"] >= ROW_GROUP_ROWS or f["pending_bytes"] >= ROW_GROUP_BYTES:
                 self._flush(f)
 
     def finish(self) -> List[str]:
@@ -67,7 +70,8 @@ class SplitFiles:
             self._close(split)
         while self._inflight:
             self._inflight.popleft().result()  # the first error, its file named
-        self._pool.shutdown()
+        for f in self._files:
+            f["thread"].shutdown()
         names = []
         for split in sorted(self._parts):
             parts = self._parts[split]
@@ -80,42 +84,33 @@ class SplitFiles:
     def abort(self) -> None:
         """Stop a failed export: let the writes in flight end, close every file (the folder is
         removed by the caller)."""
-        for fut in self._inflight:
-            try:
-                fut.result()
-            except BaseException:  # noqa: BLE001 - already failing; the first error is raised
-                pass
+        for f in self._files:
+            f["thread"].shutdown(wait=True)
+            _close_quietly(f["state"])
         self._inflight.clear()
-        for state in self._states:
-            _close_quietly(state)
         self._open.clear()
-        self._pool.shutdown(wait=True)
 
-    # -- one file: its writes run in the pool, chained so that they keep their order -------------
+    # -- one file: its own writer thread, so its row groups keep their order; files side by side --
 
     def _submit(self, f: Dict[str, Any], work: Callable[[Dict[str, Any]], None]) -> None:
-        prev: Optional[Future] = f["last"]
         state, path = f["state"], f["path"]
 
         def run() -> None:
-            if prev is not None:
-                prev.result()  # FIFO: the previous write of this file was taken first, so it is running or done
             try:
                 work(state)
             except BaseException as e:
                 raise _named(e, path) from None
 
-        fut = self._pool.submit(run)
-        f["last"] = fut
-        self._inflight.append(fut)
-        while len(self._inflight) > 2 * self.workers:  # back-pressure: bounded memory
+        self._inflight.append(f["thread"].submit(run))
+        while len(self._inflight) > self.max_inflight:  # back-pressure: bounded memory
             self._inflight.popleft().result()
 
     def _start(self, split: str) -> Dict[str, Any]:
         k = len(self._parts.setdefault(split, []))
         path = self.folder / f".{split}-{k:05d}.part"
-        f = {"path": path, "rows": 0, "pending": [], "pending_rows": 0, "last": None, "state": {}}
-        self._states.append(f["state"])
+        f = {"path": path, "rows": 0, "pending": [], "pending_rows": 0, "pending_bytes": 0, "state": {},
+             "thread": ThreadPoolExecutor(1, thread_name_prefix=f"export-{split}")}
+        self._files.append(f)
         schema, options = self.schema, self.options
 
         def open_file(state: Dict[str, Any]) -> None:
@@ -135,20 +130,22 @@ class SplitFiles:
             t = pa.concat_tables(f["pending"])
             self._submit(f, lambda state: state["writer"].write_table(t, row_group_size=t.num_rows))
             f["rows"] += t.num_rows
-        f["pending"], f["pending_rows"] = [], 0
+        f["pending"], f["pending_rows"], f["pending_bytes"] = [], 0, 0
 
     def _close(self, split: str) -> None:
         f = self._open[split]
         self._flush(f)
-        path = f["path"]
+        path, fsync = f["path"], self.fsync
 
         def close_file(state: Dict[str, Any]) -> None:
             state["writer"].close()
             state.pop("writer")
             state.pop("sink").close()
-            _fsync(path)
+            if fsync:
+                _fsync(path)
 
         self._submit(f, close_file)
+        f["thread"].shutdown(wait=False)  # its last task still runs; then the thread ends
         del self._open[split]
         self._parts[split].append(path)
 
