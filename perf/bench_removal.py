@@ -39,6 +39,8 @@ REMOVERS = {
     "telea": {"method": "telea"},
     "telea+shadow": {"method": "telea", "shadow": "on"},
     "patch": {},
+    # the same without the other objects protected: their pixels may be painted and copied from
+    "patch-unprotected": {"protect_others": False},
 }
 NEW, BASE = "patch", "telea"
 SEED = 0
@@ -46,9 +48,10 @@ SEED = 0
 
 def _demo(num_images: int) -> Path:
     from perf import cached_input
-    from refcoco_edit.demo import write_demo
+    from refcoco_edit.demo import DEMO_VERSION, write_demo
 
-    return cached_input(f"removal-demo-{num_images}-s{SEED}", lambda tmp: write_demo(tmp, num_images, SEED))
+    # the demo generator's version in the key: clean plates are rendered by the current generator
+    return cached_input(f"removal-demo-v{DEMO_VERSION}-{num_images}-s{SEED}", lambda tmp: write_demo(tmp, num_images, SEED))
 
 
 def eligible_objects(root: Path) -> Tuple[List[Dict[str, Any]], Any]:
@@ -107,9 +110,11 @@ def measure(num_images: int, gallery: Optional[Path] = None) -> Dict[str, Any]:
         mask = li.orient_mask(rle_mod.decode(obj["source_mask"])).astype(bool)
         clean = render_clean_plate(obj["ann_id"], seed=SEED)
         region = true_region(image, clean, mask, _removal_dilate_px(mask, 0.03, 5))
+        others = [li.orient_mask(rle_mod.decode(refer.ann_rle(a))).astype(bool) for a, ann in refer.anns.items()
+                  if ann["image_id"] == obj["image_id"] and int(a) != obj["ann_id"] and not ann.get("iscrowd", 0)]
         req = EditRequest(sample_id=f"ann{obj['ann_id']}", edit_type="remove", image=image, mask=mask,
                           bbox=rle_mod.to_bbox(obj["source_mask"]), prompt="remove it", edit_phrase="remove",
-                          edit_target="", seed=n)
+                          edit_target="", seed=n, other_masks=others)
         outs = {}
         for k, pipe in pipes.items():
             t0 = time.perf_counter()

@@ -242,7 +242,10 @@ class InpaintRemoval(GTPipeline):
         hole = m_e & ~protect if protect is not None else m_e  # other objects stay and are context
         # 3-4. fill the hole: patch copying, or Telea (coarse-to-fine when large) + matched grain
         if p["method"] == "patch":
-            filled = patch_inpaint(image, hole, rng, patch=p["patch_size"] | 1)
+            # other objects are no source of the fill, nor their anti-aliased rims (masks stop a
+            # pixel or two short of an object's edge: its colour would bleed into the background)
+            near = None if protect is None else cv2.dilate(protect.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+            filled = patch_inpaint(image, hole, rng, patch=p["patch_size"] | 1, exclude=near)
         else:
             filled = inpaint(image, hole, p["radius"], rng=rng, noise=p["noise"], max_direct_px=p["max_direct_px"])
         # 5. exact paste-back (never over another object) and contract check

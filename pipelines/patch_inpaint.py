@@ -56,7 +56,8 @@ def _down(img: np.ndarray, hole: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 class _Level:
     """One pyramid level: the padded image, the valid source centres and the target centres."""
 
-    def __init__(self, img: np.ndarray, hole: np.ndarray, patch: int, row_prior: float = 0.0):
+    def __init__(self, img: np.ndarray, hole: np.ndarray, patch: int, row_prior: float = 0.0,
+                 exclude: Optional[np.ndarray] = None):
         self.r = r = patch // 2
         self.row_cost = float(row_prior) * patch * patch
         self.h, self.w = hole.shape
@@ -65,8 +66,13 @@ class _Level:
         hole_p = cv2.copyMakeBorder(hole.astype(np.uint8), r, r, r, r, cv2.BORDER_CONSTANT, value=1).astype(bool)
         self.hole_p = hole_p
         kernel = np.ones((patch, patch), np.uint8)
-        # a source centre: its whole window is known (the padding counts as unknown)
-        self.valid = cv2.erode((~hole_p).astype(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT,
+        # a source centre: its whole window is known (the padding counts as unknown) and shows
+        # no excluded pixel (another object: the fill copies the background, not its neighbours)
+        unknown = hole_p
+        if exclude is not None:
+            unknown = unknown | cv2.copyMakeBorder(exclude.astype(np.uint8), r, r, r, r, cv2.BORDER_CONSTANT,
+                                                   value=0).astype(bool)
+        self.valid = cv2.erode((~unknown).astype(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT,
                                borderValue=0).astype(bool)
         self.valid_idx = np.flatnonzero(self.valid.ravel())
         inner = np.zeros_like(hole_p)
@@ -190,6 +196,16 @@ def _upsample_nnf(coarse: _Level, nnf: np.ndarray, fine: _Level, rng: np.random.
     return out
 
 
+def _telea(img: np.ndarray, hole: np.ndarray, exclude: np.ndarray, radius: int) -> np.ndarray:
+    """Telea's fill of ``hole`` diffused from the known pixels that are not ``exclude``d (those
+    are filled too, then put back: only the hole changes)."""
+    region = hole | exclude
+    out = cv2.inpaint(np.ascontiguousarray(img), region.astype(np.uint8), radius, cv2.INPAINT_TELEA)
+    if exclude.any():
+        out[exclude] = img[exclude]
+    return out
+
+
 def patch_inpaint(
     image: np.ndarray,
     hole: np.ndarray,
@@ -202,6 +218,7 @@ def patch_inpaint(
     sharpness: float = 0.5,
     row_prior: float = 1.0,
     lowpass: float = 2.5,
+    exclude: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """Fill ``hole`` of an RGB uint8 image by multi-scale patch copying; pixels outside are kept.
 
@@ -215,6 +232,8 @@ def patch_inpaint(
     this Gaussian sigma and takes the lower frequencies from a Telea fill (patch copying gets
     texture right, diffusion gets smooth lighting right; the mix scores better than either on
     the demo's clean plates). Falls back to Telea when the crop has too few whole source windows.
+    ``exclude``: pixels (other objects) that are kept but neither copied nor diffused into the
+    hole, so a neighbour's colour does not bleed into the background that is filled in.
     """
     if patch < 3 or patch % 2 == 0:
         raise ValueError(f"patch must be an odd size >= 3, got {patch}")
@@ -227,9 +246,11 @@ def patch_inpaint(
     m = int(max(4 * patch, round(context * max(x1 - x0, y1 - y0))))
     ys, xs = slice(max(0, y0 - m), min(H, y1 + m)), slice(max(0, x0 - m), min(W, x1 + m))
     crop, h_crop = image[ys, xs], hole[ys, xs]
+    x_crop = (np.asarray(exclude).astype(bool)[ys, xs] & ~h_crop) if exclude is not None else np.zeros_like(h_crop)
     # the pyramid: halve until the hole's box spans about 4 patches
     imgs: List[np.ndarray] = [crop]
     holes: List[np.ndarray] = [h_crop]
+    excls: List[np.ndarray] = [x_crop]
     while len(imgs) < max_levels:
         bx0, by0, bx1, by1 = _bbox(holes[-1])
         if max(bx1 - bx0, by1 - by0) <= 4 * patch or min(holes[-1].shape) < 4 * patch:
@@ -237,7 +258,8 @@ def patch_inpaint(
         a, b = _down(imgs[-1], holes[-1])
         imgs.append(a)
         holes.append(b)
-    coarse = cv2.inpaint(np.ascontiguousarray(imgs[-1]), holes[-1].astype(np.uint8), 3, cv2.INPAINT_TELEA)
+        excls.append(_down(imgs[-2], excls[-1])[1] & ~b)
+    coarse = _telea(imgs[-1], holes[-1], excls[-1], 3)
     current = coarse.astype(np.float32)
     prev: Optional[_Level] = None
     nnf: Optional[np.ndarray] = None
@@ -248,9 +270,9 @@ def patch_inpaint(
             img_l[holes[li]] = up[holes[li]]
         else:
             img_l = current
-        level = _Level(img_l, holes[li], patch, row_prior)
+        level = _Level(img_l, holes[li], patch, row_prior, excls[li] if excls[li].any() else None)
         if level.valid_idx.size < 16 or level.targets.size == 0:
-            fallback = cv2.inpaint(np.ascontiguousarray(crop), h_crop.astype(np.uint8), 5, cv2.INPAINT_TELEA)
+            fallback = _telea(crop, h_crop, x_crop, 5)
             out[ys, xs][h_crop] = fallback[h_crop]
             return out
         if prev is None or nnf is None:
@@ -265,7 +287,7 @@ def patch_inpaint(
         current = level.img[r:r + level.h, r:r + level.w]
         prev = level
     if lowpass > 0:
-        smooth = cv2.inpaint(np.ascontiguousarray(crop), h_crop.astype(np.uint8), 5, cv2.INPAINT_TELEA).astype(np.float32)
+        smooth = _telea(crop, h_crop, x_crop, 5).astype(np.float32)
         current = current + cv2.GaussianBlur(smooth, (0, 0), lowpass) - cv2.GaussianBlur(current, (0, 0), lowpass)
     filled = np.clip(np.rint(current), 0, 255).astype(np.uint8)
     out_crop = out[ys, xs]

@@ -120,3 +120,24 @@ def test_other_object_changes_against_a_direct_count():
     got = other_object_changes(src, out, target, [a, b, c])
     assert got[0] == changed[own].sum() / own.sum() and got[1] == 0.0 and math.isnan(got[2])
     assert audit_other_objects(src, out, target, [a, b, c])["others_n"] == 2
+
+
+def test_the_fill_takes_nothing_from_the_other_objects():
+    """A red object beside the hole: excluded, none of its red reaches the filled background;
+    not excluded, the fill copies and diffuses it (the smear this prevents)."""
+    from refcoco_edit.pipelines.patch_inpaint import patch_inpaint
+
+    rng = np.random.default_rng(0)
+    img = np.clip(rng.normal(120, 6, (96, 128, 3)), 0, 255).astype(np.uint8)
+    img[..., 2] = img[..., 1]  # a grey-green floor
+    other = np.zeros((96, 128), bool)
+    other[30:70, 20:50] = True
+    img[other] = (220, 20, 20)
+    hole = np.zeros_like(other)
+    hole[30:70, 50:80] = True  # right beside the red object
+    redness = lambda out: float((out[hole][:, 0].astype(int) - out[hole][:, 1].astype(int)).mean())  # noqa: E731
+    free = patch_inpaint(img, hole, np.random.default_rng(1), exclude=None)
+    kept = patch_inpaint(img, hole, np.random.default_rng(1), exclude=other)
+    assert redness(free) > 10  # red copied/diffused into the hole
+    assert abs(redness(kept)) < 3  # the background's own colour
+    assert np.array_equal(kept[~hole], img[~hole]) and np.array_equal(kept[other], img[other])
