@@ -20,6 +20,7 @@ little more than writing its Parquet files (``perf/bench_export.py``).
 """
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, Dict, List
 
@@ -154,9 +155,11 @@ def _layout_metadata(meta: dict) -> dict:
     return meta
 
 
+@functools.lru_cache(maxsize=1)
 def stored_schema() -> Any:
     """The Arrow schema of a stored sample table (the sample schema plus ``reference_candidate``,
-    with its ``datasets`` features and the layout mark in the metadata)."""
+    with its ``datasets`` features and the layout mark in the metadata). Built once (schemas are
+    immutable)."""
     from .schema import rows_to_table
 
     return store_reference_once(rows_to_table([])).schema
