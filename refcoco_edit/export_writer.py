@@ -1,14 +1,15 @@
-"""The Parquet files of an export, written as the rows stream in, on every core.
+"""The Parquet files of an export, written as the rows stream in.
 
 An export is ``{split}-{k:05d}-of-{n:05d}.parquet`` files (``rows_per_file`` rows each). Rows
 arrive shard by shard, in the workspace's order, with their splits mixed; each split's rows go to
-that split's open file, ``ROW_GROUP_ROWS`` at a time, and a file is closed when full (and
-fsynced, with ``fsync``: the export is derived from the workspace, whose shards are fsynced, so
-by default its files are not — a disk flush costs ~1.5 s per GB, more than the export itself). Each open file has its own writer thread (Arrow releases the GIL while it compresses), so the
+that split's open file in row groups of at most ``ROW_GROUP_ROWS`` rows or ``ROW_GROUP_BYTES``.
+Each open file has its own writer thread (Arrow releases the GIL while it compresses), so the
 files of different splits are written side by side and the row groups of one file in their
 order; at most ``max_inflight`` row groups wait to be written, so an export of a 50k-sample build
-holds no more memory than one of the demo. The files are written under a part name and renamed to their final
-``-of-{n}`` name once the last row is in (``n`` is only known then).
+holds no more memory than one of the demo. A file is closed when full, and fsynced only with
+``fsync``: the export is derived from the workspace, whose shards are fsynced, and a disk flush
+costs ~1.5 s per GB, more than the export itself. Files are written under a part name and
+renamed to their final ``-of-{n}`` name once the last row is in (``n`` is only known then).
 """
 from __future__ import annotations
 
