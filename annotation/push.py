@@ -40,6 +40,7 @@ import numpy as np
 
 from refcoco_edit import rle as rle_mod
 from refcoco_edit.errors import InputError
+from refcoco_edit.imageio import encode_png
 from refcoco_edit.schema import is_safe_name
 from refcoco_edit.workspace import Workspace, atomic_write_bytes, atomic_write_json
 
@@ -112,15 +113,8 @@ def select_samples(rows: Sequence[Dict[str, Any]], reviews: Dict[str, Dict[str, 
     return out
 
 
-def _png(array: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def _decode_rgb(data: bytes) -> np.ndarray:
+def decode_rgb(data: bytes) -> np.ndarray:
+    """Image bytes -> HxWx3 uint8 (alpha dropped), for the media shown to annotators."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
@@ -142,7 +136,8 @@ def source_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _write_if_changed(path: Path, data: bytes) -> bool:
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """Write ``data`` atomically unless ``path`` holds it already (a re-push touches nothing)."""
     if path.exists() and path.read_bytes() == data:
         return False
     atomic_write_bytes(path, data)
@@ -154,26 +149,26 @@ def write_media(ws: Workspace, row: Dict[str, Any]) -> Dict[str, Any]:
     (to the media folder): ``{"source": ..., "candidates": [...]}``."""
     media = ws.root / MEDIA_DIR
     sid = row["sample_id"]
-    image = _decode_rgb(row["source_image"]["bytes"])
+    image = decode_rgb(row["source_image"]["bytes"])
     mask = rle_mod.decode(row["source_mask"])
     if mask.shape != image.shape[:2]:
         raise InputError(f"sample {sid}: source mask {mask.shape} does not match its image {image.shape[:2]}")
     rel_source = f"{sid}/source.png"
-    _write_if_changed(media / rel_source, _png(source_overlay(image, mask)))
+    write_if_changed(media / rel_source, encode_png(source_overlay(image, mask)))
     rels = []
     for i, cand in enumerate(row.get("candidates") or []):
         rel = f"{sid}/cand_{i}.png"
         data = cand["image"]["bytes"]
         if not data.startswith(b"\x89PNG"):
-            data = _png(_decode_rgb(data))
-        _write_if_changed(media / rel, data)
+            data = encode_png(decode_rgb(data))
+        write_if_changed(media / rel, data)
         rels.append(rel)
     return {"source": rel_source, "candidates": rels}
 
 
 def placeholder_png() -> bytes:
     """A small grey image shown in candidate slots a sample does not have."""
-    return _png(np.full((48, 64, 3), 200, dtype=np.uint8))
+    return encode_png(np.full((48, 64, 3), 200, dtype=np.uint8))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -363,7 +358,7 @@ def push(workdir: str | Path, url: str, token: Optional[str] = None, title: Opti
         conn.call("updating the labeling config", conn.client.projects.update, id=project.id, label_config=xml)
         log(f"updated the labeling config of project {project.id}")
     pid = int(project.id)
-    _write_if_changed(ws.root / MEDIA_DIR / PLACEHOLDER, placeholder_png())
+    write_if_changed(ws.root / MEDIA_DIR / PLACEHOLDER, placeholder_png())
     if media_url is None:
         ensure_storage(conn, pid, ws.root / MEDIA_DIR)
 

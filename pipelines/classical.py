@@ -33,15 +33,8 @@ left out of the hole a removal fills and out of M_e, and keep the source's value
 edge, so an object standing in front of the source stays in front of the replacement or the
 recoloured object. Without ``EditRequest.other_masks`` nothing changes.
 
-``Recolor`` ("classical-attribute", edit type ``attribute``; in ``recolor``)
-    1. check the request: the target must be a colour of ``vocab.COLOURS`` or a material of
-       ``vocab.MATERIALS``;
-    2. colour: in CIE Lab keep the object's relative shading, move its lightness to the target's
-       and set its chroma to the target's (≈0 for white / black / gray);
-       material: render a seeded procedural texture (wood, brushed metal, gold, marble, glass,
-       stone) modulated by the object's luminance;
-    3. composite inside the source mask with a feathered edge; M_e = dilate(mask, 2);
-       paste back and check (an object that already has the colour gives ``no_change``).
+``Recolor`` ("classical-attribute", edit type ``attribute``): its steps are in ``recolor``'s
+    docstring (Lab recolouring or a seeded procedural material, composited inside the mask).
 
 All randomness comes from ``np.random.default_rng(request.seed)``; work is done on a crop around
 the object, which keeps each pipeline well under 0.3 s on a 640x480 image.

@@ -22,24 +22,24 @@ A push may add runs, never drop one (the project would lose the meaning of its r
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-import numpy as np
 
 from refcoco_edit import rle as rle_mod
 from refcoco_edit.errors import InputError
+from refcoco_edit.imageio import encode_png
 from refcoco_edit.schema import is_safe_name
 from refcoco_edit.seeds import derive_seed, rng_for
-from refcoco_edit.workspace import atomic_write_bytes, atomic_write_json
+from refcoco_edit.workspace import atomic_write_json
 
 from .. import config as review_cfg
 from ..client import Connection
-from ..push import MAX_TITLE, MediaUrls, ensure_storage, find_project, list_tasks, source_overlay
+from ..push import (MAX_TITLE, MediaUrls, decode_rgb, ensure_storage, find_project, list_tasks, placeholder_png,
+                    source_overlay, write_if_changed)
 from . import labeling as lab
 from .runs import ScoreRun, load_run, source_rows
 
@@ -139,26 +139,6 @@ def assign_slots(sample_id: str, old: Sequence[str], available: Sequence[str], s
     return list(old) + new
 
 
-def _png(array: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def _rgb(data: bytes) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def _write_if_changed(path: Path, data: bytes) -> None:
-    if not (path.exists() and path.read_bytes() == data):
-        atomic_write_bytes(path, data)
-
-
 def _info(row: Dict[str, Any], sid: str) -> str:
     target = row.get("edit_target") or ""
     what = {"replace": f"replace with {target}", "attribute": f"attribute: {target}", "remove": "remove"}.get(
@@ -169,13 +149,13 @@ def _info(row: Dict[str, Any], sid: str) -> str:
 def write_task_media(media: Path, row: Dict[str, Any], slots: Sequence[str], runs: Dict[str, ScoreRun]) -> Dict[str, Any]:
     """Write a task's images; returns their paths relative to ``media`` and a digest of their bytes."""
     sid = row["sample_id"]
-    image = _rgb(row["source_image"]["bytes"])
+    image = decode_rgb(row["source_image"]["bytes"])
     mask = rle_mod.decode(row["source_mask"])
     if mask.shape != image.shape[:2]:
         raise InputError(f"sample {sid}: source mask {mask.shape} does not match its image {image.shape[:2]}")
     digest = hashlib.sha256()
-    src = _png(source_overlay(image, mask))
-    _write_if_changed(media / sid / "source.png", src)
+    src = encode_png(source_overlay(image, mask))
+    write_if_changed(media / sid / "source.png", src)
     digest.update(src)
     outs: List[Optional[str]] = []
     for k, key in enumerate(slots):
@@ -183,8 +163,8 @@ def write_task_media(media: Path, row: Dict[str, Any], slots: Sequence[str], run
         if path is None:
             outs.append(None)
             continue
-        data = _png(_rgb(path.read_bytes()))  # re-encoded: no metadata of the editor's
-        _write_if_changed(media / sid / f"out_{k}.png", data)
+        data = encode_png(decode_rgb(path.read_bytes()))  # re-encoded: no metadata of the editor's
+        write_if_changed(media / sid / f"out_{k}.png", data)
         digest.update(data)
         outs.append(f"{sid}/out_{k}.png")
     return {"source": f"{sid}/source.png", "outputs": outs, "digest": digest.hexdigest()}
@@ -279,7 +259,7 @@ def push(study: str | Path, runs: Sequence[str | Path], url: str, token: Optiona
     pid = int(project.id)
     if state.get("project_id") not in (None, pid) or state.get("url") not in (None, conn.url):
         tasks_state = {}  # another project: the old task ids mean nothing there
-    _write_if_changed(media_dir / PLACEHOLDER, _png(np.full((48, 64, 3), 200, dtype=np.uint8)))
+    write_if_changed(media_dir / PLACEHOLDER, placeholder_png())
     if media_url is None:
         ensure_storage(conn, pid, media_dir)
 
