@@ -13,11 +13,12 @@ never leaves a half dataset: the old export or the new one is there.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 import tempfile
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
@@ -30,6 +31,7 @@ from .workspace import Workspace
 
 EXPORT_MARKER = ".refcoco-edit-export.json"
 VIEWS = ("rie", "reference-based")
+READERS = 2  # shards read and prepared side by side, ahead of the writers
 # FreeBench-style triplets (source, exemplar, reference) for reference-based editing, made by
 # twice-repainting (``refcoco_edit.repaint``): the after image (``reference_image``) is always the
 # real photo, the before image (``source_image``) a build pipeline's repaint of the object region
@@ -178,15 +180,12 @@ def _write_parts(parts: Iterable[Any], schema: Any, out: Union[str, Path], view:
                 raise InputError(f"split name(s) {', '.join(repr(b) for b in bad[:3])} are not plain names "
                                  "([A-Za-z0-9_.-]); refusing to export")
             counts.add(part, splits)
-            if not part.schema.equals(schema, check_metadata=True):
-                part = part.cast(schema)
-            if splits != sorted(splits):
-                part = _grouped_by_split(part)
-                splits = sorted(splits)
+            part = _as_schema(part, schema)
+            row_bytes = part.nbytes / max(part.num_rows, 1)
             at = 0
-            for split in sorted(set(splits)):
-                n = splits.count(split)
-                files.add(split, part.slice(at, n))
+            for split, run in itertools.groupby(splits):  # each run of one split: a zero-copy slice
+                n = sum(1 for _ in run)
+                files.add(split, part.slice(at, n), row_bytes)
                 at += n
         summary = counts.summary(view)
         summary["files"] = files.finish()
@@ -204,6 +203,18 @@ def _write_parts(parts: Iterable[Any], schema: Any, out: Union[str, Path], view:
         raise
     summary["out"] = str(out)
     return summary
+
+
+def _as_schema(table: Any, schema: Any) -> Any:
+    """``table`` under ``schema``: relabelled without a copy when only the metadata differs (a
+    shard's own schema metadata), cast otherwise."""
+    import pyarrow as pa
+
+    if table.schema.equals(schema, check_metadata=True):
+        return table
+    if table.schema.equals(schema):
+        return pa.Table.from_arrays(table.columns, schema=schema)
+    return table.cast(schema)
 
 
 def _first_repaint(row: Dict[str, Any]) -> str:
@@ -345,14 +356,15 @@ def _with_reviews(table: Any, reviews: Dict[str, Dict[str, Any]]) -> Any:
 
 def _stored_parts(ws: Workspace, reviews: Dict[str, Dict[str, Any]], status: str) -> Iterator[Any]:
     """The workspace's samples shard by shard in the export layout, reviews folded in, filtered
-    by ``status``, grouped by split; the next shard is read and prepared while this one is
-    handed to the writers."""
+    by ``status``; the next ``READERS`` shards are read and prepared side by
+    side while this one is handed to the writers (two readers keep both cores of a small machine
+    busy: the writers compress while Arrow decodes)."""
     stage = ws.stage("generate")
     ids = stage.done_shards()
     if not ids:
         raise InputError(f"{ws.root} has no generated samples; run `refcoco-edit build --out {ws.root}` first")
 
-    def prepared(i: int) -> Any:  # in the read-ahead thread, while the main thread hands rows over
+    def prepared(i: int) -> Any:  # in a read-ahead thread, while the main thread hands rows over
         import pyarrow.compute as pc
 
         table = conform(stage.read_shard(i))  # a shard written before schema 1.1: other_* null
@@ -363,27 +375,15 @@ def _stored_parts(ws: Workspace, reviews: Dict[str, Dict[str, Any]], status: str
         if status == "accepted":
             keep = pc.equal(pc.struct_field(table.column("review"), "status"), "accepted").fill_null(False)
             table = table.filter(keep)
-        return _grouped_by_split(table)
-
-    with ThreadPoolExecutor(1, thread_name_prefix="export-read") as pool:
-        ahead = pool.submit(prepared, ids[0])
-        for j in range(len(ids)):
-            table = ahead.result()
-            if j + 1 < len(ids):
-                ahead = pool.submit(prepared, ids[j + 1])
-            yield table
-
-
-def _grouped_by_split(table: Any) -> Any:
-    """``table`` with its rows grouped by split (stable: each split's rows keep their order), so
-    that each split's rows are one zero-copy slice (one copy here, none when already grouped)."""
-    import numpy as np
-    import pyarrow as pa
-
-    splits = np.asarray(_split_names(table))
-    if len(splits) < 2 or (splits[:-1] <= splits[1:]).all():
         return table
-    return table.take(pa.array(np.argsort(splits, kind="stable")))
+
+    with ThreadPoolExecutor(READERS, thread_name_prefix="export-read") as pool:
+        ahead = deque(pool.submit(prepared, i) for i in ids[:READERS])
+        for j in range(len(ids)):
+            table = ahead.popleft().result()
+            if j + READERS < len(ids):
+                ahead.append(pool.submit(prepared, ids[j + READERS]))
+            yield table
 
 
 def export_workspace(ws: Union[Workspace, str, Path], out: Optional[Union[str, Path]] = None, status: str = "all",

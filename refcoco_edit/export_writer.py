@@ -50,16 +50,20 @@ class SplitFiles:
         self._inflight: Deque[Future] = deque()
         self._files: List[Dict[str, Any]] = []  # every file's thread and state, for finish()/abort()
 
-    def add(self, split: str, table: Any) -> None:
-        """Append ``table``'s rows (all of split ``split``) to that split's files. A full disk
-        raises ``OSError`` naming the file."""
+    def add(self, split: str, table: Any, row_bytes: float = 0.0) -> None:
+        """Append ``table``'s rows (all of split ``split``) to that split's files. ``row_bytes``:
+        their mean size, for the row-group byte cap (default: measured here; a caller slicing
+        one table into many runs passes the whole table's, as a slice's own ``nbytes`` walks
+        its buffers). A full disk raises ``OSError`` naming the file."""
+        if not row_bytes and table.num_rows:
+            row_bytes = table.nbytes / table.num_rows
         while table.num_rows:
             f = self._open.get(split) or self._start(split)
             room = self.rows_per_file - f["rows"] - f["pending_rows"]
             piece, table = table.slice(0, room), table.slice(room)
             f["pending"].append(piece)
             f["pending_rows"] += piece.num_rows
-            f["pending_bytes"] += piece.nbytes
+            f["pending_bytes"] += piece.num_rows * row_bytes
             if f["rows"] + f["pending_rows"] >= self.rows_per_file:
                 self._close(split)
             elif f["pending_rows"] >= ROW_GROUP_ROWS or f["pending_bytes"] >= ROW_GROUP_BYTES:
