@@ -202,31 +202,51 @@ class Counts:
     def _add_audit(self, table: Any) -> None:
         """The other-objects audit (``pipelines.filters.audit_other_objects``) from the
         ``other_masks`` column and the candidates' ``filter_scores``: samples audited, objects,
-        candidates (marked), samples with a marked candidate, references marked."""
+        candidates (marked), samples with a marked candidate, references marked. Only the
+        ``filter_scores`` strings become Python objects (the candidates' images stay in Arrow),
+        and only those that mention the audit are parsed."""
         import json
+
+        import numpy as np
+        import pyarrow.compute as pc
 
         names, a = table.schema.names, self.counters["audit"]
         if "other_masks" not in names:
             return
-        others = table.column("other_masks").to_pylist()
-        known = [o is not None for o in others]
-        a["samples"] += sum(known)
-        a["samples_unknown"] += len(others) - sum(known)
-        a["objects"] += sum(len(o) for o in others if o is not None)
+        others = table.column("other_masks")
+        known = np.asarray(others.is_valid(), dtype=bool)
+        a["samples"] += int(known.sum())
+        a["samples_unknown"] += int((~known).sum())
+        a["objects"] += int(pc.sum(pc.list_value_length(others)).as_py() or 0)
         if "candidates" not in names:
             return
-        refs = (table.column("reference_candidate").to_pylist() if "reference_candidate" in names
-                else [None] * table.num_rows)
-        for cands, ok, ref in zip(table.column("candidates").to_pylist(), known, refs):
-            if not ok:
-                continue
-            scores = [json.loads((c or {}).get("filter_scores") or "{}") for c in cands or []]
-            marked = [int(s.get("others_damaged", 0) or 0) > 0 for s in scores]
-            a["candidates"] += sum(1 for s in scores if "others_damaged" in s)
-            a["candidates_marked"] += sum(marked)
-            a["samples_marked"] += int(any(marked))
-            if ref is not None and 0 <= ref < len(marked):
-                a["references_marked"] += int(marked[ref])
+        refs = (table.column("reference_candidate").fill_null(-1).to_numpy().astype(np.int64)
+                if "reference_candidate" in names else np.full(table.num_rows, -1, dtype=np.int64))
+        if known.any():
+            for key in ("candidates", "candidates_marked", "samples_marked", "references_marked"):
+                a[key] += 0  # present (as 0) once anything was audited
+        base = 0
+        for chunk in table.column("candidates").chunks:
+            rows = len(chunk)
+            flat = chunk.flatten()  # the candidates of this chunk's rows, in order (null lists: none)
+            parents = np.asarray(pc.list_parent_indices(chunk), dtype=np.int64) + base
+            lengths = np.asarray(pc.list_value_length(chunk).fill_null(0), dtype=np.int64)
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+            marked_rows: set = set()
+            for k, text in enumerate(pc.struct_field(flat, "filter_scores").to_pylist()):
+                row = int(parents[k])
+                if not known[row] or not text or "others_damaged" not in text:
+                    continue
+                score = json.loads(text)
+                if "others_damaged" not in score:
+                    continue
+                a["candidates"] += 1
+                if int(score.get("others_damaged", 0) or 0) > 0:
+                    a["candidates_marked"] += 1
+                    marked_rows.add(row)
+                    a["references_marked"] += int(refs[row] == k - starts[row - base])
+            a["samples_marked"] += len(marked_rows)
+            base += rows
 
     def summary(self, view: str) -> Dict[str, Any]:
         out: Dict[str, Any] = {"view": view, "rows": self.rows, "images": len(self.images)}

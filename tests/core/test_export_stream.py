@@ -105,3 +105,56 @@ def test_a_shard_is_relabelled_to_the_stored_schema_without_a_copy(tmp_path):
                                      for f, c in zip(shard.schema, shard.columns)],
                                     names=shard.column_names)
     assert export_mod._as_schema(narrowed, stored_schema()).schema.field("prompt").type == pa.string()
+
+
+def _audit_by_rows(rows):
+    """The card's audit counts computed row by row in plain Python (the reference for Counts)."""
+    import json
+    from collections import Counter
+
+    a = Counter()
+    for r in rows:
+        if r["other_masks"] is None:
+            a["samples_unknown"] += 1
+            continue
+        a["samples"] += 1
+        a["objects"] += len(r["other_masks"])
+        scores = [json.loads((c or {}).get("filter_scores") or "{}") for c in r["candidates"] or []]
+        marked = [int(s.get("others_damaged", 0) or 0) > 0 for s in scores]
+        a["candidates"] += sum("others_damaged" in s for s in scores)
+        a["candidates_marked"] += sum(marked)
+        a["samples_marked"] += int(any(marked))
+        ref = r["reference_candidate"]
+        if ref is not None and 0 <= ref < len(marked):
+            a["references_marked"] += int(marked[ref])
+    return {k: v for k, v in a.items() if v}
+
+
+def test_audit_counts_match_a_row_by_row_count_on_sliced_and_chunked_parts():
+    import json
+
+    from refcoco_edit.export_writer import Counts
+
+    rng = np.random.default_rng(0)
+    mask = {"size": [4, 4], "counts": "0"}
+    rows = []
+    for k in range(60):
+        n = int(rng.integers(0, 4))
+        cands = None if k % 17 == 5 else [
+            None if rng.random() < 0.1 else
+            {"pipeline": "p", "params": "{}", "seed": 0, "image": None, "edit_mask": None,
+             "filter_scores": rng.choice([json.dumps({"others_damaged": int(rng.integers(0, 3)), "x": 1}),
+                                          json.dumps({"clip": 0.5}), "", json.dumps({"note": "others_damaged"})])}
+            for _ in range(n)]
+        rows.append({"sample_id": f"s{k}", "split": "train", "candidates": cands,
+                     "other_masks": None if k % 7 == 3 else [mask] * int(rng.integers(0, 3)),
+                     "reference_candidate": None if rng.random() < 0.3 else int(rng.integers(-1, 4))})
+    table = rows_to_table([{k: v for k, v in r.items() if k != "reference_candidate"} for r in rows])
+    table = table.append_column("reference_candidate", pa.array([r["reference_candidate"] for r in rows], pa.int32()))
+    parts = [table.slice(0, 13), pa.concat_tables([table.slice(13, 9), table.slice(22, 20)]), table.slice(42)]
+    counts = Counts()
+    for part in parts:
+        counts.add(part, ["train"] * part.num_rows)
+    got = {k: v for k, v in counts.summary("rie")["audit"].items() if v}
+    assert got == _audit_by_rows(rows)
+    assert got["candidates_marked"] > 0 and got["references_marked"] > 0 and got["samples_unknown"] > 0
