@@ -47,7 +47,7 @@ from typing import Any, Dict, List, Optional
 GEN_VERSION = 5  # 2: each image stored once (refcoco_edit.storage); 3: demo v2 (hard cases); 4: schema 1.1; 5: whole-object exemplars
 ROW_GROUP_ROWS = 100  # the baseline's row groups: our cap (export_writer.ROW_GROUP_ROWS), HF's for images
 # demo_images: None = the bundled demo (what `refcoco-edit build` reads with no arguments)
-FULL = dict(seed=0, sizes=[dict(name="demo", demo_images=None, repeats=21), dict(name="large", demo_images=480, repeats=11)])
+FULL = dict(seed=0, sizes=[dict(name="demo", demo_images=None, repeats=41), dict(name="large", demo_images=480, repeats=11)])
 QUICK = dict(seed=0, sizes=[dict(name="demo", demo_images=12, repeats=3)])
 
 
