@@ -356,9 +356,9 @@ def _with_reviews(table: Any, reviews: Dict[str, Dict[str, Any]]) -> Any:
 
 def _stored_parts(ws: Workspace, reviews: Dict[str, Dict[str, Any]], status: str) -> Iterator[Any]:
     """The workspace's samples shard by shard in the export layout, reviews folded in, filtered
-    by ``status``; the next ``READERS`` shards are read and prepared side by
-    side while this one is handed to the writers (two readers keep both cores of a small machine
-    busy: the writers compress while Arrow decodes)."""
+    by ``status``, in shard order; the next ``READERS`` shards are read and prepared side by side
+    while this one is handed to the writers (two readers keep both cores of a small machine busy:
+    the writers compress while Arrow decodes)."""
     stage = ws.stage("generate")
     ids = stage.done_shards()
     if not ids:
