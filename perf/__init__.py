@@ -17,7 +17,8 @@ CACHE_DIR = "refcoco-edit-perf"
 def cached_input(key: str, make: Callable[[Path], None]) -> Path:
     """``$TMPDIR/refcoco-edit-perf/KEY``, made on first use by ``make(folder)``: into a temp folder,
     marked ``DONE`` and renamed, so a killed or concurrent run never leaves a half input that a
-    later run would take (a ``make`` that raises leaves no temp folder either). Benchmarks regenerate nothing once it exists (bump the key instead)."""
+    later run would take (a ``make`` that raises leaves no temp folder either). Benchmarks
+    regenerate nothing once it exists (bump the key instead)."""
     base = Path(tempfile.gettempdir()) / CACHE_DIR
     root = base / key
     if (root / "DONE").exists():
