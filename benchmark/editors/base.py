@@ -57,6 +57,8 @@ PROTOCOL_KEYS: Dict[str, str] = {
     "referring_phrase": "the referring part of the prompt, prompt[referring_span] (str)",
     "edit_type": "the edit type: replace | remove | attribute | add (str)",
     "reference": "the reference edited image I_e (HxWx3 uint8): an oracle, not a real editor",
+    "reference_object": "the reference-based track's exemplar: {'image': HxWx3 uint8 photo of the object to put "
+                        "in, 'mask': HxW bool mask of that object in it} (reference-based exports only)",
 }
 
 # Reason codes of per-sample editor failures (stable strings: results.json counts them); the one
