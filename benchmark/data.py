@@ -11,13 +11,25 @@ keeps only the columns scoring needs, and orders samples by ``sample_id`` (the s
 whichever container holds them). Rows that cannot be scored are *skipped* with a reason code
 (``SKIP_REASONS``), counted in results.json, and never stop the run.
 
+An export of the *reference-based* view (``refcoco-edit export --view reference-based``:
+FreeBench-style triplets before / exemplar / after) is read the same way; its view comes from
+the export marker (``.refcoco-edit-export.json``) and is checked against its columns
+(``Dataset.view``: ``rie`` | ``reference-based``; a workspace is always ``rie``). Its rows keep the
+exemplar (``BenchSample.exemplar_bytes`` / ``exemplar_mask``), and carry no distractor or other
+object masks (the view has none: those metrics do not apply). A triplet without a usable exemplar
+is skipped (``no_exemplar``).
+
 ``decode_sample`` turns a sample into arrays (source, reference, M_e, M, same-category distractor
-masks, every other annotated object's mask when the data carry them), validating every mask before pycocotools sees it and every size against the source's.
-Images are decoded once per sample and shared by the editor input, all metrics and the gallery.
+masks, every other annotated object's mask when the data carry them, and on the reference-based
+track the exemplar image and its object mask), validating every mask before pycocotools sees it
+and every size against its image's (the exemplar mask against the exemplar, the rest against the
+source). Images are decoded once per sample and shared by the editor input, all metrics and the
+gallery.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +40,8 @@ import numpy as np
 from refcoco_edit.errors import InputError, SampleError
 from refcoco_edit.reasons import reasons
 
-__all__ = ["BenchSample", "DecodedSample", "Dataset", "load_dataset", "decode_sample", "SKIP_REASONS"]
+__all__ = ["BenchSample", "DecodedSample", "Dataset", "load_dataset", "decode_sample", "SKIP_REASONS", "VIEWS",
+           "RIE", "REFERENCE_BASED"]
 
 # why a row is not scored (stable strings); the one table of every code is refcoco_edit.reasons.REASONS
 SKIP_REASONS = reasons("skip")
@@ -37,6 +50,12 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 COLUMNS = ("sample_id", "split", "image_id", "category", "source_image", "source_mask", "bbox",
            "distractor_categories", "distractor_masks", "other_masks", "referring_expression", "edit_type", "edit_target",
            "prompt", "referring_span", "edit_span", "reference_image", "edit_mask", "review")
+RIE, REFERENCE_BASED = "rie", "reference-based"
+VIEWS = (RIE, REFERENCE_BASED)
+# the reference-based view's columns scoring reads (it has no distractor / other-object masks)
+REFERENCE_COLUMNS = tuple(c for c in COLUMNS if c not in (
+    "distractor_categories", "distractor_masks", "other_masks", "referring_expression")) + (
+    "exemplar_image", "exemplar_mask")
 
 
 @dataclass
@@ -62,6 +81,11 @@ class BenchSample:
     bbox: Optional[List[float]] = None
     other_masks: Optional[List[Dict[str, Any]]] = None
     """every other annotated object (any category); None: unknown (data before schema 1.1)"""
+    exemplar_bytes: Optional[bytes] = None
+    """reference-based track: the exemplar image (the object to put in, in a repainted
+    surrounding); None on the rie view"""
+    exemplar_mask: Optional[Dict[str, Any]] = None
+    """reference-based track: the object's mask in the exemplar (RLE of the exemplar's size)"""
 
     def _span(self, span: Tuple[int, int]) -> str:
         a, b = span
@@ -84,6 +108,10 @@ class DecodedSample:
     target_mask: Optional[np.ndarray]
     distractor_masks: List[np.ndarray] = field(default_factory=list)
     other_masks: Optional[List[np.ndarray]] = None
+    exemplar: Optional[np.ndarray] = None
+    """reference-based track: the exemplar image, HxWx3 uint8 (its own size); None on the rie view"""
+    exemplar_mask: Optional[np.ndarray] = None
+    """reference-based track: the object in the exemplar, HxW bool of the exemplar's size"""
 
     @property
     def hw(self) -> Tuple[int, int]:
@@ -96,7 +124,9 @@ class Dataset:
     skipped: List[Dict[str, str]]
     """[{sample_id, reason, error}] of rows left out at load time"""
     info: Dict[str, Any]
-    """kind (export|workspace), path, split, splits available, rows, schema_version"""
+    """kind (export|workspace), view, path, split, splits available, rows, schema_version"""
+    view: str = RIE
+    """the data view: ``rie`` (RefCOCO-Edit samples) or ``reference-based`` (triplets with exemplars)"""
 
     def sample_ids_sha256(self) -> str:
         h = hashlib.sha256()
@@ -116,20 +146,44 @@ def _read_workspace(root: Path) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
     reviews = ws.read_reviews()
     rows = [apply_review(r, reviews.get(r["sample_id"])) for r in table.to_pylist()]
     version = (table.schema.metadata or {}).get(b"refcoco_edit.schema_version", b"").decode() or None
-    return [{k: r.get(k) for k in COLUMNS} for r in rows], {"kind": "workspace", "schema_version": version}
+    return [{k: r.get(k) for k in COLUMNS} for r in rows], {"kind": "workspace", "schema_version": version,
+                                                          "view": RIE}
+
+
+def _marker_view(path: Path) -> Optional[str]:
+    """The view named by the export marker of ``path`` (the folder, or a file's folder), or None
+    when there is no marker (a loose Parquet file)."""
+    from refcoco_edit.export import EXPORT_MARKER
+
+    marker = (path if path.is_dir() else path.parent) / EXPORT_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        view = json.loads(marker.read_text(encoding="utf-8")).get("view", RIE)
+    except (OSError, ValueError, AttributeError) as e:
+        raise InputError(f"--data {path}: unreadable export marker {marker} ({e})") from None
+    if view not in VIEWS:
+        raise InputError(f"--data {path}: the export marker names view {view!r}; known views: {', '.join(VIEWS)}")
+    return str(view)
 
 
 def _read_export(path: Path) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
-    from refcoco_edit.export import load_export
+    from refcoco_edit.export import is_reference_based, load_export
 
+    marked = _marker_view(path)
     try:
         table = load_export(path)
     except ValueError as e:  # schema check
         raise InputError(f"--data {path}: {e}") from None
     except OSError as e:  # not Parquet, unreadable
         raise InputError(f"--data {path}: cannot read Parquet ({e})") from None
+    view = REFERENCE_BASED if is_reference_based(table) else RIE
+    if marked is not None and marked != view:
+        raise InputError(f"--data {path}: the export marker says view {marked!r} but the files hold the {view!r} "
+                         "view's columns; export it again")
     version = (table.schema.metadata or {}).get(b"refcoco_edit.schema_version", b"").decode() or None
-    return table.select(list(COLUMNS)).to_pylist(), {"kind": "export", "schema_version": version}
+    cols = REFERENCE_COLUMNS if view == REFERENCE_BASED else COLUMNS
+    return table.select(list(cols)).to_pylist(), {"kind": "export", "schema_version": version, "view": view}
 
 
 def _read_rows(path: Path) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
@@ -158,6 +212,11 @@ def _check_row(r: Dict[str, Any]) -> Optional[Tuple[str, str]]:
         return "no_edit_mask", "edit_mask is missing"
     if not (r.get("prompt") or "").strip():
         return "empty_prompt", "prompt is empty"
+    if "exemplar_image" in r:  # a reference-based triplet: the exemplar is the task's input
+        if not (r.get("exemplar_image") or {}).get("bytes"):
+            return "no_exemplar", "exemplar_image is missing"
+        if not r.get("exemplar_mask"):
+            return "no_exemplar", "exemplar_mask is missing"
     return None
 
 
@@ -175,13 +234,15 @@ def _to_sample(r: Dict[str, Any]) -> BenchSample:
         edit_mask=r["edit_mask"], source_mask=r.get("source_mask"), distractor_masks=same,
         n_distractors_all=len(masks), bbox=r.get("bbox"),
         other_masks=[m for m in r["other_masks"] if m] if r.get("other_masks") is not None else None,
+        exemplar_bytes=(r.get("exemplar_image") or {}).get("bytes"), exemplar_mask=r.get("exemplar_mask"),
     )
 
 
 def load_dataset(path: Union[str, Path], split: Optional[str] = None, status: str = "all",
                  limit: Optional[int] = None) -> Dataset:
-    """Scorable samples of ``path`` (export or workspace), optionally of one ``split`` and only
-    reviewed-accepted ones (``status="accepted"``), the first ``limit`` by sample_id."""
+    """Scorable samples of ``path`` (export of either view, or a workspace), optionally of one
+    ``split`` and only reviewed-accepted ones (``status="accepted"``), the first ``limit`` by
+    sample_id. ``Dataset.view`` says which view the data are (read from the export marker)."""
     if status not in ("all", "accepted"):
         raise InputError(f"--status {status!r}: choose all or accepted")
     path = Path(path)
@@ -212,7 +273,7 @@ def load_dataset(path: Union[str, Path], split: Optional[str] = None, status: st
     skipped.sort(key=lambda d: (d["sample_id"], d["reason"]))
     info.update({"path": str(path), "split": split, "splits_available": splits, "status": status,
                  "rows": len(rows), "limit": limit})
-    return Dataset(samples=samples, skipped=skipped, info=info)
+    return Dataset(samples=samples, skipped=skipped, info=info, view=str(info["view"]))
 
 
 def _mask(rle: Dict[str, Any], hw: Tuple[int, int], what: str) -> np.ndarray:
@@ -247,5 +308,13 @@ def decode_sample(s: BenchSample, reference: bool = True) -> DecodedSample:
     distractors = [_mask(m, hw, f"distractor_masks[{i}]") for i, m in enumerate(s.distractor_masks)]
     others = ([_mask(m, hw, f"other_masks[{i}]") for i, m in enumerate(s.other_masks)]
               if s.other_masks is not None else None)
+    exemplar = ex_mask = None
+    if s.exemplar_bytes is not None:
+        exemplar = decode_image(s.exemplar_bytes, "exemplar_image")
+        if s.exemplar_mask is None:
+            raise SampleError("no_exemplar", "exemplar_mask is missing")
+        ex_mask = _mask(s.exemplar_mask, (int(exemplar.shape[0]), int(exemplar.shape[1])), "exemplar_mask")
+        if not ex_mask.any():
+            raise SampleError("no_exemplar", "exemplar_mask is empty: the exemplar shows no object")
     return DecodedSample(source=src, reference=ref, edit_mask=me, target_mask=target, distractor_masks=distractors,
-                         other_masks=others)
+                         other_masks=others, exemplar=exemplar, exemplar_mask=ex_mask)

@@ -55,7 +55,8 @@ REASONS: Dict[str, Reason] = {
     "llm_target_changed": _r("the LLM changed the edit target", QUARANTINE),
     "llm_too_long": _r("the LLM prompt is longer than allowed", QUARANTINE),
     # -- ground-truth generation -----------------------------------------------------------------
-    "no_exemplar": _r("no exemplar instance of the edit target is available", QUARANTINE),
+    "no_exemplar": _r("no exemplar instance of the edit target is available (build), or a reference-based row "
+                      "has no exemplar image or exemplar mask (score)", QUARANTINE, SKIP),
     "no_fitting_target": _r("no replace target fits the source box (typical aspect and size, see "
                             "target_aspect_tolerance / target_size_ratio)", QUARANTINE),
     "shape_mismatch": _r("the exemplar scaled into the source box covers less than min_cover of it", QUARANTINE),
