@@ -7,10 +7,12 @@ is what ``refcoco-edit score`` does:
    "not computed" with the reason, everything else runs. The model metrics that can run load
    their backbones now (``refcoco_edit.benchmark.metrics.model_based.ModelMetrics``), before any editing, so
    a bad ``--clip-model`` stops the run at once (exit 2).
-2. **data** — ``refcoco_edit.benchmark.data.load_dataset``: an export folder or a workspace, one split,
-   ordered by ``sample_id``; unscorable rows are skipped with a reason.
+2. **data** — ``refcoco_edit.benchmark.data.load_dataset``: an export folder (of either view: rie or
+   reference-based, read from the export's marker) or a workspace, one split, ordered by
+   ``sample_id``; unscorable rows are skipped with a reason.
 3. **editor** — ``refcoco_edit.benchmark.editors.get_editor(--model)``, loaded lazily: a run whose outputs
-   are all cached never loads it.
+   are all cached never loads it. An editor that declares ``reference_object`` (the exemplar of the
+   reference-based track) on data of the rie view is refused at once (``check_track``, exit 2).
 4. **one pass** over the samples in chunks: each sample's images and masks are decoded once (a
    thread pool: PIL's decoders, numpy and OpenCV release the GIL), uncached samples are edited in batches of
    the editor's ``batch_size`` (the editor sees only what its protocol declares), every output is
@@ -64,7 +66,7 @@ from refcoco_edit.errors import InputError
 from refcoco_edit.seeds import derive_seed
 from refcoco_edit.workspace import atomic_write_bytes
 
-from .data import load_dataset
+from .data import REFERENCE_BASED, load_dataset
 from .editors.base import Editor
 from .metrics import METRICS, MetricParams, plan, select_metrics
 from .score_aggregate import aggregate, bootstrap_ci
@@ -75,7 +77,7 @@ from .score_items import Item, chunks, decode_item, lookup_cache
 from .score_ray import EditChunks, edit_on_ray
 from .score_samples import score_item, score_models, write_thumbnails
 
-__all__ = ["ScoreConfig", "ScoreResult", "run_score", "aggregate", "bootstrap_ci", "editor_seed",
+__all__ = ["ScoreConfig", "ScoreResult", "run_score", "aggregate", "bootstrap_ci", "editor_seed", "check_track",
            "RUN_MANIFEST", "OUTPUTS_DIR",
            # the names this module held before its steps moved out (still importable from here)
            "CACHE_VERSION", "RESIZE_RULE", "default_out", "input_key", "finish_output", "edit_items",
@@ -137,6 +139,7 @@ def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[
         editor = _build_editor(cfg)
     if cfg.batch_size is not None:
         editor.batch_size = int(cfg.batch_size)
+    check_track(editor, ds.view)
     wants_mask = bool(getattr(editor, "returns_mask", False))
     if "mask_iou" in computable and not wants_mask:
         computable.remove("mask_iou")
@@ -195,6 +198,16 @@ def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[
         timing["judge"] = judged.timing
     atomic_write_bytes(out / "timing.json", (json.dumps(timing, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     return ScoreResult(out=out, results=results, timing=timing, records=records)
+
+
+def check_track(editor: Editor, view: str) -> None:
+    """Refuse (exit 2, one line) an editor that needs the reference object on data without one:
+    ``reference_object`` exists only on a reference-based export (``Dataset.view``)."""
+    if "reference_object" in editor.protocol and view != REFERENCE_BASED:
+        name = editor.name or type(editor).__name__
+        raise InputError(f"editor {name!r} needs the reference object (protocol reference_object), and this data is "
+                         f"the {view!r} view: score a reference-based export (`refcoco-edit export --view "
+                         "reference-based`)")
 
 
 def _check(cfg: ScoreConfig) -> None:

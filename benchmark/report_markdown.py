@@ -36,7 +36,7 @@ def render_markdown(runs: Sequence[Dict[str, Any]], labels: Optional[Sequence[st
     for lab, r in zip(labels, runs):
         c, d = r["counts"], r["data"]
         lines.append(f"- **{_md(lab)}** (protocol `{_md(protocol_text(r['editor']))}`): data `{_md(d['path'])}` "
-                     f"({_md(d['kind'])}), split `{_md(d['split'] or 'all')}`; {c['samples']} samples: "
+                     f"({_md(d['kind'])}{', view ' + _md(d['view']) if d.get('view') else ''}), split `{_md(d['split'] or 'all')}`; {c['samples']} samples: "
                      f"{c['scored']} scored, {c['failed']} failed, {c['skipped']} skipped"
                      + (f", {c['resized']} outputs resized" if c["resized"] else "") + ".")
     hashes = {r["data"]["sample_ids_sha256"] for r in runs}
@@ -104,6 +104,8 @@ def render_markdown(runs: Sequence[Dict[str, Any]], labels: Optional[Sequence[st
               f"- background: {_md(cfgs['mask_protocol']['background'])}",
               f"- target: {_md(cfgs['mask_protocol']['target'])}; distractors: {_md(cfgs['mask_protocol']['distractors'])}",
               *([f"- other objects: {_md(cfgs['mask_protocol']['others'])}"] if cfgs["mask_protocol"].get("others") else []),
+              *([f"- reference object: {_md(cfgs['mask_protocol']['reference_object'])}"]
+                if cfgs["mask_protocol"].get("reference_object") else []),
               f"- referring: eps = {cfgs['metric_params'].get('referring_eps')}, "
               f"tau = {cfgs['metric_params'].get('preservation_tau')}; seed {cfgs['seed']}; "
               f"bootstrap {cfgs['bootstrap']['resamples']} resamples, {cfgs['bootstrap']['method']}",

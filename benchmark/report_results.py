@@ -102,7 +102,7 @@ def build_results(cfg: Any, dataset: Any, editor: Dict[str, Any], records: Seque
         "tool": {"name": "refcoco-edit", "version": __version__, "git_revision": rev, "git_dirty": dirty},
         "editor": editor,
         "data": {**{k: dataset.info.get(k) for k in ("path", "kind", "split", "splits_available", "status", "limit",
-                                                      "rows", "schema_version")},
+                                                      "rows", "schema_version", "view")},
                  "samples": len(dataset.samples), "sample_ids_sha256": dataset.sample_ids_sha256()},
         "config": {
             "seed": int(cfg.seed),
@@ -124,6 +124,9 @@ def build_results(cfg: Any, dataset: Any, editor: Dict[str, Any], records: Seque
                                "target's pixels",
                 "others": "other_masks (every other annotated object of the image, any category), minus the target's "
                           "pixels; null other_masks (data before schema 1.1): the others metrics are NaN",
+                **({"reference_object": "exemplar_mask (the object in exemplar_image, at the exemplar's own size); "
+                                        "the reference-based view has no distractor or other-object masks: those "
+                                        "metrics are NaN"} if dataset.view == "reference-based" else {}),
             },
             "metric_params": params.to_json(),
             "models": cfg.models(),

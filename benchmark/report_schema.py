@@ -11,10 +11,13 @@ same command on the same data give the same bytes: wall times and cache reuse go
                fields null outside a git checkout).
 ``editor``     ``{spec, name, class, protocol, config, batch_size, version}`` (+ ``timeout_s`` for
                cmd:). ``protocol``: what the editor saw beyond (image, prompt, seed), a subset of
-               ``gt_mask, object_mask, edit_phrase, referring_phrase, edit_type, reference``.
+               ``gt_mask, object_mask, edit_phrase, referring_phrase, edit_type, reference,
+               reference_object`` (the exemplar of the reference-based track).
 ``data``       ``{path, kind: export|workspace, split, splits_available, status, limit, rows,
-               samples, schema_version, sample_ids_sha256}``: ``rows`` read after the split and
-               status filters, ``samples`` scorable; the hash is of the sorted scored sample_ids.
+               samples, schema_version, sample_ids_sha256, view}``: ``rows`` read after the split and
+               status filters, ``samples`` scorable; the hash is of the sorted scored sample_ids;
+               ``view``: ``rie`` or ``reference-based`` (the export's view; absent in runs written
+               before the reference-based track).
 ``config``     the metric configuration: ``seed`` and ``editor_seed_rule``; ``metrics_requested``
                and ``metrics_computed``; ``image_size``, ``crop_rule``, ``resize_outputs``,
                ``resize_rule``; ``mask_protocol`` {background, target, distractors};
@@ -132,7 +135,8 @@ RESULTS_SCHEMA: Dict[str, Any] = {
         "editor": {"type": "object", "required": ["spec", "name", "class", "protocol", "config", "batch_size", "version"],
                    "properties": {"spec": {"type": "string"}, "name": {"type": "string"}, "class": {"type": "string"},
                                   "protocol": {"type": "array", "items": {"enum": ["gt_mask", "object_mask", "edit_phrase",
-                                                                                   "referring_phrase", "edit_type", "reference"]}},
+                                                                                   "referring_phrase", "edit_type", "reference",
+                                                                                   "reference_object"]}},
                                   "config": {"type": "object"}, "batch_size": {"type": "integer"},
                                   "version": {"type": "string"}, "timeout_s": {"type": "number"}}},
         "data": {"type": "object",
@@ -143,7 +147,8 @@ RESULTS_SCHEMA: Dict[str, Any] = {
                                 "splits_available": {"type": "array", "items": {"type": "string"}},
                                 "status": {"enum": ["all", "accepted"]}, "limit": {"type": ["integer", "null"]},
                                 "rows": {"type": "integer"}, "samples": {"type": "integer"},
-                                "schema_version": {"type": ["string", "null"]}, "sample_ids_sha256": {"type": "string"}}},
+                                "schema_version": {"type": ["string", "null"]}, "sample_ids_sha256": {"type": "string"},
+                                "view": {"enum": ["rie", "reference-based"]}}},
         "config": {"type": "object",
                    "required": ["seed", "editor_seed_rule", "metrics_requested", "metrics_computed", "image_size",
                                 "crop_rule", "resize_outputs", "resize_rule", "mask_protocol", "metric_params", "models",

@@ -12,7 +12,7 @@ Layout::
                              sample done
 
 ``input_sha256`` (``input_key``) hashes what the editor saw (source bytes, prompt, seed, protocol
-inputs): a cached output made from other inputs (a rebuilt dataset, a corrected prompt) is
+inputs, the exemplar image and mask for an editor that declares ``reference_object``): a cached output made from other inputs (a rebuilt dataset, a corrected prompt) is
 edited again. Plain files and dicts only: the pass's per-sample state is in ``score_items``.
 """
 from __future__ import annotations
@@ -110,6 +110,9 @@ def input_key(sample: BenchSample, seed: int, protocol: Sequence[str]) -> str:
         add("edit_type", sample.edit_type)
     if "reference" in p:
         add("reference", bytes(sample.reference_bytes))
+    if "reference_object" in p:  # the exemplar and its object mask (another exemplar: edit again)
+        add("reference_object", bytes(sample.exemplar_bytes or b""))
+        add("reference_object_mask", sample.exemplar_mask)
     return h.hexdigest()
 
 

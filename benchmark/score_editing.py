@@ -41,6 +41,8 @@ def editor_extras(editor: Editor, item: Item) -> Dict[str, Any]:
         e["edit_type"] = s.edit_type
     if "reference" in p:
         e["reference"] = d.reference
+    if "reference_object" in p:  # the harness refused data without exemplars before the pass (check_track)
+        e["reference_object"] = {"image": d.exemplar, "mask": d.exemplar_mask}
     return e
 
 

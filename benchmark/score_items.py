@@ -63,6 +63,9 @@ def decode_item(out: Path, it: Item) -> None:
         return
     it.decoded.source.setflags(write=False)  # editors get read-only inputs: metrics read them after
     it.decoded.reference.setflags(write=False)
+    for a in (it.decoded.exemplar, it.decoded.exemplar_mask):  # reference-based track only
+        if a is not None:
+            a.setflags(write=False)
     if it.meta is not None and it.meta["status"] == "ok":
         try:
             arr = decode_image((out / OUTPUTS_DIR / f"{it.sample.sample_id}.png").read_bytes(), "cached output")
