@@ -9,7 +9,8 @@ see the ground-truth mask; they return the mask they found (``returns_mask``), s
 name                   stage 3 (the editing back-end, reusing ``refcoco_edit.pipelines``)
 =====================  ======================================================================
 ``grounded-inpaint``   SD inpainting of the found region (``pipelines.inpaint``'s loading, DDIM)
-``grounded-pbe``       Paint-by-Example into the found box, exemplar from ``exemplar_dir``
+``grounded-pbe``       Paint-by-Example into the found box, exemplar from ``exemplar_dir`` or, with
+                       ``exemplars=sample``, the sample's own exemplar (``reference_object``)
 ``grounded-blended``   Blended Latent Diffusion in the found region (``pipelines.blended_latent``)
 =====================  ======================================================================
 
@@ -36,6 +37,14 @@ Per batch (one model load per run; every stage batched over the samples):
 
 A sample whose box is not found, whose exemplar is missing (PbE) or whose edit Paint-by-Example
 cannot do (not a replacement) is a per-sample ``editor_error`` with the reason.
+
+``grounded-pbe`` on the reference-based track: ``exemplars=folder`` (default) takes an exemplar of
+the parsed edit target from ``exemplar_dir`` (a category's picture, not the sample's object);
+``exemplars=sample`` declares ``reference_object`` and paints the sample's own exemplar (its object
+mask as alpha) into the found box: the mask-free two-stage baseline of that track. The protocol
+follows the option, so the harness still passes only what is declared, and scoring an rie export
+with ``exemplars=sample`` is refused (it has no exemplars). A triplet whose instruction names no
+object to find (the track's additions, "add a vase") fails per sample: there is nothing to ground.
 """
 from __future__ import annotations
 
@@ -66,12 +75,13 @@ IBox = Tuple[int, int, int, int]
 
 
 class _Job:
-    __slots__ = ("i", "src", "mask", "box", "region", "text", "negative", "parsed")
+    __slots__ = ("i", "src", "mask", "box", "region", "text", "negative", "parsed", "extra")
 
     def __init__(self, i: int, src: np.ndarray, mask: np.ndarray, box: IBox, region: np.ndarray, text: str,
-                 negative: str, parsed: ParsedInstruction) -> None:
+                 negative: str, parsed: ParsedInstruction, extra: Optional[Dict[str, Any]] = None) -> None:
         self.i, self.src, self.mask, self.box, self.region = i, src, mask, box, region
         self.text, self.negative, self.parsed = text, negative, parsed
+        self.extra = extra if extra is not None else {}  # the sample's protocol inputs
 
 
 class GroundedEditor(DiffusionEditor):
@@ -203,7 +213,7 @@ class GroundedEditor(DiffusionEditor):
             mask, clip = self._segment(src, box)
             region = clip if self.region_rule == "box" else (dilate(mask, self.config["dilate_px"]) & clip)
             text, neg = self._texts(prompts[i], parsed[i])
-            jobs.append(_Job(i, src, mask, box, region, text, neg, parsed[i]))
+            jobs.append(_Job(i, src, mask, box, region, text, neg, parsed[i], extras[i]))
         if jobs:
             gens = self.run_backend(jobs, [seeds[j.i] for j in jobs])
             self._finish(jobs, gens, out)
@@ -314,8 +324,16 @@ class GroundedBlendedEditor(GroundedEditor):
                                        [j.negative for j in jobs], seeds)
 
 
+EXEMPLAR_SOURCES = {
+    "folder": "exemplar_dir: DIR/<parsed target>/* or DIR/<parsed target>.png, picked by the sample's seed",
+    "sample": "the sample's own exemplar (reference_object: the reference-based track's exemplar image, its object "
+              "mask as alpha)",
+}
+
+
 class GroundedPbEEditor(GroundedEditor):
-    """Grounding -> SAM -> Paint-by-Example into the found box (replacements; exemplar from a folder)."""
+    """Grounding -> SAM -> Paint-by-Example into the found box (replacements; exemplar from a
+    folder, or the sample's own exemplar with ``exemplars=sample``)."""
 
     name = "grounded-pbe"
     backend = "Paint-by-Example"
@@ -327,19 +345,31 @@ class GroundedPbEEditor(GroundedEditor):
                  steps: int = 50, guidance_scale: float = 5.0, resolution: int = 512, context: float = 1.5,
                  feather_px: int = 0, clipseg_threshold: float = 0.4, device: str = "auto", dtype: str = "auto",
                  local_files_only: bool = True, batch_size: Optional[int] = None, exemplar_dir: str = "",
-                 exemplar_background: int = 255) -> None:
+                 exemplar_background: int = 255, exemplars: str = "folder") -> None:
+        if exemplars not in EXEMPLAR_SOURCES:
+            raise ValueError(f"exemplars must be one of {', '.join(EXEMPLAR_SOURCES)}, got {exemplars!r}")
+        if exemplars == "sample" and exemplar_dir:
+            raise ValueError("exemplar_dir is not used with exemplars=sample (the sample's own exemplar is painted)")
         super().__init__(model, grounder, phrase, sam_checkpoint, sam_type, box_margin, dilate_px, steps, guidance_scale,
                          resolution, context, "parsed", BACKGROUND_PROMPT, "", feather_px, clipseg_threshold,
                          device, dtype, local_files_only, batch_size, exemplar_dir=str(exemplar_dir or ""),
-                         exemplar_background=int(exemplar_background))
+                         exemplar_background=int(exemplar_background), exemplars=exemplars)
+        if exemplars == "sample":  # the protocol follows the option: the harness passes only what is declared
+            self.protocol = self.protocol | {"reference_object"}
+
+    def describe(self) -> Dict[str, Any]:
+        d = super().describe()
+        d["exemplar_source"] = EXEMPLAR_SOURCES[self.config["exemplars"]]
+        return d
 
     def load_backend(self) -> None:
         from refcoco_edit.pipelines.paint_by_example import PaintByExampleReplace
 
         c = self.config
-        if not c["exemplar_dir"] or not Path(c["exemplar_dir"]).is_dir():
+        if c["exemplars"] == "folder" and (not c["exemplar_dir"] or not Path(c["exemplar_dir"]).is_dir()):
             raise InputError(f"editor {self.name!r}: exemplar_dir={c['exemplar_dir']!r} is not a folder; give "
-                             "--editor-arg exemplar_dir=DIR holding DIR/<target>.png or DIR/<target>/*.png")
+                             "--editor-arg exemplar_dir=DIR holding DIR/<target>.png or DIR/<target>/*.png (on a "
+                             "reference-based export: --editor-arg exemplars=sample)")
         gt = PaintByExampleReplace(model=c["model"], runtime=self.runtime(), num_inference_steps=c["steps"],
                                    guidance_scale=c["guidance_scale"], resolution=c["resolution"], context=c["context"])
         try:
@@ -375,15 +405,24 @@ class GroundedPbEEditor(GroundedEditor):
         from refcoco_edit.pipelines.paint_by_example import exemplar_on_background
         from refcoco_edit.pipelines.windows import uncrop
 
+        from .pbe_mask import reference_rgba
+
         c, r = self.config, self.config["resolution"]
         res: List[Any] = [None] * len(jobs)
         run: List[Tuple[int, Any]] = []
         for k, (j, s) in enumerate(zip(jobs, seeds)):
             if j.parsed.kind != "replace":
-                res[k] = EditFailure("editor_error", f"Paint-by-Example makes replacements; the prompt reads as "
-                                                     f"{j.parsed.kind!r}")
+                res[k] = EditFailure("editor_error", f"Paint-by-Example replaces the found object; the prompt reads as "
+                                                     f"{j.parsed.kind!r}, not a replacement (an addition names no "
+                                                     "object to find)")
                 continue
-            ex = self.exemplar(j.parsed.edit, s)
+            if c["exemplars"] == "sample":
+                ex = reference_rgba(j.extra["reference_object"])
+                if ex is None:
+                    res[k] = EditFailure("editor_error", "the sample's exemplar mask is empty or not of its image's size")
+                    continue
+            else:
+                ex = self.exemplar(j.parsed.edit, s)
             if ex is None:
                 res[k] = EditFailure("editor_error", f"no exemplar of {j.parsed.edit!r} in {c['exemplar_dir']}")
                 continue

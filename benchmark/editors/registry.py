@@ -6,7 +6,8 @@ A spec is one of:
   editors ``instruct-pix2pix``, ``magicbrush``, ``blended-latent``, ``inpaint-anything``
   (``refcoco_edit.benchmark.editors.diffusion``: the diffusion extra, weights via ``--editor-arg model=...``),
   ``instructdiffusion`` (``.instructdiffusion``) and the grounding -> SAM -> editing baselines
-  ``grounded-inpaint``, ``grounded-pbe``, ``grounded-blended`` (``.grounded``);
+  ``grounded-inpaint``, ``grounded-pbe``, ``grounded-blended`` (``.grounded``); the reference-based
+  track's baselines ``copy-paste`` (``.copy_paste``, weight-free) and ``pbe-mask`` (``.pbe_mask``);
   names of planned editors (``PLANNED``) are known and say so when asked for;
 * ``NAME:ARG``, a registered name (or alias) whose editor class declares ``spec_option``: ARG is
   that constructor option, e.g. ``referdiffusion:CHECKPOINT`` = ``referdiffusion`` with
@@ -47,6 +48,8 @@ EDITORS: Dict[str, str] = {
     "grounded-pbe": "refcoco_edit.benchmark.editors.grounded:GroundedPbEEditor",
     "grounded-blended": "refcoco_edit.benchmark.editors.grounded:GroundedBlendedEditor",
     "instructdiffusion": "refcoco_edit.benchmark.editors.instructdiffusion:InstructDiffusionEditor",
+    "copy-paste": "refcoco_edit.benchmark.editors.copy_paste:CopyPasteEditor",
+    "pbe-mask": "refcoco_edit.benchmark.editors.pbe_mask:PbEMaskEditor",
 }
 
 # names we know and will ship with the diffusion extra; asking for one says what is missing
@@ -73,6 +76,8 @@ ALIASES: Dict[str, str] = {
     "grounded-blended-latent": "grounded-blended",
     "grounded-sam-blended": "grounded-blended",
     "instruct-diffusion": "instructdiffusion",
+    "copypaste": "copy-paste",
+    "paint-by-example-mask": "pbe-mask",
 }
 
 
