@@ -24,6 +24,8 @@ def _columns(runs: Sequence[Dict[str, Any]]) -> List[str]:
     cols = ["vie_sc", "vie_pq", "vie_o", "referring_accuracy"] + [f"judge_ref_acc_{p}" for p in protos]
     cols += ["distractor_preservation"] + [f"judge_distr_pres_{p}" for p in protos]
     cols += [f"judge_agree_{p}" for p in protos]
+    if any("judge_same_object" in (r.get("judge") or {}).get("metrics", {}) for r in runs):
+        cols += ["judge_same_object", "judge_identity"]  # the reference-based track's question
     return cols
 
 

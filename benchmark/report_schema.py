@@ -87,7 +87,8 @@ _COUNTS_MAP = {"type": "object", "additionalProperties": {"type": "integer"}}
 
 _JUDGE_FAILURES = {"type": "array", "items": {
     "type": "object", "required": ["sample_id", "question", "pass", "reason", "error"],
-    "properties": {"sample_id": {"type": "string"}, "question": {"enum": ["sc", "pq", "ref_blind", "ref_marked"]},
+    "properties": {"sample_id": {"type": "string"}, "question": {"enum": ["sc", "pq", "ref_blind", "ref_marked",
+                                                                                  "same_object"]},
                    "pass": {"type": "integer"}, "reason": {"type": "string"}, "error": {"type": ["string", "null"]}}}}
 JUDGE_SCHEMA: Dict[str, Any] = {
     "type": "object",
@@ -182,7 +183,7 @@ RESULTS_SCHEMA: Dict[str, Any] = {
             "type": "object",
             "required": ["family", "title", "description", "higher_is_better", "display_scale", "n", "n_not_applicable",
                          "mean", "std", "ci95", "by_edit_type"],
-            "properties": {"family": {"enum": ["paper", "pie", "magicbrush", "referring"]}, "title": {"type": "string"},
+            "properties": {"family": {"enum": ["paper", "pie", "magicbrush", "referring", "identity"]}, "title": {"type": "string"},
                            "description": {"type": "string"}, "higher_is_better": {"type": ["boolean", "null"]},
                            "display_scale": {"type": "number"}, "n": {"type": "integer"},
                            "n_not_applicable": {"type": "integer"}, "mean": _NUM, "std": _NUM, "ci95": _CI,

@@ -4,7 +4,9 @@
   PNG, at native resolution: the judge sees exactly the pixels that were scored;
 * the output: the cached ``outputs/{sample_id}.png`` bytes as they are;
 * the marked source (``ref_marked``): the source with the outline of the referred object's mask
-  M drawn on it in :data:`~.protocol.OUTLINE_RGB`, encoded as PNG.
+  M drawn on it in :data:`~.protocol.OUTLINE_RGB`, encoded as PNG;
+* ``same_object`` (the reference-based track): the exemplar with its object mask outlined, and the
+  output with the edited area M_e outlined, the same way (:data:`EXEMPLAR_RULE`).
 """
 from __future__ import annotations
 
@@ -16,10 +18,14 @@ import numpy as np
 
 from .protocol import OUTLINE_RGB
 
-__all__ = ["data_url", "png_url", "outline_thickness", "marked_source", "MARK_RULE"]
+__all__ = ["data_url", "png_url", "outline_thickness", "marked_source", "MARK_RULE", "EXEMPLAR_RULE"]
 
 MARK_RULE = ("the source with the contours of M (cv2.findContours, external and holes) drawn in RGB "
              f"{OUTLINE_RGB}, thickness max(2, round(min(H, W) / 150)) px, PNG")
+
+
+EXEMPLAR_RULE = ("the exemplar with the contours of its exemplar_mask, and the cached output with the contours of "
+                 f"M_e, each drawn as in the marked source (RGB {OUTLINE_RGB}), PNG")
 
 
 def _mime(data: bytes) -> str:

@@ -13,8 +13,17 @@ Four questions per sample and pass (``QUESTIONS``):
 * ``ref_marked`` (ours; images: source with the referred object outlined from M, output): the
   same answer; the judge only verifies.
 
+On the reference-based track (samples with an exemplar) one more question:
+
+* ``same_object`` (ours; images: the exemplar with its object outlined from its mask, the output
+  with the edited area M_e outlined): ``{"same_object": bool, "score": number in [0, 10],
+  "reasoning"}``: is the object in the edited region the same object (identity, not only the
+  category) as the one outlined in the reference image.
+
 N is the number of same-category distractors (the look-alikes the referring phrase must tell
-apart), told to the judge in both protocols. Prompts, schemas and the re-ask message are part
+apart), told to the judge in both protocols. Version history: ``refcoco-edit-judge-1`` (sc, pq,
+ref_blind, ref_marked); ``refcoco-edit-judge-2`` adds ``same_object`` (the other prompts are
+unchanged, but every cache key moves with the version). Prompts, schemas and the re-ask message are part
 of the cache key through :data:`JUDGE_PROMPT_VERSION`: change any of them only with a new version.
 """
 from __future__ import annotations
@@ -26,12 +35,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from refcoco_edit.errors import SampleError
 
-__all__ = ["JUDGE_PROMPT_VERSION", "QUESTIONS", "PROTOCOLS", "OUTLINE_RGB", "JudgeRejected", "Question",
+__all__ = ["JUDGE_PROMPT_VERSION", "QUESTIONS", "REFERENCE_QUESTIONS", "PROTOCOLS", "OUTLINE_RGB", "JudgeRejected", "Question",
            "answer_schema", "build_messages", "parse_answer", "feedback_message"]
 
-JUDGE_PROMPT_VERSION = "refcoco-edit-judge-1"
+JUDGE_PROMPT_VERSION = "refcoco-edit-judge-2"
 PROTOCOLS = ("blind", "marked")
-QUESTIONS = ("sc", "pq", "ref_blind", "ref_marked")
+QUESTIONS = ("sc", "pq", "ref_blind", "ref_marked", "same_object")
+REFERENCE_QUESTIONS = ("same_object",)  # asked only on the reference-based track (samples with an exemplar)
 OUTLINE_RGB = (255, 0, 255)  # the marked protocol's outline colour (magenta: rare in photos)
 OUTLINE_NAME = "magenta"
 SCORE_MAX = 10
@@ -92,12 +102,28 @@ _REF = ("The first image is an original photo, the second an edited version of i
         "Answer with: {{\"target_edited\": true or false, \"distractors_changed\": integer, "
         "\"other_changed\": true or false, \"reasoning\": \"one or two sentences\"}}")
 
+_SAME = ("The first image is a reference image: the object outlined in " + OUTLINE_NAME + " in it is the "
+         "reference object. The second image was made by an image editor following this instruction:\n"
+         "\"{prompt}\"\n\n"
+         "In the second image the edited region is outlined in " + OUTLINE_NAME + "; the outlines are not part of "
+         "the photos.\n"
+         "Is the object in the edited region of the second image the same object as the reference object: the "
+         "same individual object (its shape, colours, texture and details), not merely another {category}? "
+         "Pose, size, lighting and background may differ.\n\n"
+         "Answer with: {{\"same_object\": true or false, \"score\": a number from 0 (a different object, or "
+         "none) to 10 (certainly the same object), \"reasoning\": \"one or two sentences\"}}")
+
 _MARKED = ("In the first image the referred object is outlined in " + OUTLINE_NAME + "; the outline is not part "
            "of the photo.\n")
 
 
 def answer_schema(q: Question) -> Dict[str, Any]:
     """The JSON Schema an answer to ``q`` must follow (checked by ``report_schema.schema_errors``)."""
+    if q.kind == "same_object":
+        return {"type": "object", "required": ["same_object", "score"],
+                "properties": {"same_object": {"type": "boolean"},
+                               "score": {"type": "number", "minimum": 0, "maximum": SCORE_MAX},
+                               "reasoning": {"type": ["string", "null"]}}}
     if q.kind in ("sc", "pq"):
         return {"type": "object", "required": ["score"],
                 "properties": {"score": {"type": "array", "minItems": 2, "maxItems": 2,
@@ -116,6 +142,8 @@ def question_text(q: Question) -> str:
         return _SC.format(prompt=q.prompt)
     if q.kind == "pq":
         return _PQ
+    if q.kind == "same_object":
+        return _SAME.format(prompt=q.prompt, category=q.category or "object of that kind")
     return _REF.format(prompt=q.prompt, referring=q.referring_phrase, edit=q.edit_phrase,
                        marked=_MARKED if q.kind == "ref_marked" else "", n=int(q.n_distractors),
                        category=q.category or "similar")

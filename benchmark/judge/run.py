@@ -1,8 +1,8 @@
 """Asking the judge about every scored sample of a run (:func:`ask_all`), and the raw answers'
 side file (``judge/answers.parquet``: every answer's text, kept so anyone can re-aggregate).
 
-Per sample and pass, the questions of :func:`questions_of` (``sc``, ``pq`` and one referring
-question per protocol). Samples are prepared in chunks (their images encoded once, as data URLs
+Per sample and pass, the questions of :func:`questions_of` (``sc``, ``pq``, one referring
+question per protocol and, on the reference-based track, ``same_object``). Samples are prepared in chunks (their images encoded once, as data URLs
 with their hashes); the questions of a chunk run on ``concurrency`` threads. Each answer is
 committed to the cache as soon as it arrives, so a killed run loses only the requests in flight.
 """
@@ -17,10 +17,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from refcoco_edit.errors import SampleError
 
-from ..data import BenchSample, decode_sample
+from ..data import BenchSample, decode_image, decode_sample
 from .client import JudgeClient, JudgeConfig, Outcome, _Stopped
 from .images import data_url, marked_source, png_url
-from .protocol import Question
+from .protocol import REFERENCE_QUESTIONS, Question
 
 __all__ = ["SampleJudgement", "JudgeRun", "questions_of", "ask_all", "answers_table", "ANSWERS_FILE"]
 
@@ -45,6 +45,8 @@ class JudgeRun:
 
     cfg: JudgeConfig
     judged: Dict[str, SampleJudgement]
+    questions: List[str] = field(default_factory=list)
+    """the questions asked per sample and pass (``questions_of``)"""
     requests: int = 0
     cache_hits: int = 0
     seconds: float = 0.0
@@ -56,16 +58,17 @@ class _Prepared:
     error: Optional[Tuple[str, str]] = None
 
 
-def questions_of(cfg: JudgeConfig) -> List[str]:
-    """The questions asked per sample and pass, in order."""
-    return ["sc", "pq"] + [f"ref_{p}" for p in cfg.protocols]
+def questions_of(cfg: JudgeConfig, reference_based: bool = False) -> List[str]:
+    """The questions asked per sample and pass, in order; ``reference_based``: the data are the
+    reference-based track's (samples with an exemplar), which adds ``same_object``."""
+    return ["sc", "pq"] + [f"ref_{p}" for p in cfg.protocols] + (list(REFERENCE_QUESTIONS) if reference_based else [])
 
 
 _IMAGES = {"sc": ("source", "output"), "pq": ("output",), "ref_blind": ("source", "output"),
-           "ref_marked": ("marked", "output")}
+           "ref_marked": ("marked", "output"), "same_object": ("exemplar_marked", "output_marked")}
 
 
-def _prepare(s: BenchSample, output: Path, marked: bool) -> _Prepared:
+def _prepare(s: BenchSample, output: Path, marked: bool, same_object: bool = False) -> _Prepared:
     p = _Prepared()
     try:
         out_bytes = output.read_bytes()
@@ -81,6 +84,15 @@ def _prepare(s: BenchSample, output: Path, marked: bool) -> _Prepared:
     p.images["output"] = data_url(out_bytes)
     if marked and d.target_mask is not None and d.target_mask.any():
         p.images["marked"] = data_url(marked_source(d.source, d.target_mask))
+    if same_object and d.exemplar is not None and d.exemplar_mask is not None:
+        try:
+            out = decode_image(out_bytes, "cached output")
+        except SampleError as e:
+            p.error = ("judge_no_output", str(e))
+            return p
+        if out.shape == d.source.shape:  # the edited region M_e outlined on the output, the object on the exemplar
+            p.images["exemplar_marked"] = data_url(marked_source(d.exemplar, d.exemplar_mask))
+            p.images["output_marked"] = data_url(marked_source(out, d.edit_mask))
     return p
 
 
@@ -97,13 +109,14 @@ def ask_all(jc: JudgeClient, samples: Sequence[BenchSample], records: Sequence[D
     cfg = jc.cfg
     by_id = {s.sample_id: s for s in samples}
     todo = [r for r in records if r.get("status") == "ok" and r.get("output") and r["sample_id"] in by_id]
-    kinds = questions_of(cfg)
-    run = JudgeRun(cfg=cfg, judged={})
+    reference_based = any(s.exemplar_bytes is not None for s in samples)
+    kinds = questions_of(cfg, reference_based)
+    run = JudgeRun(cfg=cfg, judged={}, questions=kinds)
     with ThreadPoolExecutor(max_workers=int(cfg.concurrency)) as pool:
         for i in range(0, len(todo), chunk):
             part = todo[i:i + chunk]
             prepared = list(pool.map(lambda r: _prepare(by_id[r["sample_id"]], out / r["output"],
-                                                        "ref_marked" in kinds), part))
+                                                        "ref_marked" in kinds, "same_object" in kinds), part))
             jobs = []
             for r, prep in zip(part, prepared):
                 s = by_id[r["sample_id"]]
@@ -116,7 +129,9 @@ def ask_all(jc: JudgeClient, samples: Sequence[BenchSample], records: Sequence[D
                             continue
                         names = _IMAGES[kind]
                         if any(n not in prep.images for n in names):
-                            j.not_asked[kind] = "the sample has no referred-object mask M to outline"
+                            j.not_asked[kind] = ("the sample has no exemplar (or its output is of another size)"
+                                                 if kind == "same_object" else
+                                                 "the sample has no referred-object mask M to outline")
                             continue
                         imgs = [prep.images[n] for n in names]
                         fut = pool.submit(jc.ask, _question(s, kind), [u for u, _ in imgs], [h for _, h in imgs], p)

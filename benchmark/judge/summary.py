@@ -13,7 +13,9 @@ Per sample (NaN where the question behind it got no valid answer in any pass, or
   ``judge_ref_acc_P`` (mean over passes of: target edited and no distractor changed),
   ``judge_distr_pres_P`` (mean over passes of (N - distractors_changed) / N; NaN when N = 0),
   ``judge_agree_P`` (1 when the judge's majority verdict, judge_ref_acc_P >= 0.5, equals the pixel
-  metric ``referring_accuracy``; NaN where that is NaN or was not computed).
+  metric ``referring_accuracy``; NaN where that is NaN or was not computed);
+* on the reference-based track (the ``same_object`` question): ``judge_same_object`` (mean over
+  passes of same_object) and ``judge_identity`` (mean over passes of its 0-10 score).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import numpy as np
 
 from ..score_aggregate import aggregate
 from .client import JudgeConfig, host_class
-from .images import MARK_RULE
+from .images import EXEMPLAR_RULE, MARK_RULE
 from .protocol import JUDGE_PROMPT_VERSION, SCORE_MAX
 from .run import JudgeRun, SampleJudgement, questions_of
 
@@ -60,13 +62,16 @@ DEFINITIONS = {
                  "verifies",
     "agreement": "judge_agree_<protocol> = 1 when (judge_ref_acc >= 0.5) equals the pixel metric "
                  "referring_accuracy; per run: agreement rate, Cohen's kappa and the confusion counts",
+    "same_object": "reference-based track: the `same_object` question (" + EXEMPLAR_RULE + "): "
+                   "judge_same_object = fraction of passes where the judge saw the reference object itself in the "
+                   "edited region; judge_identity = mean of its 0-10 identity score",
     "failures": "a question without a valid answer after the re-ask is a judge failure with a reason code, "
                 "never a zero: the sample is left out of that metric's mean (n_failed)",
 }
 
 
-def metric_specs(cfg: JudgeConfig) -> "OrderedDict[str, JudgeMetric]":
-    """The judge metrics of a run with ``cfg``, in table order."""
+def metric_specs(cfg: JudgeConfig, questions: Optional[Sequence[str]] = None) -> "OrderedDict[str, JudgeMetric]":
+    """The judge metrics of a run with ``cfg`` asking ``questions`` (default: ``questions_of(cfg)``), in table order."""
     out: "OrderedDict[str, JudgeMetric]" = OrderedDict()
     out["vie_sc"] = JudgeMetric("VIE-SC", "VIEScore semantic consistency (0-10): " + DEFINITIONS["vie_sc"], True, "sc")
     out["vie_pq"] = JudgeMetric("VIE-PQ", "VIEScore perceptual quality (0-10): " + DEFINITIONS["vie_pq"], True, "pq")
@@ -82,6 +87,12 @@ def metric_specs(cfg: JudgeConfig) -> "OrderedDict[str, JudgeMetric]":
             f"J-Target-Edited ({p})", "fraction of passes where the judge saw the referred object get the edit", True, q)
         out[f"judge_agree_{p}"] = JudgeMetric(
             f"J-Agree ({p})", "1 when the judge's majority referring verdict equals the pixel Ref-Acc", None, q)
+    if "same_object" in (questions if questions is not None else questions_of(cfg)):
+        out["judge_same_object"] = JudgeMetric(
+            "J-Same-Object", "fraction of passes where the judge saw the reference object itself (not only its "
+            "category) in the edited region", True, "same_object")
+        out["judge_identity"] = JudgeMetric(
+            "J-Identity", "the judge's 0-10 score of the edited object being the reference object", True, "same_object")
     if cfg.passes > 1:
         for n, q in (("vie_sc", "sc"), ("vie_pq", "pq"), ("vie_o", "sc+pq")):
             out[f"{n}_spread"] = JudgeMetric(out[n].title + " spread", f"std (ddof 0) of {n} over the passes "
@@ -129,6 +140,10 @@ def sample_values(j: SampleJudgement, cfg: JudgeConfig, pixel_ref_acc: Optional[
             v[f"judge_agree_{proto}"] = math.nan
         else:
             v[f"judge_agree_{proto}"] = 1.0 if (ra >= 0.5) == (pixel_ref_acc >= 0.5) else 0.0
+    if any(k == "same_object" for k, _ in j.outcomes) or "same_object" in j.not_asked:
+        same = [o.answer for (k, _), o in sorted(j.outcomes.items()) if k == "same_object" and o.answer is not None]
+        v["judge_same_object"] = _mean([1.0 if a["same_object"] else 0.0 for a in same])
+        v["judge_identity"] = _mean([float(a["score"]) for a in same])
     return v
 
 
@@ -181,7 +196,7 @@ def judge_section(cfg: JudgeConfig, run: JudgeRun, records: Sequence[Dict[str, A
                   values: Dict[str, Dict[str, float]], seed: int, resamples: int) -> Dict[str, Any]:
     """results.json's ``judge`` section (schema in ``report_schema``). Deterministic: request
     counts and wall times go to timing.json instead."""
-    specs = metric_specs(cfg)
+    specs = metric_specs(cfg, run.questions or None)
     judged = [r for r in records if r["sample_id"] in values]
     pseudo = [{"status": "ok", "edit_type": r.get("edit_type"), "metrics": values[r["sample_id"]]} for r in judged]
     agg = aggregate(pseudo, list(specs), seed, resamples)
@@ -217,9 +232,10 @@ def judge_section(cfg: JudgeConfig, run: JudgeRun, records: Sequence[Dict[str, A
         "api": "openai chat.completions (images as base64 data URLs)",
         "prompt_version": JUDGE_PROMPT_VERSION,
         "params": {**cfg.params(), "passes": int(cfg.passes), "protocols": list(cfg.protocols),
-                   "attempts": int(cfg.attempts), "questions": questions_of(cfg),
+                   "attempts": int(cfg.attempts), "questions": list(run.questions or questions_of(cfg)),
                    "seed_rule": "the request's seed is the pass index (0 .. passes-1)",
-                   "images": "source: decoded pixels as PNG; output: the cached PNG; marked: " + MARK_RULE,
+                   "images": "source: decoded pixels as PNG; output: the cached PNG; marked: " + MARK_RULE
+                             + ("; same_object: " + EXEMPLAR_RULE if "same_object" in run.questions else ""),
                    "bootstrap_seed_rule": "numpy default_rng(derive_seed(seed, 'bootstrap', metric, edit_type or 'all'))"},
         "definitions": dict(DEFINITIONS),
         "counts": {"samples": len(run.judged), "answers": n_answers,

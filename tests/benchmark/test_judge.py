@@ -100,7 +100,7 @@ def test_identity_gets_the_minimum_and_oracle_the_maximum(export, srv, tmp_path,
     assert {k for k, _ in seen} == {"sc", "ref_blind", "ref_marked"} and len(seen) == 3 * N
     # what results.json records of the judge: model, host class, prompt version, params; never the key
     assert j["model"] == "fake-vlm" and j["base_url_class"] == "loopback"
-    assert j["prompt_version"] == "refcoco-edit-judge-1" and j["params"]["passes"] == 1
+    assert j["prompt_version"] == "refcoco-edit-judge-2" and j["params"]["passes"] == 1
     assert j["params"]["protocols"] == ["blind", "marked"] and j["params"]["temperature"] == 0.0
     assert srv.requests[0]["headers"]["authorization"] == "Bearer sk-secret-judge-key-123"
     for f in [p for p in (tmp_path / "identity").rglob("*") if p.is_file()]:
