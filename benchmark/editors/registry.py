@@ -44,6 +44,7 @@ EDITORS: Dict[str, str] = {
     "blended-latent": "refcoco_edit.benchmark.editors.diffusion:BlendedLatentEditor",
     "inpaint-anything": "refcoco_edit.benchmark.editors.diffusion:InpaintAnythingEditor",
     "referdiffusion": "refcoco_edit.benchmark.referdiffusion.infer:ReferDiffusionEditor",
+    "freeedit": "refcoco_edit.benchmark.freeedit.infer:FreeEditEditor",
     "grounded-inpaint": "refcoco_edit.benchmark.editors.grounded:GroundedInpaintEditor",
     "grounded-pbe": "refcoco_edit.benchmark.editors.grounded:GroundedPbEEditor",
     "grounded-blended": "refcoco_edit.benchmark.editors.grounded:GroundedBlendedEditor",
