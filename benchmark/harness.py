@@ -129,11 +129,11 @@ def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[
     params = cfg.params()
     # 1. plan
     names = select_metrics(cfg.metrics)
-    computable, not_computed = plan(names, cfg.models())
     # 2. data
     t = time.perf_counter()
     ds = load_dataset(cfg.data, split=cfg.split, status=cfg.status, limit=cfg.limit)
     timer.add("load_data_s", time.perf_counter() - t)
+    computable, not_computed = plan(names, cfg.models(), view=ds.view)  # the view: identity needs exemplars
     # 3. editor (built, not loaded)
     if editor is None:
         editor = _build_editor(cfg)

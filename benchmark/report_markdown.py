@@ -14,6 +14,7 @@ TABLE_FAMILIES = (
     ("magicbrush", "MagicBrush (against the reference image)"),
     ("referring", "Referring (instance level: the referred object vs its same-category distractors; "
                   "Others: every other annotated object of the image)"),
+    ("identity", "Identity (reference-based track: the edited object vs the exemplar's object; CLIP-T vs the edit phrase)"),
 )
 
 

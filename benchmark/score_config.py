@@ -26,7 +26,7 @@ class ScoreConfig:
     out: Optional[str] = setting(None, "results folder (default: refcoco-edit-results/<model>)")
     split: Optional[str] = setting(None, "score only this split (default: all)")
     metrics: Optional[List[str]] = setting(
-        None, "comma-separated metric or family names: paper, pie, magicbrush, referring (default: all)")
+        None, "comma-separated metric or family names: paper, pie, magicbrush, referring, identity (default: all)")
     seed: int = setting(0, "seed of editor seeds and bootstrap (default: 0)")
     status: str = setting("all", "all samples or reviewed-accepted only", choices=("all", "accepted"))
     limit: Optional[int] = setting(None, "score only the first N samples (by sample_id)")

@@ -68,7 +68,8 @@ def score_models(mm: Any, items: Sequence[Item]) -> None:
         assert d is not None and it.output is not None
         batch.append(ModelSample(output=it.output, source=d.source, edit_mask=d.edit_mask, reference=d.reference,
                                  prompt=s.prompt, edit_phrase=s.edit_phrase, referring_phrase=s.referring_phrase,
-                                 target_text=target_text(s.edit_type, s.edit_target, s.category)))
+                                 target_text=target_text(s.edit_type, s.edit_target, s.category),
+                                 exemplar=d.exemplar, exemplar_mask=d.exemplar_mask, pred_mask=it.pred_mask))
     for it, values in zip(todo, mm.compute(batch)):
         it.record["metrics"].update(values)  # type: ignore[index]
 

@@ -13,10 +13,13 @@ referring (ours)   referring   ``referring_accuracy``, ``distractor_preservation
                                ``change_distractor_mean``, ``referring_margin``, ``mask_iou``
                    others      ``others_preservation``, ``change_others_max``,
                                ``change_others_mean`` (every other annotated object)
+identity           identity    ``ref_dino``, ``ref_clip_i``, ``ref_clip_t`` (model_based; the
+(reference-based)              reference-based view only: edited object vs the exemplar's)
 =================  ==========  ============================================================
 
 ``select_metrics("pie,l1")`` resolves names and family names; ``plan`` splits a selection into
-what can be computed and what cannot (with the reason, e.g. "needs --clip-model");
+what can be computed and what cannot (with the reason, e.g. "needs --clip-model", or the data
+view a metric needs);
 ``compute_sample`` computes the weight-free ones for one sample from its decoded arrays;
 ``model_based.ModelMetrics`` computes the others, batched over a chunk of samples.
 Per-sample values are aggregated by the harness (mean + bootstrap CI), so a metric here is a
@@ -31,6 +34,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from refcoco_edit.registry import Registry
 
 from .base import MODEL_OPTIONS, MetricContext, MetricParams, MetricSpec, SampleArrays
+from .identity import SPECS as _IDENTITY_SPECS
 from .model_based import SPECS as _MODEL_SPECS
 
 __all__ = ["METRICS", "FAMILIES", "MetricSpec", "MetricParams", "SampleArrays", "MetricContext",
@@ -72,12 +76,14 @@ _ORDER = ("ap", "l2_bg", "clip_sim_fg", "clip_sim_fg_pr",
           "l1", "l2", "clip_i", "dino", "clip_t",
           "referring_accuracy", "distractor_preservation", "change_target", "change_distractor_max",
           "change_distractor_mean", "referring_margin", "mask_iou",
-          "others_preservation", "change_others_max", "change_others_mean")
-_BY_NAME = {s.name: s for s in _WEIGHT_FREE + _MODEL_SPECS}
+          "others_preservation", "change_others_max", "change_others_mean",
+          "ref_dino", "ref_clip_i", "ref_clip_t")
+_BY_NAME = {s.name: s for s in _WEIGHT_FREE + _MODEL_SPECS + _IDENTITY_SPECS}
 assert set(_BY_NAME) == set(_ORDER)
 METRICS: "OrderedDict[str, MetricSpec]" = OrderedDict((n, _BY_NAME[n]) for n in _ORDER)
 FAMILIES: Dict[str, Tuple[str, ...]] = {
-    fam: tuple(n for n, s in METRICS.items() if s.family == fam) for fam in ("paper", "pie", "magicbrush", "referring")
+    fam: tuple(n for n, s in METRICS.items() if s.family == fam)
+    for fam in ("paper", "pie", "magicbrush", "referring", "identity")
 }
 
 
@@ -105,14 +111,18 @@ def select_metrics(selection: Optional[Iterable[str]] = None) -> List[str]:
     return [n for n in METRICS if n in wanted]
 
 
-def plan(names: Sequence[str], models: Mapping[str, Optional[str]]) -> Tuple[List[str], Dict[str, str]]:
-    """(computable names, {name: reason}) given the model options that were set."""
+def plan(names: Sequence[str], models: Mapping[str, Optional[str]],
+         view: Optional[str] = None) -> Tuple[List[str], Dict[str, str]]:
+    """(computable names, {name: reason}) given the model options that were set and the data's
+    view (``rie`` | ``reference-based``; None: not known, not checked)."""
     ok: List[str] = []
     skipped: Dict[str, str] = {}
     for n in names:
         spec = METRICS[n]
         missing = [MODEL_OPTIONS[k] for k in spec.needs if not models.get(k)]
-        if missing:
+        if spec.view and view is not None and view != spec.view:
+            skipped[n] = f"needs a {spec.view} export (each sample's exemplar); this data is the {view} view"
+        elif missing:
             skipped[n] = "needs " + " and ".join(missing)
         elif not spec.implemented:
             skipped[n] = "not implemented in this version (model-based metrics ship with the diffusion extra)"

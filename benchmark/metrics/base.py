@@ -42,7 +42,7 @@ class MetricSpec:
 
     name: str
     family: str
-    """paper | pie | magicbrush | referring"""
+    """paper | pie | magicbrush | referring | identity"""
     title: str
     """column title in report.md"""
     description: str
@@ -54,6 +54,9 @@ class MetricSpec:
     """model options it needs (keys of MODEL_OPTIONS); missing -> "not computed", with the reason"""
     implemented: bool = True
     """False: declared (so reports list it) but its computation ships with the model-based part"""
+    view: Optional[str] = None
+    """the data view it needs (``reference-based``: samples with an exemplar); None: any view.
+    On data of another view the metric is "not computed", with the reason"""
 
     def to_json(self) -> Dict[str, Any]:
         d = asdict(self)

@@ -27,6 +27,9 @@ metric             file             definition
                                     (``--dino-model``: a transformers ViT/DINOv2 model)
 ``lpips_bg``       lpips            PIE-Bench: LPIPS(output, source), its spatial map (native resolution)
                                     averaged over the pixels outside M_e (``--lpips-weights``)
+``ref_dino``,      identity         the reference-based track: DINO / CLIP-I between the edited object's
+``ref_clip_i``,                     view and the exemplar object's view, CLIP-T between the output and
+``ref_clip_t``                      the edit phrase (views and rules: ``identity``)
 =================  ===============  =====================================================================
 
 CLIP images go through the model's own image processor (``preprocessor_config.json``; for CLIP:
@@ -44,7 +47,7 @@ model layer's (``refcoco_edit.models``: ``ClipEncoder``, ``resolve_model_dir``,
 in ``ModelMetrics.load``. What was loaded (the spec, the hub revision when known, a sha256 of the
 weight files, the architecture) goes to results.json ``config.model_details``.
 
-Imports go one way: this module -> ``aesthetic``, ``clip_metrics``, ``dino``, ``lpips`` ->
+Imports go one way: this module -> ``aesthetic``, ``clip_metrics``, ``dino``, ``identity``, ``lpips`` ->
 ``refcoco_edit.models``; none of them imports this module.
 """
 from __future__ import annotations
@@ -57,9 +60,10 @@ import numpy as np
 
 from refcoco_edit.errors import InputError
 
+from . import identity
 from .base import MetricSpec
 
-__all__ = ["SPECS", "NAMES", "CLIP_NAMES", "ModelSample", "ModelMetrics", "MODEL_RULES", "target_text"]
+__all__ = ["SPECS", "NAMES", "CLIP_NAMES", "ACCEPTED", "ModelSample", "ModelMetrics", "MODEL_RULES", "target_text"]
 
 SPECS = (
     MetricSpec("ap", "paper", "AP", "LAION aesthetic predictor v2 score of the output (MLP on the L2-normalised "
@@ -83,6 +87,8 @@ SPECS = (
 )
 NAMES = tuple(s.name for s in SPECS)
 CLIP_NAMES = ("ap", "clip_sim_fg", "clip_sim_fg_pr", "clip_whole", "clip_edited", "clip_i", "clip_t")
+ACCEPTED = NAMES + identity.NAMES
+"""every metric ``ModelMetrics`` computes: this module's and the identity family's"""
 
 MODEL_RULES: Dict[str, str] = {
     "clip_preprocess": "the CLIP model's image processor (preprocessor_config.json; OpenAI CLIP: shortest side "
@@ -107,6 +113,7 @@ MODEL_RULES: Dict[str, str] = {
              "bilinearly to the source resolution, inputs at native resolution in [-1, 1]; mean over pixels "
              "outside M_e; no background -> NaN",
     "dtype": "float16 on CUDA, float32 elsewhere, unless --dtype says otherwise; cosines in float64",
+    **identity.RULES,
 }
 
 
@@ -132,6 +139,11 @@ class ModelSample:
     edit_phrase: str = ""
     referring_phrase: str = ""
     target_text: str = ""
+    exemplar: Optional[np.ndarray] = None
+    """reference-based track: the exemplar (its own size) and the object's mask in it"""
+    exemplar_mask: Optional[np.ndarray] = None
+    pred_mask: Optional[np.ndarray] = None
+    """the editor's returned mask (uint8 levels round(255 * p) as cached, bool or float in [0, 1])"""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,12 +173,12 @@ class ModelMetrics:
     def __init__(self, names: Sequence[str], models: Mapping[str, Optional[str]], device: str = "auto",
                  dtype: str = "auto", batch_size: int = 32, local_files_only: bool = True,
                  clip: Any = None, aesthetic: Any = None, dino: Any = None, lpips: Any = None) -> None:
-        unknown = sorted(set(names) - set(NAMES))
+        unknown = sorted(set(names) - set(ACCEPTED))
         if unknown:
             raise ValueError(f"not model-based metrics: {unknown}")
         if int(batch_size) < 1:
             raise InputError("--metric-batch-size must be >= 1")
-        self.names = [n for n in NAMES if n in set(names)]
+        self.names = [n for n in ACCEPTED if n in set(names)]
         self.models = dict(models)
         self.device = str(device or "auto")
         self.dtype = str(dtype or "auto")
@@ -178,7 +190,11 @@ class ModelMetrics:
     # -- what is needed ------------------------------------------------------------------------
     @property
     def needs_clip(self) -> bool:
-        return any(n in CLIP_NAMES for n in self.names)
+        return any(n in CLIP_NAMES or n in identity.CLIP_NAMES for n in self.names)
+
+    @property
+    def needs_dino(self) -> bool:
+        return any(n == "dino" or n in identity.DINO_NAMES for n in self.names)
 
     def _runtime(self) -> Tuple[Any, Any]:
         from refcoco_edit.models import resolve_device, resolve_dtype
@@ -217,7 +233,7 @@ class ModelMetrics:
                 raise InputError(f"--aesthetic-weights expects {dim_a}-d image embeddings but --clip-model "
                                  f"{self.models.get('clip_model')} gives {dim_c}-d ones (AP is defined on CLIP "
                                  "ViT-L/14: 768-d)")
-        if "dino" in self.names and self.dino is None:
+        if self.needs_dino and self.dino is None:
             from .dino import DinoEncoder
 
             dev, dt = self._runtime()
@@ -234,7 +250,7 @@ class ModelMetrics:
         out: Dict[str, Any] = {}
         for key, obj, used in (("clip_model", self.clip, self.needs_clip),
                                ("aesthetic_weights", self.aesthetic, "ap" in self.names),
-                               ("dino_model", self.dino, "dino" in self.names),
+                               ("dino_model", self.dino, self.needs_dino),
                                ("lpips_weights", self.lpips, "lpips_bg" in self.names)):
             if used and obj is not None:
                 d = obj.describe() if hasattr(obj, "describe") else {"spec": self.models.get(key), "injected": True}
@@ -253,12 +269,19 @@ class ModelMetrics:
         res: List[Dict[str, float]] = [{} for _ in samples]
         if not samples:
             return res
-        if self.needs_clip:
+        if any(n in CLIP_NAMES for n in self.names):
             self._clip(samples, res)
         if "dino" in self.names:
             self._dino(samples, res)
         if "lpips_bg" in self.names:
             self._lpips(samples, res)
+        ids = [n for n in self.names if n in identity.NAMES]
+        if ids:
+            inputs = [identity.IdentityInputs(output=s.output, edit_mask=s.edit_mask, exemplar=s.exemplar,
+                                              exemplar_mask=s.exemplar_mask, pred_mask=s.pred_mask,
+                                              edit_phrase=s.edit_phrase) for s in samples]
+            for r, v in zip(res, identity.compute(inputs, ids, clip=self.clip, dino=self.dino)):
+                r.update(v)
         return [{n: float(r.get(n, math.nan)) for n in self.names} for r in res]
 
     def _clip(self, samples: Sequence[ModelSample], res: List[Dict[str, float]]) -> None:
