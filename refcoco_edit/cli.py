@@ -87,10 +87,47 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from refcoco_edit.benchmark.referdiffusion.train import main as train_main
+# `refcoco-edit train --model NAME`: the trainer modules (each has main(argv) -> exit code)
+TRAINERS = {"referdiffusion": "refcoco_edit.benchmark.referdiffusion.train",
+            "freeedit": "refcoco_edit.benchmark.freeedit.train"}
+_TRAINERS_HELP = ("Trainers (--model, default referdiffusion):\n"
+                  "  --model referdiffusion  ReferDiffusion, the RIE baseline (RefCOCO-Edit exports); its options below\n"
+                  "  --model freeedit        FreeEdit, the reference-based baseline, trained in phases on a "
+                  "reference-based export;\n"
+                  "                          its options: refcoco-edit train --model freeedit --help\n")
 
-    return int(train_main(list(args.rest)) or 0)
+
+def split_train_model(rest: Sequence[str]) -> "tuple[str, list[str]]":
+    """(trainer name, the other tokens) of ``train``'s arguments: ``--model NAME`` / ``--model=NAME``
+    picks the trainer when NAME is a plain word; ``--model KEY=VALUE``, ``--model.KEY V`` and a
+    YAML mapping stay the ReferDiffusion trainer's own ``model`` setting. UsageError for an unknown word."""
+    import re
+
+    tokens, name = list(rest), None
+    for i, tok in enumerate(tokens):
+        if tok == "--":
+            break
+        value, width = None, 0
+        if tok == "--model" and i + 1 < len(tokens):
+            value, width = tokens[i + 1], 2
+        elif tok.startswith("--model="):
+            value, width = tok[len("--model="):], 1
+        if value is not None and re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", value):
+            if value not in TRAINERS:
+                raise UsageError(f"train: unknown --model {value!r}; choose {' or '.join(TRAINERS)}")
+            name = value
+            del tokens[i:i + width]
+            break
+    return name or "referdiffusion", tokens
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import importlib
+
+    name, rest = split_train_model(args.rest)
+    if name == "referdiffusion" and ("-h" in rest or "--help" in rest) and "--model" not in args.rest:
+        print(_TRAINERS_HELP, flush=True)  # the plain `train --help`: both trainers, then the default's options
+    return int(importlib.import_module(TRAINERS[name]).main(rest) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="device of --repaint-model (auto|cpu|cuda[:i]; default: auto)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("train", help="train ReferDiffusion (the reference baseline)", add_help=False,
-                       description="Train ReferDiffusion; see `refcoco-edit train --help`.")
+    p = sub.add_parser("train", help="train ReferDiffusion or FreeEdit (--model; the baselines)", add_help=False,
+                       description="Train ReferDiffusion (--model referdiffusion, the default) or FreeEdit "
+                                   "(--model freeedit); see `refcoco-edit train [--model NAME] --help`.")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_train)
 

@@ -23,6 +23,10 @@
 * **Logging.** One JSON line per optimizer step (``step``, ``phase``, ``lr``, every loss term
   as the mean over the processes) in ``log.jsonl``; a resumed run first drops the records past
   its checkpoint. ``final/`` is written by the plugin into ``.final.tmp`` and renamed.
+* **Phase records.** At each phase's last step every process's weights digest (float64 sum and
+  sum of squares of all parameters) is gathered; processes that disagree stop the run (their
+  gradients were not all-reduced), else the phase is recorded in ``output_dir/phases.json``
+  (name, end step, modules, sample count, trained parameter count, the digests).
 """
 from __future__ import annotations
 
@@ -40,7 +44,9 @@ from .phases import Phase, check_phases, phase_bounds, phase_index, phases_dict
 from .plugin import TrainingPlugin
 from .stream import micro_batch_indices, micro_batch_seed
 
-__all__ = ["RunSettings", "run", "PhaseState"]
+__all__ = ["RunSettings", "run", "PhaseState", "PHASES_FILE"]
+
+PHASES_FILE = "phases.json"
 
 
 @dataclass
@@ -172,6 +178,8 @@ def run(plugin: TrainingPlugin, s: RunSettings, record: Optional[Dict[str, Any]]
         _write_json(out / "config.json", dict(record or {}, phases=phases_dict(phases)))
         plugin.prepare_run(out)
         trim_log(out / "log.jsonl", step)
+        if (out / PHASES_FILE).exists():
+            _write_json(out / PHASES_FILE, _phase_records(out, step, phases))
     acc.wait_for_everyone()
     log_path = out / "log.jsonl"
     log = log_path.open("a") if acc.is_main_process else None
@@ -244,9 +252,50 @@ def _loop(acc: Any, plugin: TrainingPlugin, core: Any, groups: Mapping[str, List
                 log.flush()
         bar.update(1)
         bar.set_postfix({n: f"{v:.4f}" for n, v in sums.items() if n in plugin.progress_terms})
+        if step == phase_bounds(phases)[cur.index][1]:
+            _phase_end(acc, core, out, cur, phases, step, len(source))
         if s.checkpoint_every and step % s.checkpoint_every == 0:
             _save_checkpoint(acc, out, step, cur, phases, s)
     return step, cur
+
+
+def _weights_digest(acc: Any, core: Any) -> List[List[float]]:
+    """(sum, sum of squares) in float64 of every parameter of the model, one pair per process."""
+    import torch
+
+    with torch.no_grad():
+        a = sum(float(p.detach().double().sum()) for p in core.parameters())
+        b = sum(float(p.detach().double().pow(2).sum()) for p in core.parameters())
+    t = acc.gather(torch.tensor([[a, b]], dtype=torch.float64, device=acc.device))
+    return [[float(x), float(y)] for x, y in t.cpu().tolist()]
+
+
+def _phase_end(acc: Any, core: Any, out: Path, cur: PhaseState, phases: Sequence[Phase], step: int,
+               n_samples: int) -> None:
+    """At a phase's last step: check that every process holds the same weights (DDP kept them in
+    step) and record the phase in ``output_dir/phases.json``."""
+    digests = _weights_digest(acc, core)
+    if any(d != digests[0] for d in digests):
+        raise RuntimeError(f"phase {cur.phase.name!r}: the processes' weights differ at step {step} ({digests}): "
+                           "their gradients were not all-reduced")
+    if acc.is_main_process:
+        entry = {"phase": cur.phase.name, "index": cur.index, "end_step": step, "steps": cur.phase.steps,
+                 "modules": list(cur.phase.modules), "data": cur.phase.data, "samples": n_samples,
+                 "trained_parameters": sum(p.numel() for p in cur.params), "weights_digest": digests}
+        _write_json(out / PHASES_FILE, _phase_records(out, step - 1, phases) + [entry])
+
+
+def _phase_records(out: Path, step: int, phases: Sequence[Phase]) -> List[Dict[str, Any]]:
+    """The records of ``phases.json`` of this schedule's phases that ended at or before ``step``
+    (a resumed run drops those of a run killed past its checkpoint, or of another schedule)."""
+    f = out / PHASES_FILE
+    try:
+        recs = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else []
+    except ValueError:
+        recs = []
+    ends = {(p.name, b) for p, (_, b) in zip(phases, phase_bounds(phases))}
+    return [r for r in recs if isinstance(r, dict) and isinstance(r.get("end_step"), int) and r["end_step"] <= step
+            and (r.get("phase"), r["end_step"]) in ends]
 
 
 def _save_checkpoint(acc: Any, out: Path, step: int, cur: PhaseState, phases: Sequence[Phase], s: RunSettings) -> None:
