@@ -412,9 +412,9 @@ class GroundedPbEEditor(GroundedEditor):
         run: List[Tuple[int, Any]] = []
         for k, (j, s) in enumerate(zip(jobs, seeds)):
             if j.parsed.kind != "replace":
-                res[k] = EditFailure("editor_error", f"Paint-by-Example replaces the found object; the prompt reads as "
-                                                     f"{j.parsed.kind!r}, not a replacement (an addition names no "
-                                                     "object to find)")
+                res[k] = EditFailure("editor_error", f"Paint-by-Example makes replacements of a found object; the "
+                                                     f"prompt reads as {j.parsed.kind!r} (an addition names no object "
+                                                     "to find)")
                 continue
             if c["exemplars"] == "sample":
                 ex = reference_rgba(j.extra["reference_object"])
