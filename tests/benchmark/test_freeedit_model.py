@@ -243,3 +243,21 @@ def test_config_errors_are_precise():
     with pytest.raises(ValueError, match=r"\[0, 1/3\]"):
         FreeEditConfig(conditioning_dropout_prob=0.5)
     assert FreeEditConfig.from_dict({"num_image_tokens": 0}).num_image_tokens == 0
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(base):
+    """DRRA's inputs travel as call arguments, so the recomputed forward is the same forward."""
+    src, tgt, ref = _pixels(1), _pixels(2), _pixels(3)
+
+    def grads(checkpointing):
+        model = _load(base, drra_scale_init=0.3).train()
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        tok = model.tokenize(["make it red", "a cat"])
+        out = model(src, tgt, ref, tok["input_ids"], tok["attention_mask"], generator=torch.Generator().manual_seed(0))
+        model.loss(out)["loss"].backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    a, b = grads(False), grads(True)
+    assert sorted(a) == sorted(b) and any(k.startswith("detail_extractor.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
