@@ -2,7 +2,8 @@
 ``reference_object`` protocol (mask-free: no gt_mask), ``model=DIR`` / ``freeedit:DIR``, clear errors
 on a missing or wrong folder, the exemplar's preparation, output size / seed / reference dependence,
 failures on an unusable exemplar, and an end-to-end ``refcoco-edit score --model freeedit`` on the
-demo's reference-based export. A tiny random FreeEdit saved in code; CPU, no network."""
+demo's reference-based export with a model the FreeEdit trainer has just trained on it. Tiny random
+models saved in code; CPU, no network."""
 from __future__ import annotations
 
 import json
@@ -137,8 +138,13 @@ def test_an_unusable_exemplar_fails_that_sample_only(editor):
     assert isinstance(out[2], np.ndarray) and out[2].shape == img.shape
 
 
-def test_score_cli_on_the_reference_based_export(demo_dir, ckpt, tmp_path, monkeypatch):
-    from refcoco_edit.benchmark.harness import ScoreConfig, run_score
+def test_score_cli_on_the_reference_based_export_with_a_trained_model(demo_dir, tmp_path, monkeypatch):
+    """The acceptance path: the demo's reference-based export, FreeEdit trained on it for two short
+    phases (the trainer's ``final/``), then ``refcoco-edit score --model freeedit --editor-arg
+    model=DIR`` with every metric of the track (tiny random metric models)."""
+    from support.tiny_bench_models import tiny_bench
+
+    from refcoco_edit.benchmark.freeedit.train import FreeEditTrainConfig, train
     from refcoco_edit.build import BuildConfig, build
     from refcoco_edit.export import export_workspace
 
@@ -148,16 +154,27 @@ def test_score_cli_on_the_reference_based_export(demo_dir, ckpt, tmp_path, monke
                                  num_images=4, progress=False), log=lambda s: None)
     track = tmp_path / "rb"
     export_workspace(built.workdir, out=track, view="reference-based")
-    common = ["--data", str(track), "--no-plots", "--no-gallery", "--limit", "3"]
-    p = run_cli("score", "--model", "freeedit", "--editor-arg", f"model={ckpt}", "--editor-arg", "steps=2",
-                "--editor-arg", "resolution=32", "--editor-arg", "device=cpu", "--out", str(tmp_path / "fe"), *common,
-                env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    base = save_tiny_freeedit_base(tmp_path / "base")
+    phases = [{"name": "base", "steps": 2, "modules": ["projection", "unet"]},
+              {"name": "detail", "steps": 2, "modules": ["detail_extractor", "drra"]}]
+    run = train(FreeEditTrainConfig(pretrained=str(base["ip2p"]), image_encoder=str(base["image_encoder"]),
+                                    data=str(track), status="all", output_dir=str(tmp_path / "run"), resolution=32,
+                                    batch_size=2, lr=1e-3, checkpoint_every=0, phases=phases,
+                                    model={"reference_resolution": 32, "num_image_tokens": 4}))
+    final = Path(run["final"])
+    models = ["--clip-model", str(tiny_bench("clip")), "--aesthetic-weights", str(tiny_bench("aesthetic")),
+              "--dino-model", str(tiny_bench("dino")), "--lpips-weights", str(tiny_bench("lpips"))]
+    p = run_cli("score", "--model", "freeedit", "--editor-arg", f"model={final}", "--editor-arg", "steps=2",
+                "--editor-arg", "resolution=32", "--editor-arg", "device=cpu", "--data", str(track), "--out",
+                str(tmp_path / "fe"), "--no-plots", "--no-gallery", "--limit", "3", "--metrics", "all",
+                "--device", "cpu", *models, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr
     res = json.loads((tmp_path / "fe" / "results.json").read_text())
     assert res["editor"]["name"] == "freeedit" and res["editor"]["protocol"] == ["reference_object"]
+    assert res["editor"]["config"]["model"] == str(final)
     assert res["data"]["view"] == "reference-based" and res["counts"]["scored"] == 3
-    # every metric of the track: the same ones the weight-free floor of the track reports
-    floor = run_score(ScoreConfig(model="copy-paste", data=str(track), out=str(tmp_path / "cp"), plots=False,
-                                  gallery=False, limit=3), log=lambda s: None).results
-    assert set(res["metrics"]) == set(floor["metrics"]) and res["metrics"]
-    print(sorted(res["metrics"]))
+    # every metric of the track is computed; only mask_iou is not (FreeEdit predicts no mask)
+    assert set(res["not_computed"]) == {"mask_iou"}
+    assert {"ref_dino", "ref_clip_i", "ref_clip_t", "l2_bg", "clip_i", "dino", "ap"} <= set(res["metrics"])
+    assert set(res["metrics"]) == set(res["config"]["metrics_computed"])
+    assert res["metrics"]["ref_dino"]["n"] == 3 and 0.0 < res["metrics"]["ref_dino"]["mean"] <= 1.0
