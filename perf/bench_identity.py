@@ -102,7 +102,8 @@ def build_models(size: str, device: Any, dtype: Any) -> Tuple[Any, Any, Any, Any
         sys.path.insert(0, str(REPO / "tests"))
     from support.tiny_models import tiny_tokenizer  # the tests' byte-level CLIP tokenizer (offline)
 
-    tok = tiny_tokenizer(Path(tempfile.mkdtemp(prefix="bench-identity-tok-")))
+    with tempfile.TemporaryDirectory(prefix="bench-identity-tok-") as d:  # read at construction, then not needed
+        tok = tiny_tokenizer(Path(d))
     eos, bos = tok.convert_tokens_to_ids("<|endoftext|>"), tok.convert_tokens_to_ids("<|startoftext|>")
     special = dict(bos_token_id=bos, eos_token_id=eos, pad_token_id=eos, vocab_size=len(tok), max_position_embeddings=77)
     if size == "full":
