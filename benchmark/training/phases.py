@@ -93,14 +93,14 @@ def parse_phases(raw: Any, where: str = "config") -> List[Phase]:
 
 
 def check_phases(phases: Sequence[Phase], groups: Iterable[str], sources: Iterable[str], where: str = "config") -> None:
-    """UsageError when a phase names a module group or a sample source the model does not have."""
+    """UsageError when a phase names a module group, or (with steps) a sample source, the model does not have."""
     groups, sources = list(groups), list(sources)
     for p in phases:
         bad = [m for m in p.modules if m not in groups]
         if bad:
             raise UsageError(f"{where}: phase {p.name!r} trains unknown module group(s) {', '.join(bad)}; "
                              f"the model has: {', '.join(groups)}")
-        if p.data not in sources:
+        if p.steps and p.data not in sources:  # a 0-step phase draws nothing
             raise UsageError(f"{where}: phase {p.name!r} draws from unknown sample source {p.data!r}; "
                              f"known: {', '.join(sources)}")
 
