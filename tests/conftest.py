@@ -13,6 +13,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Under pytest-xdist (setup.cfg addopts: -n auto) the workers share the cores: give each worker
+# (and the subprocesses it starts) its share of BLAS/OpenMP threads instead of every one of them
+# starting a thread per core. A value the user set is kept.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, _threads)
+
 # `datasets` caches every Parquet folder a test loads (~200 MB a run) under ~/.cache: keep the
 # tests' cache in a temp folder of their own, removed when the session ends
 _HF_CACHE = tempfile.mkdtemp(prefix="refcoco-edit-tests-hf-")
@@ -73,6 +81,56 @@ _MODULE_MARKERS = {
 _FIXTURE_MARKERS = {"label_studio": "labelstudio", "ray_local": "ray"}
 
 
+def _wants_label_studio_early(config) -> bool:
+    """Start Label Studio as the run begins (``support.labelstudio.EarlyStart``) when this is the
+    main process of a run that will likely need it: the whole suite or a folder holding Label
+    Studio tests, not deselected by ``-m``, not a collect-only run. A single file or ``-k`` run starts it on first use."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get("REFCOCO_EDIT_LS_EARLY", "1") == "0":
+        return False
+    if config.option.collectonly or config.option.keyword or "labelstudio" in (config.option.markexpr or ""):
+        return False
+    tests = Path(__file__).resolve().parent
+    args = [Path(a.split("::")[0]).resolve() for a in config.args] or [tests]
+    return any(a.is_dir() and (a in (tests, tests / "annotation", tests / "system") or a in tests.parents) for a in args)
+
+
+def pytest_configure(config):
+    if _wants_label_studio_early(config):
+        from support.labelstudio import EarlyStart
+
+        def say(text: str) -> None:
+            print(text, file=sys.stderr, flush=True)
+
+        config._refcoco_edit_ls_early = EarlyStart(log=say)
+
+
+def pytest_unconfigure(config):
+    early = getattr(config, "_refcoco_edit_ls_early", None)
+    if early is not None:
+        early.close()
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (setup.cfg addopts): one worker per core, at least 2 and at most 4. The suite
+    waits on subprocesses, servers and disk much of the time, so 2 workers pay on a 2-core CI
+    machine; past 4, each worker's own copy of the session fixtures costs more than it saves."""
+    return max(2, min(4, os.cpu_count() or 1))
+
+
+def _xdist_group(item) -> str:
+    """Which xdist worker queue a test joins (``--dist loadgroup``): every test of a module runs
+    on one worker, so its module-scoped fixtures (demo builds, tiny models) are built once; all
+    tests that use the session's Label Studio server share one worker (one server, one install),
+    and so do the Ray tests (one local Ray instance)."""
+    names = getattr(item, "fixturenames", ())
+    if "label_studio" in names:
+        return "labelstudio"
+    if "ray_local" in names:
+        return "ray"
+    return str(getattr(item, "path", item.fspath))
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     sources: dict = {}
     for item in items:
@@ -88,3 +146,4 @@ def pytest_collection_modifyitems(config, items):
         for fixture, marker in _FIXTURE_MARKERS.items():
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(getattr(pytest.mark, marker))
+        item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))

@@ -157,6 +157,28 @@ def _die_with_parent() -> None:
         pass
 
 
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, dead but not yet reaped by its parent, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _stop_group(pid: int, timeout: float) -> None:
+    """SIGTERM the process group led by ``pid`` (a server started with ``start_new_session``) and
+    wait for its leader to go; SIGKILL what is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        t0 = time.perf_counter()
+        while _alive(pid) and time.perf_counter() - t0 < timeout:
+            time.sleep(0.1)
+
+
 @dataclass
 class LabelStudioServer:
     """One Label Studio process on 127.0.0.1, with a fixed admin and a 40-hex legacy token."""
@@ -170,6 +192,9 @@ class LabelStudioServer:
     proc: Optional[subprocess.Popen] = None
     startup_s: List[float] = field(default_factory=list)
     timings: Dict[str, float] = field(default_factory=dict)
+    adopted_pid: Optional[int] = None
+    """a server this object did not start (the session's early start, ``EarlyStart``): ``stop``
+    ends it by its process group; ``start`` then starts one of its own on the same data"""
 
     @property
     def url(self) -> str:
@@ -236,10 +261,16 @@ class LabelStudioServer:
             return False
 
     def running(self) -> bool:
+        if self.adopted_pid is not None:
+            return _alive(self.adopted_pid)
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 30.0) -> None:
         """Terminate the server's whole process group (SIGTERM, then SIGKILL)."""
+        if self.adopted_pid is not None:
+            pid, self.adopted_pid = self.adopted_pid, None
+            _stop_group(pid, timeout)
+            return
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
@@ -290,6 +321,84 @@ try:
 except ImportError:  # the module also runs on its own (see __main__)
     pytest = None
 
+EARLY_ENV = "REFCOCO_EDIT_TEST_LS"
+
+
+class EarlyStart:
+    """Install and start the session's server in a background thread as the test run begins, so
+    the install (about 1.5 minutes on a fresh machine) and the first start's migrations (about
+    45 s) overlap the tests that need no server, instead of stalling the first one that does.
+
+    Started by the main pytest process (the xdist controller, or the only process): it picks the
+    port, token and folders up front and publishes them in ``$REFCOCO_EDIT_TEST_LS`` before the
+    workers start, so the worker that runs the Label Studio tests adopts this server (the
+    ``label_studio`` fixture waits for ``ready.json``). The thread that starts the server stays
+    alive until the session ends: the server dies with the thread that started it
+    (PR_SET_PDEATHSIG), and this thread stops it."""
+
+    def __init__(self, log=print) -> None:
+        import tempfile
+        import threading
+
+        self.root = Path(tempfile.mkdtemp(prefix="refcoco-edit-ls-"))
+        self.server = LabelStudioServer(data_dir=self.root / "data", files_root=self.root / "files")
+        self.server.files_root.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        self._done = threading.Event()
+        os.environ[EARLY_ENV] = json.dumps({
+            "root": str(self.root), "data_dir": str(self.server.data_dir), "files_root": str(self.server.files_root),
+            "port": self.server.port, "username": self.server.username, "password": self.server.password,
+            "token": self.server.token})
+        self._thread = threading.Thread(target=self._run, name="label-studio-early-start", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        ready = self.root / "ready.json"
+        try:
+            timings = ensure_label_studio(log=self.log)
+            timings["startup_s"] = self.server.start()
+            state = {"pid": self.server.proc.pid, **timings}
+        except BaseException as e:  # reported by the fixture, in the test that needs the server
+            state = {"error": f"{type(e).__name__}: {e}"}
+        tmp = ready.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, ready)
+        self._done.wait()
+        self.server.stop()
+
+    def close(self) -> None:
+        """Stop the server (if the session's worker has not) and remove its folders."""
+        self._done.set()
+        self._thread.join(timeout=INSTALL_TIMEOUT_S + STARTUP_TIMEOUT_S)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def adopt_early_server(timeout: float = INSTALL_TIMEOUT_S + STARTUP_TIMEOUT_S) -> Optional[LabelStudioServer]:
+    """The server ``EarlyStart`` is bringing up (waiting until it answers), or None when this
+    session has none."""
+    raw = os.environ.get(EARLY_ENV)
+    if not raw:
+        return None
+    info = json.loads(raw)
+    ready = Path(info["root"]) / "ready.json"
+    t0 = time.perf_counter()
+    while not ready.exists():
+        if time.perf_counter() - t0 > timeout:
+            raise RuntimeError(f"Label Studio's early start gave no answer within {timeout:.0f}s ({info['root']})")
+        time.sleep(0.5)
+    state = json.loads(ready.read_text())
+    if "error" in state:
+        raise RuntimeError(f"Label Studio could not be installed or started: {state['error']}")
+    server = LabelStudioServer(data_dir=Path(info["data_dir"]), files_root=Path(info["files_root"]), port=info["port"],
+                               username=info["username"], password=info["password"], token=info["token"],
+                               adopted_pid=int(state["pid"]))
+    server.startup_s.append(float(state["startup_s"]))
+    server.timings = {k: float(state[k]) for k in ("install_s", "startup_s")}
+    if not server.healthy():
+        raise RuntimeError(f"Label Studio (started early, pid {state['pid']}) does not answer /health:\n{server.log_tail()}")
+    return server
+
+
 if pytest is not None:
     @pytest.fixture(scope="session")
     def label_studio(tmp_path_factory, request):
@@ -297,13 +406,21 @@ if pytest is not None:
 
         ``server.files_root`` is its local-files document root: build workspaces below it.
         ``server.timings`` holds the install and start-up seconds. The first install's progress
-        goes to the terminal, past pytest's capture."""
+        goes to the terminal, past pytest's capture. When the session started the server early
+        (``EarlyStart``, see tests/conftest.py), this adopts it."""
         capman = request.config.pluginmanager.getplugin("capturemanager")
 
         def say(text: str) -> None:
             with capman.global_and_fixture_disabled():
                 print(text, file=sys.stderr, flush=True)
 
+        early = adopt_early_server()
+        if early is not None:
+            try:
+                yield early
+            finally:
+                early.stop()
+            return
         timings = ensure_label_studio(log=say)
         root = tmp_path_factory.mktemp("labelstudio")
         server = LabelStudioServer(data_dir=root / "data", files_root=root / "files")
