@@ -88,7 +88,8 @@ def _wants_label_studio_early(config) -> bool:
     Studio tests, not deselected by ``-m``, not a collect-only run. A single file or ``-k`` run starts it on first use."""
     if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get("REFCOCO_EDIT_LS_EARLY", "1") == "0":
         return False
-    if config.option.collectonly or config.option.keyword or "labelstudio" in (config.option.markexpr or ""):
+    markexpr = config.option.markexpr or ""
+    if config.option.collectonly or config.option.keyword or "labelstudio" in markexpr or "slow" in markexpr:
         return False
     tests = Path(__file__).resolve().parent
     args = [Path(a.split("::")[0]).resolve() for a in config.args] or [tests]
@@ -135,15 +136,22 @@ def _xdist_group(item) -> str:
 _DURATIONS = Path(__file__).resolve().parent / "support" / "data" / "test_durations.json"
 
 
+SLOW_QUEUE_S = 20  # a module (or the Label Studio / Ray queue) that took this long is `slow`
+
+
+def _recorded_durations() -> dict:
+    try:
+        return json.loads(_DURATIONS.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _longest_queues_first(items) -> None:
     """Reorder ``items`` (in place) so the queues that took longest in the recorded run
     (``tools/test_durations.py``) reach the workers first and no long queue starts last, while
     the tests of one queue keep their order (some build on the previous one's state). A queue not
     in the record (a new module) counts as an average one."""
-    try:
-        recorded = json.loads(_DURATIONS.read_text())
-    except (OSError, ValueError):
-        return
+    recorded = _recorded_durations()
     default = sorted(recorded.values())[len(recorded) // 2] if recorded else 0
     weight = {}
     for item in items:
@@ -155,6 +163,7 @@ def _longest_queues_first(items) -> None:
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     sources: dict = {}
+    recorded = _recorded_durations()
     for item in items:
         path = str(getattr(item, "path", item.fspath))
         if path not in sources:
@@ -169,5 +178,7 @@ def pytest_collection_modifyitems(config, items):
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(getattr(pytest.mark, marker))
         item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
+        if recorded.get(_xdist_group(item), 0) >= SLOW_QUEUE_S:
+            item.add_marker(pytest.mark.slow)
     if os.environ.get("PYTEST_XDIST_WORKER"):
         _longest_queues_first(items)
