@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -281,37 +280,11 @@ def help_parser() -> argparse.ArgumentParser:
     return ap
 
 
-class _HelpAction(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):  # noqa: D401 - argparse API
-        help_parser().print_help()
-        parser.exit()
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``refcoco-edit train --model freeedit ...``: 0 done, 2 bad config or data, 1 a full disk."""
-    from refcoco_edit.errors import InputError, disk_error_message, is_disk_error
+    from refcoco_edit.benchmark.training.entry import trainer_main
 
-    ap = argparse.ArgumentParser(prog="freeedit-train", add_help=False, allow_abbrev=False)
-    ap.add_argument("--config", help=_CONFIG_HELP)
-    ap.add_argument("-h", "--help", action=_HelpAction, nargs=0)
-    args, rest = ap.parse_known_args(argv)
-    try:
-        cfg = load_config(args.config, rest)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        train(cfg)
-    except (InputError, UsageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        if not is_disk_error(e):
-            raise
-        rerun = None if cfg.resume else "re-run with --resume latest: it continues from the last checkpoint"
-        print(f"error: {disk_error_message(e, *([rerun] if rerun else []))}", file=sys.stderr)
-        return 1
-    return 0
+    return trainer_main(argv, "freeedit-train", _CONFIG_HELP, help_parser, load_config, train)
 
 
 if __name__ == "__main__":

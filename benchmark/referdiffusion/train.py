@@ -30,7 +30,6 @@ Every option of the YAML config can be overridden on the command line: ``--lr 1e
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -254,33 +253,11 @@ def help_parser() -> argparse.ArgumentParser:
     return ap
 
 
-class _HelpAction(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):  # noqa: D401 - argparse API
-        help_parser().print_help()
-        parser.exit()
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from refcoco_edit.errors import disk_error_message, is_disk_error
+    """``refcoco-edit train ...``: 0 done, 2 bad config or data, 1 a full disk."""
+    from refcoco_edit.benchmark.training.entry import trainer_main
 
-    ap = argparse.ArgumentParser(prog="referdiffusion-train", add_help=False, allow_abbrev=False)
-    ap.add_argument("--config", help=_CONFIG_HELP)
-    ap.add_argument("-h", "--help", action=_HelpAction, nargs=0)
-    args, rest = ap.parse_known_args(argv)
-    try:
-        cfg = load_config(args.config, rest)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        train(cfg)
-    except OSError as e:
-        if not is_disk_error(e):
-            raise
-        rerun = None if cfg.resume else "re-run with --resume latest: it continues from the last checkpoint"
-        print(f"error: {disk_error_message(e, *([rerun] if rerun else []))}", file=sys.stderr)  # one line
-        return 1
-    return 0
+    return trainer_main(argv, "referdiffusion-train", _CONFIG_HELP, help_parser, load_config, train)
 
 
 if __name__ == "__main__":

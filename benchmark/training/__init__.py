@@ -5,7 +5,9 @@ resume, DDP through accelerate, logging.
 * :mod:`.plugin`      - what a model gives the core (:class:`TrainingPlugin`);
 * :mod:`.stream`      - the deterministic micro-batch stream (a pure function of seed, step, process);
 * :mod:`.checkpoints` - checkpoint folders, atomic publishing, the trimmed log;
-* :mod:`.core`        - :func:`run`, the loop.
+* :mod:`.core`        - :func:`run`, the loop;
+* :mod:`.configs`     - the shipped YAML configs of a trainer, found by name;
+* :mod:`.entry`       - a trainer's command-line entry (``--config``, overrides, exit codes).
 
 Nothing here imports torch at module import time.
 """
