@@ -121,6 +121,24 @@ def model_error(editor: str, e: Exception) -> InputError:
     return InputError(f"editor {editor!r}: {e}")
 
 
+def load_paint_by_example(editor: "DiffusionEditor") -> Any:
+    """The Paint-by-Example pipeline of an editor (``pbe-mask``, ``grounded-pbe``), loaded by the
+    build's own loader (``PaintByExampleReplace``: the same checkpoint handling as ground truth)
+    with the editor's model, steps, guidance_scale, resolution, context and runtime; a missing or
+    broken checkpoint is an InputError naming the editor."""
+    from refcoco_edit.models import ModelError
+    from refcoco_edit.pipelines.paint_by_example import PaintByExampleReplace
+
+    c = editor.config
+    gt = PaintByExampleReplace(model=c["model"], runtime=editor.runtime(), num_inference_steps=c["steps"],
+                               guidance_scale=c["guidance_scale"], resolution=c["resolution"], context=c["context"])
+    try:
+        gt.load()
+    except ModelError as e:
+        raise model_error(editor.name, e) from None
+    return gt.pipe
+
+
 class DiffusionEditor(Editor):
     """Shared options and the runtime (device, dtype, local_files_only) of the diffusion editors."""
 

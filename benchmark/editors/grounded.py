@@ -58,7 +58,7 @@ from refcoco_edit.errors import InputError
 from refcoco_edit.models import ModelError
 
 from .base import EditFailure, EditOutput
-from .diffusion import DiffusionEditor, model_error, seeded_generators
+from .diffusion import DiffusionEditor, load_paint_by_example, model_error, seeded_generators
 from .grounding import DEFAULT_GROUNDER, Grounder, load_grounder
 from .phrases import ParsedInstruction, parse_instruction, strip_article
 
@@ -363,20 +363,12 @@ class GroundedPbEEditor(GroundedEditor):
         return d
 
     def load_backend(self) -> None:
-        from refcoco_edit.pipelines.paint_by_example import PaintByExampleReplace
-
         c = self.config
         if c["exemplars"] == "folder" and (not c["exemplar_dir"] or not Path(c["exemplar_dir"]).is_dir()):
             raise InputError(f"editor {self.name!r}: exemplar_dir={c['exemplar_dir']!r} is not a folder; give "
                              "--editor-arg exemplar_dir=DIR holding DIR/<target>.png or DIR/<target>/*.png (on a "
                              "reference-based export: --editor-arg exemplars=sample)")
-        gt = PaintByExampleReplace(model=c["model"], runtime=self.runtime(), num_inference_steps=c["steps"],
-                                   guidance_scale=c["guidance_scale"], resolution=c["resolution"], context=c["context"])
-        try:
-            gt.load()
-        except ModelError as e:
-            raise model_error(self.name, e) from None
-        self._pipe = gt.pipe
+        self._pipe = load_paint_by_example(self)
 
     def exemplar(self, target: str, seed: int) -> Optional[np.ndarray]:
         """An RGBA exemplar of ``target`` ("a giraffe") from ``exemplar_dir`` (``DIR/giraffe/*`` or

@@ -24,10 +24,8 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from refcoco_edit.models import ModelError
-
 from .base import EditFailure
-from .diffusion import DiffusionEditor, model_error, seeded_generators
+from .diffusion import DiffusionEditor, load_paint_by_example, seeded_generators
 
 __all__ = ["PbEMaskEditor", "reference_rgba", "REGION_RULES"]
 
@@ -77,16 +75,7 @@ class PbEMaskEditor(DiffusionEditor):
         return d
 
     def load(self) -> None:
-        from refcoco_edit.pipelines.paint_by_example import PaintByExampleReplace
-
-        c = self.config
-        gt = PaintByExampleReplace(model=c["model"], runtime=self.runtime(), num_inference_steps=c["steps"],
-                                   guidance_scale=c["guidance_scale"], resolution=c["resolution"], context=c["context"])
-        try:
-            gt.load()
-        except ModelError as e:
-            raise model_error(self.name, e) from None
-        self._pipe = gt.pipe
+        self._pipe = load_paint_by_example(self)
 
     def _region(self, gt_mask: np.ndarray) -> np.ndarray:
         from refcoco_edit.pipelines.masks import box_mask, dilate, mask_box
