@@ -59,7 +59,8 @@ filled with the text P (``text=prompt``) or the edit phrase (``text=edit_phrase`
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Tuple, Union
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -70,7 +71,8 @@ from .base import Editor, EditFailure
 
 __all__ = ["InstructPix2PixEditor", "MagicBrushEditor", "BlendedLatentEditor", "InpaintAnythingEditor", "DiffusionEditor",
            "seeded_generators", "to_uint8", "model_error",
-           "PAPER_SUFFIX", "instruction", "working_size"]
+           "PAPER_SUFFIX", "instruction", "working_size", "SIZE_RULE", "size_unit", "size_groups", "resize_lanczos",
+           "to_source_size", "check_guidance_options", "load_model_folder", "load_paint_by_example"]
 
 PAPER_SUFFIX = "and do not change any pixel else"
 DEFAULT_IP2P_MODEL = "timbrooks/instruct-pix2pix"
@@ -89,6 +91,85 @@ def working_size(h: int, w: int, resolution: int, unit: int) -> Tuple[int, int]:
     ``unit`` (at least one unit)."""
     scale = float(resolution) / float(max(h, w))
     return (max(unit, int(round(h * scale / unit)) * unit), max(unit, int(round(w * scale / unit)) * unit))
+
+
+SIZE_RULE = ("resize (PIL Lanczos, no crop) to the longer side = resolution, each side rounded to a multiple "
+             "of VAE factor x 2^(UNet down blocks - 1); the result resized back to the source size (Lanczos)")
+"""The working-size rule of the whole-image editors (InstructPix2Pix, ReferDiffusion, FreeEdit), as
+results.json records it (``describe()["size_rule"]``)."""
+
+
+def size_unit(model: Any) -> int:
+    """What each side of a working size is a multiple of: VAE factor x 2^(U-Net down blocks - 1)
+    (``model``: a pipeline or model with ``vae_scale_factor`` and ``unet``)."""
+    return int(model.vae_scale_factor) * 2 ** (len(model.unet.config.block_out_channels) - 1)
+
+
+def size_groups(images: Sequence[np.ndarray], resolution: int, unit: int,
+                indices: Optional[Iterable[int]] = None) -> Dict[Tuple[int, int], List[int]]:
+    """Working size (h', w') -> the indices of the images (all, or ``indices``) edited at it, so
+    each group runs as one batch."""
+    groups: Dict[Tuple[int, int], List[int]] = {}
+    for i in (range(len(images)) if indices is None else indices):
+        h, w = images[i].shape[:2]
+        groups.setdefault(working_size(h, w, resolution, unit), []).append(i)
+    return groups
+
+
+def resize_lanczos(image: np.ndarray, hw: Tuple[int, int]) -> Any:
+    """``image`` (HxWx3 uint8) resized to ``hw`` = (h, w) with PIL Lanczos, as a PIL image."""
+    from PIL import Image
+
+    return Image.fromarray(np.ascontiguousarray(image)).resize((int(hw[1]), int(hw[0])), Image.LANCZOS)
+
+
+def to_source_size(image01: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """An output at the working size (uint8, or floats in [0, 1]: ``to_uint8``) as uint8 at the size
+    of ``source`` (Lanczos)."""
+    return np.asarray(resize_lanczos(to_uint8(image01), source.shape[:2]))
+
+
+def check_guidance_options(steps: Any, guidance_scale: Any, image_guidance_scale: Any, resolution: Any, dtype: Any,
+                           batch_size: Any) -> None:
+    """The options every dual-guidance editor shares (ValueError on a bad one)."""
+    _check_common(steps, guidance_scale, resolution, dtype, batch_size)
+    if not math.isfinite(float(image_guidance_scale)):
+        raise ValueError(f"image_guidance_scale must be finite, got {image_guidance_scale}")
+
+
+def load_model_folder(editor: Editor, option: str, kind: str, parts: Sequence[str],
+                      loader: Callable[[Path], Any]) -> Tuple[Any, Any, Any, Path, str]:
+    """A trained model saved as a folder (``editor.config[option]``): resolves the editor's device
+    and dtype, checks the folder holds ``parts`` (else "not a ``kind``"), loads it with
+    ``loader(path)`` (load errors become one-line InputErrors) and returns it in eval mode,
+    frozen, on that device and dtype, with (device, dtype, path, what)."""
+    import pickle
+
+    from refcoco_edit.models import resolve_device, resolve_dtype
+
+    c = editor.config
+    what = f"editor {editor.name!r} {option} {c[option]}"
+    try:
+        device = resolve_device(c["device"])
+        dtype = resolve_dtype(c["dtype"], device)
+    except ModelError as e:
+        raise model_error(editor.name, e) from None
+    path = Path(c[option]).expanduser()
+    if not path.is_dir():
+        raise InputError(f"{what}: no such folder")
+    missing = [n for n in parts if not (path / n).exists()]
+    if missing:
+        writer = kind.split()[0]
+        raise InputError(f"{what}: not a {kind} (missing {', '.join(missing)}; expected a folder written by "
+                         f"{writer}.save_pretrained)")
+    try:
+        model = loader(path)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError, ImportError,
+            AttributeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"{what}: cannot be loaded: {type(e).__name__}: {first}") from None
+    model.eval().requires_grad_(False)
+    return model.to(device=device, dtype=dtype), device, dtype, path, what
 
 
 def _check_common(steps: Any, guidance_scale: Any, resolution: Any, dtype: Any, batch_size: Any) -> None:
@@ -189,8 +270,7 @@ class InstructPix2PixEditor(DiffusionEditor):
         d = super().describe()
         d["instruction_rule"] = ("prompt with trailing whitespace and .!; removed + ' ' + suffix" if self.config["suffix"]
                                  else "the prompt as is (no suffix)")
-        d["size_rule"] = ("resize (PIL Lanczos, no crop) to the longer side = resolution, each side rounded to a multiple "
-                          "of VAE factor x 2^(UNet down blocks - 1); the result resized back to the source size (Lanczos)")
+        d["size_rule"] = SIZE_RULE
         return d
 
     def load(self) -> None:
@@ -227,20 +307,16 @@ class InstructPix2PixEditor(DiffusionEditor):
         if int(pipe.unet.config.in_channels) != 8:
             raise InputError(f"{what} {c['model']}: its UNet takes {pipe.unet.config.in_channels} input channels, not 8")
         self._pipe = optimize(pipe, rt)
-        self._unit = int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+        self._unit = size_unit(pipe)
 
     def edit(self, images: List[np.ndarray], prompts: List[str], seeds: List[int],
              extras: List[Dict[str, Any]]) -> List[Union[np.ndarray, EditFailure]]:
         import torch
-        from PIL import Image
 
         c = self.config
         out: List[Any] = [None] * len(images)
-        groups: Dict[Tuple[int, int], List[int]] = {}
-        for i, im in enumerate(images):
-            groups.setdefault(working_size(im.shape[0], im.shape[1], c["resolution"], self._unit), []).append(i)
-        for (hh, ww), idx in groups.items():
-            pil = [Image.fromarray(np.ascontiguousarray(images[i])).resize((ww, hh), Image.LANCZOS) for i in idx]
+        for hw, idx in size_groups(images, c["resolution"], self._unit).items():
+            pil = [resize_lanczos(images[i], hw) for i in idx]
             with torch.inference_mode():
                 res = self._pipe(
                     prompt=[instruction(prompts[i], c["suffix"]) for i in idx], image=pil,
@@ -249,8 +325,7 @@ class InstructPix2PixEditor(DiffusionEditor):
                     image_guidance_scale=c["image_guidance_scale"], generator=seeded_generators([seeds[i] for i in idx]),
                     output_type="np")
             for i, g in zip(idx, res.images):
-                h, w = images[i].shape[:2]
-                out[i] = np.asarray(Image.fromarray(to_uint8(g)).resize((w, h), Image.LANCZOS))
+                out[i] = to_source_size(g, images[i])
         return out
 
 

@@ -41,7 +41,7 @@ import numpy as np
 from refcoco_edit.errors import InputError
 from refcoco_edit.models import ModelError
 
-from .diffusion import PAPER_SUFFIX, DiffusionEditor, instruction, model_error, seeded_generators, to_uint8
+from .diffusion import PAPER_SUFFIX, DiffusionEditor, instruction, model_error, seeded_generators, size_unit, to_uint8
 
 __all__ = ["InstructDiffusionEditor", "instructdiffusion_size", "DEFAULT_CHECKPOINT", "UPSTREAM"]
 
@@ -124,7 +124,7 @@ class InstructDiffusionEditor(DiffusionEditor):
             raise InputError(f"{what}: its UNet takes {pipe.unet.config.in_channels} input channels, not 8: not an "
                              "InstructDiffusion / InstructPix2Pix-layout model")
         self._pipe = optimize(pipe, rt)
-        self._unit = int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+        self._unit = size_unit(pipe)
 
     def _load_folder(self, what: str, rt: Any, dkw: Dict[str, Any]) -> Any:
         from diffusers import StableDiffusionInstructPix2PixPipeline

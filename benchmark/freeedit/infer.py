@@ -21,17 +21,14 @@ Seeds: one CPU ``torch.Generator`` per sample (its initial noise does not depend
 """
 from __future__ import annotations
 
-import math
-import pickle
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
 from refcoco_edit.benchmark.editors.base import Editor, EditFailure
-from refcoco_edit.benchmark.editors.diffusion import seeded_generators, working_size
+from refcoco_edit.benchmark.editors.diffusion import (SIZE_RULE, check_guidance_options, load_model_folder, resize_lanczos,
+                                                       seeded_generators, size_groups, size_unit, to_source_size)
 from refcoco_edit.errors import InputError
-from refcoco_edit.models import DTYPES
 
 from .reference import reference_image, to_pixels
 
@@ -56,22 +53,12 @@ class FreeEditEditor(Editor):
         if not model or not str(model).strip():
             raise ValueError("needs a FreeEdit folder: --editor-arg model=DIR (a folder written by "
                              "FreeEdit.save_pretrained / the trainer's final/)")
-        if int(steps) < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        for k, v in (("guidance_scale", guidance_scale), ("image_guidance_scale", image_guidance_scale)):
-            if not math.isfinite(float(v)):
-                raise ValueError(f"{k} must be finite, got {v}")
-        if int(resolution) < 8 or int(resolution) % 8:
-            raise ValueError(f"resolution must be a positive multiple of 8, got {resolution}")
+        check_guidance_options(steps, guidance_scale, image_guidance_scale, resolution, dtype, batch_size)
         if int(reference_resolution) < 0 or int(reference_resolution) % 8:
             raise ValueError(f"reference_resolution must be 0 (the model's) or a multiple of 8, got {reference_resolution}")
         if not 0 <= int(exemplar_background) <= 255:
             raise ValueError(f"exemplar_background must be a grey level in [0, 255], got {exemplar_background}")
-        if str(dtype).lower() not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if batch_size is not None:
-            if int(batch_size) < 1:
-                raise ValueError(f"batch_size must be >= 1, got {batch_size}")
             self.batch_size = int(batch_size)
         super().__init__(model=str(model), steps=int(steps), guidance_scale=float(guidance_scale),
                          image_guidance_scale=float(image_guidance_scale), resolution=int(resolution),
@@ -85,40 +72,20 @@ class FreeEditEditor(Editor):
 
     def describe(self) -> Dict[str, Any]:
         d = super().describe()
-        d["size_rule"] = ("resize (PIL Lanczos, no crop) to the longer side = resolution, each side rounded to a multiple "
-                          "of VAE factor x 2^(UNet down blocks - 1); the result resized back to the source size (Lanczos)")
+        d["size_rule"] = SIZE_RULE
         d["reference_rule"] = ("the exemplar's object cut out by its mask onto a flat exemplar_background, cropped to the "
                                "object, padded to a square (5% margin), resized (bicubic) to reference_resolution")
         return d
 
     def load(self) -> None:
-        from refcoco_edit.models import ModelError, resolve_device, resolve_dtype
-
         from .model import FREEEDIT_CONFIG, FREEEDIT_WEIGHTS, FreeEdit
 
         c = self.config
-        what = f"editor {self.name!r} model {c['model']}"
-        try:
-            self._device = resolve_device(c["device"])
-            self._dtype = resolve_dtype(c["dtype"], self._device)
-        except ModelError as e:
-            raise InputError(f"editor {self.name!r}: {e}") from None
-        path = Path(c["model"]).expanduser()
-        if not path.is_dir():
-            raise InputError(f"{what}: no such folder")
-        missing = [n for n in _PARTS + (FREEEDIT_CONFIG, FREEEDIT_WEIGHTS) if not (path / n).exists()]
-        if missing:
-            raise InputError(f"{what}: not a FreeEdit folder (missing {', '.join(missing)}; expected a folder "
-                             "written by FreeEdit.save_pretrained)")
-        try:
-            model = FreeEdit.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError, ImportError,
-                AttributeError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise InputError(f"{what}: cannot be loaded: {type(e).__name__}: {first}") from None
-        model.eval().requires_grad_(False)
-        self._model = model.to(device=self._device, dtype=self._dtype)
-        self._unit = int(model.vae_scale_factor) * 2 ** (len(model.unet.config.block_out_channels) - 1)
+        model, self._device, self._dtype, _, what = load_model_folder(
+            self, "model", "FreeEdit folder", _PARTS + (FREEEDIT_CONFIG, FREEEDIT_WEIGHTS),
+            lambda p: FreeEdit.from_pretrained(p, local_files_only=True))
+        self._model = model
+        self._unit = size_unit(model)
         self._ref_size = int(c["reference_resolution"]) or int(model.config.reference_resolution)
         if self._ref_size % model.vae_scale_factor:
             raise InputError(f"{what}: reference_resolution {self._ref_size} is not a multiple of the VAE factor "
@@ -127,13 +94,11 @@ class FreeEditEditor(Editor):
     def edit(self, images: List[np.ndarray], prompts: List[str], seeds: List[int],
              extras: List[Dict[str, Any]]) -> List[Union[np.ndarray, EditFailure]]:
         import torch
-        from PIL import Image
 
         c = self.config
         out: List[Any] = [None] * len(images)
         refs: Dict[int, np.ndarray] = {}
-        groups: Dict[Tuple[int, int], List[int]] = {}
-        for i, (im, e) in enumerate(zip(images, extras)):
+        for i, e in enumerate(extras):
             obj = (e or {}).get("reference_object")
             if not obj or obj.get("image") is None:
                 out[i] = EditFailure("editor_error", "no reference_object (the exemplar): score a reference-based export")
@@ -142,11 +107,8 @@ class FreeEditEditor(Editor):
                 refs[i] = reference_image(obj["image"], obj.get("mask"), self._ref_size, c["exemplar_background"])
             except ValueError as err:
                 out[i] = EditFailure("editor_error", str(err))
-                continue
-            groups.setdefault(working_size(im.shape[0], im.shape[1], c["resolution"], self._unit), []).append(i)
-        for (hh, ww), idx in groups.items():
-            src = [np.asarray(Image.fromarray(np.ascontiguousarray(images[i])).resize((ww, hh), Image.LANCZOS))
-                   for i in idx]
+        for hw, idx in size_groups(images, c["resolution"], self._unit, refs).items():
+            src = [np.asarray(resize_lanczos(images[i], hw)) for i in idx]
             pixels = to_pixels(src).to(device=self._device, dtype=self._dtype)
             ref = to_pixels([refs[i] for i in idx]).to(device=self._device, dtype=self._dtype)
             with torch.inference_mode():
@@ -155,7 +117,5 @@ class FreeEditEditor(Editor):
                                        generator=seeded_generators([seeds[i] for i in idx]))
             imgs = res["images"].float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
             for j, i in enumerate(idx):
-                h, w = images[i].shape[:2]
-                g = np.clip(np.rint(imgs[j] * 255.0), 0, 255).astype(np.uint8)
-                out[i] = np.asarray(Image.fromarray(g).resize((w, h), Image.LANCZOS))
+                out[i] = to_source_size(np.clip(np.rint(imgs[j] * 255.0), 0, 255).astype(np.uint8), images[i])
         return out

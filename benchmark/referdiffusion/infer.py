@@ -24,18 +24,15 @@ Seeds: one CPU ``torch.Generator`` per sample (its initial noise does not depend
 """
 from __future__ import annotations
 
-import math
-import pickle
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
 from refcoco_edit.benchmark.editors.base import Editor, EditFailure, EditOutput
 from refcoco_edit.benchmark.metrics.referring import mask_iou
-from refcoco_edit.benchmark.editors.diffusion import working_size
+from refcoco_edit.benchmark.editors.diffusion import (SIZE_RULE, check_guidance_options, load_model_folder, resize_lanczos,
+                                                       seeded_generators, size_groups, size_unit, to_source_size)
 from refcoco_edit.errors import InputError
-from refcoco_edit.models import DTYPES
 
 __all__ = ["ReferDiffusionEditor", "mask_iou"]
 
@@ -56,18 +53,8 @@ class ReferDiffusionEditor(Editor):
         if not checkpoint or not str(checkpoint).strip():
             raise ValueError("needs a checkpoint folder: --model referdiffusion:PATH "
                              "(a folder written by ReferDiffusion.save_pretrained / the trainer's final/)")
-        if int(steps) < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        for k, v in (("guidance_scale", guidance_scale), ("image_guidance_scale", image_guidance_scale)):
-            if not math.isfinite(float(v)):
-                raise ValueError(f"{k} must be finite, got {v}")
-        if int(resolution) < 8 or int(resolution) % 8:
-            raise ValueError(f"resolution must be a positive multiple of 8, got {resolution}")
-        if str(dtype).lower() not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        check_guidance_options(steps, guidance_scale, image_guidance_scale, resolution, dtype, batch_size)
         if batch_size is not None:
-            if int(batch_size) < 1:
-                raise ValueError(f"batch_size must be >= 1, got {batch_size}")
             self.batch_size = int(batch_size)
         super().__init__(checkpoint=str(checkpoint), steps=int(steps), guidance_scale=float(guidance_scale),
                          image_guidance_scale=float(image_guidance_scale), resolution=int(resolution),
@@ -79,40 +66,20 @@ class ReferDiffusionEditor(Editor):
 
     def describe(self) -> Dict[str, Any]:
         d = super().describe()
-        d["size_rule"] = ("resize (PIL Lanczos, no crop) to the longer side = resolution, each side rounded to a multiple "
-                          "of VAE factor x 2^(UNet down blocks - 1); the result resized back to the source size (Lanczos)")
+        d["size_rule"] = SIZE_RULE
         return d
 
     def load(self) -> None:
-        from refcoco_edit.models import ModelError, resolve_device, resolve_dtype
-
         from .model import REM_CONFIG, REM_WEIGHTS, ReferDiffusion
 
-        c = self.config
-        what = f"editor {self.name!r} checkpoint {c['checkpoint']}"
-        try:
-            self._device = resolve_device(c["device"])
-            self._dtype = resolve_dtype(c["dtype"], self._device)
-        except ModelError as e:
-            raise InputError(f"editor {self.name!r}: {e}") from None
-        path = Path(c["checkpoint"]).expanduser()
-        if not path.is_dir():
-            raise InputError(f"{what}: no such folder")
-        missing = [n for n in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", REM_CONFIG)
-                   if not (path / n).exists()]
-        if missing:
-            raise InputError(f"{what}: not a ReferDiffusion checkpoint (missing {', '.join(missing)}; expected a "
-                             "folder written by ReferDiffusion.save_pretrained)")
-        try:
-            model = ReferDiffusion.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError, ImportError, AttributeError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise InputError(f"{what}: cannot be loaded: {type(e).__name__}: {first}") from None
+        model, self._device, self._dtype, path, what = load_model_folder(
+            self, "checkpoint", "ReferDiffusion checkpoint", ("unet", "vae", "text_encoder", "tokenizer", "scheduler",
+                                                              REM_CONFIG),
+            lambda p: ReferDiffusion.from_pretrained(p, local_files_only=True))
         if model.rem is not None and not (path / REM_WEIGHTS).is_file():
             raise InputError(f"{what}: missing {REM_WEIGHTS} (the trained Region-Embedder Module)")
-        model.eval().requires_grad_(False)
-        self._model = model.to(device=self._device, dtype=self._dtype)
-        self._unit = int(model.vae_scale_factor) * 2 ** (len(model.unet.config.block_out_channels) - 1)
+        self._model = model
+        self._unit = size_unit(model)
 
     def edit(self, images: List[np.ndarray], prompts: List[str], seeds: List[int],
              extras: List[Dict[str, Any]]) -> List[Union[EditOutput, EditFailure]]:
@@ -122,17 +89,13 @@ class ReferDiffusionEditor(Editor):
         c = self.config
         m = self._model
         out: List[Any] = [None] * len(images)
-        groups: Dict[Tuple[int, int], List[int]] = {}
-        for i, im in enumerate(images):
-            groups.setdefault(working_size(im.shape[0], im.shape[1], c["resolution"], self._unit), []).append(i)
-        for (hh, ww), idx in groups.items():
-            src = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(images[i])).resize((ww, hh), Image.LANCZOS))
-                            for i in idx])
+        for hw, idx in size_groups(images, c["resolution"], self._unit).items():
+            src = np.stack([np.asarray(resize_lanczos(images[i], hw)) for i in idx])
             pixels = torch.from_numpy(src).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
             pixels = pixels.to(device=self._device, dtype=self._dtype)
             # one CPU generator per sample (diffusers' randn_tensor draws row i from generator i): a
             # sample's noise does not depend on its batch or the device
-            gens = [torch.Generator("cpu").manual_seed(int(seeds[i]) % (2 ** 63)) for i in idx]
+            gens = seeded_generators([seeds[i] for i in idx])
             with torch.inference_mode():
                 res = m.edit(pixels, [prompts[i] for i in idx], num_inference_steps=c["steps"],
                              guidance_scale=c["guidance_scale"], image_guidance_scale=c["image_guidance_scale"],
@@ -141,8 +104,7 @@ class ReferDiffusionEditor(Editor):
             masks = res["mask"].float()[:, 0].cpu().numpy()
             for j, i in enumerate(idx):
                 h, w = images[i].shape[:2]
-                g = np.clip(np.rint(imgs[j] * 255.0), 0, 255).astype(np.uint8)
-                img = np.asarray(Image.fromarray(g).resize((w, h), Image.LANCZOS))
+                img = to_source_size(np.clip(np.rint(imgs[j] * 255.0), 0, 255).astype(np.uint8), images[i])
                 mk = np.asarray(Image.fromarray(masks[j].astype(np.float32)).resize((w, h), Image.BILINEAR))
                 out[i] = EditOutput(img, np.clip(mk, 0.0, 1.0))
         return out
