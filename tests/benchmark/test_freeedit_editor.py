@@ -27,18 +27,9 @@ from refcoco_edit.benchmark.editors.base import EditFailure  # noqa: E402
 from refcoco_edit.benchmark.editors.registry import EDITORS, parse_spec  # noqa: E402
 from refcoco_edit.benchmark.freeedit.reference import reference_image  # noqa: E402
 from refcoco_edit.errors import InputError  # noqa: E402
+from support.torch_env import OFFLINE, one_torch_thread  # noqa: E402,F401 - an autouse fixture
 
 FAST = {"steps": 2, "resolution": 32, "device": "cpu"}
-OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: 2 threads on 2 shared, busy cores thrash."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

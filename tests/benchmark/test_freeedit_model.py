@@ -17,20 +17,12 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from support.tiny_freeedit import save_tiny_freeedit_base  # noqa: E402
+from support.torch_env import one_torch_thread  # noqa: E402,F401 - an autouse fixture
 
 from refcoco_edit.benchmark.freeedit.model import (  # noqa: E402
     MODULE_GROUPS, FreeEdit, FreeEditConfig, widen_conv_in)
 
 B = 2
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: 2 threads on 2 shared, busy cores thrash."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ pytest.importorskip("accelerate")
 
 from conftest import REPO, run_cli  # noqa: E402
 from support.tiny_freeedit import save_tiny_freeedit_base  # noqa: E402
+from support.torch_env import OFFLINE, one_torch_thread  # noqa: E402,F401 - an autouse fixture
 
 STEPS = 6  # per phase
 N = 6      # triplets; the last one is rejected in review (and has the best score)
@@ -39,16 +40,6 @@ FROZEN = {"base": ("detail_extractor", "drra", "text_encoder", "image_encoder", 
           "quality": ("projection", "detail_extractor", "text_encoder", "image_encoder", "vae")}
 TRAINED = {"base": ("projection", "unet"), "detail": ("projection", "unet", "detail_extractor", "drra"),
            "quality": ("unet", "drra")}
-OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: 2 threads on 2 shared, busy cores thrash (and timings stay comparable)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _scene(k: int, size: int = 48):

@@ -32,6 +32,7 @@ from refcoco_edit.benchmark.referdiffusion.synth import (  # noqa: E402
     synthesize_record,
 )
 from refcoco_edit.vocab import COLOURS  # noqa: E402
+from support.torch_env import one_torch_thread  # noqa: E402,F401 - an autouse fixture
 
 TINY_CFG = dict(num_heads=4, image_feature_dim=16)
 
@@ -41,16 +42,6 @@ def save_tiny_ip2p(path: Path, seed: int = 0) -> Path:
     from support.tiny_bench_models import save_tiny_ip2p as save
 
     return save(path / "ip2p", seed)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on 2 shared, busy cores, 2 threads thrash (measured 0.03 s vs 0.1-2 s
-    for one tiny-UNet forward)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -23,19 +23,11 @@ from refcoco_edit.benchmark.editors.registry import EDITORS, PLANNED, parse_spec
 from refcoco_edit.benchmark.metrics.referring import mask_iou  # noqa: E402
 from conftest import run_cli  # noqa: E402
 from refcoco_edit.errors import InputError  # noqa: E402
+from support.torch_env import OFFLINE, one_torch_thread  # noqa: E402,F401 - an autouse fixture
 
-OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 # one intra-op thread in the subprocess too (2 busy cores: 2 threads thrash)
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 FAST = {"steps": 2, "resolution": 32, "device": "cpu"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(autouse=True)
