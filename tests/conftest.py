@@ -146,23 +146,19 @@ def _recorded_durations() -> dict:
         return {}
 
 
-def _longest_queues_first(items) -> None:
+def _longest_queues_first(items, queues: dict, recorded: dict) -> None:
     """Reorder ``items`` (in place) so the queues that took longest in the recorded run
     (``tools/test_durations.py``) reach the workers first and no long queue starts last, while
     the tests of one queue keep their order (some build on the previous one's state). A queue not
-    in the record (a new module) counts as an average one."""
-    recorded = _recorded_durations()
+    in the record (a new module) counts as an average one. ``queues``: item -> its queue."""
     default = sorted(recorded.values())[len(recorded) // 2] if recorded else 0
-    weight = {}
-    for item in items:
-        q = _xdist_group(item)
-        weight.setdefault(q, recorded.get(q, default))
-    items.sort(key=lambda it: -weight[_xdist_group(it)])
+    items.sort(key=lambda it: -recorded.get(queues[it], default))
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     sources: dict = {}
+    queues: dict = {}
     recorded = _recorded_durations()
     for item in items:
         path = str(getattr(item, "path", item.fspath))
@@ -177,8 +173,9 @@ def pytest_collection_modifyitems(config, items):
         for fixture, marker in _FIXTURE_MARKERS.items():
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(getattr(pytest.mark, marker))
-        item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
-        if recorded.get(_xdist_group(item), 0) >= SLOW_QUEUE_S:
+        queues[item] = _xdist_group(item)
+        item.add_marker(pytest.mark.xdist_group(queues[item]))
+        if recorded.get(queues[item], 0) >= SLOW_QUEUE_S:
             item.add_marker(pytest.mark.slow)
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        _longest_queues_first(items)
+        _longest_queues_first(items, queues, recorded)
