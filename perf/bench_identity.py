@@ -1,4 +1,5 @@
-"""Benchmark: throughput of the identity metrics (``ref_dino``, ``ref_clip_i``, ``ref_clip_t``) of
+"""Benchmark: throughput of the identity metrics (``ref_dino``, ``ref_clip_i``, ``ref_clip_t``,
+``obj_dino``, ``obj_clip_i``) of
 the reference-based track -- the batched ``ModelMetrics`` path of ``refcoco-edit score`` against a
 per-image loop, in the same run, on the same models and views.
 
@@ -18,14 +19,15 @@ in code (nothing is downloaded):
 
 The samples are synthetic (seeded): an output image (256 px on CPU, 512 px with ``full``) with an
 ellipse M_e, and an exemplar (square, 3/4 of the output's side) with an ellipse object mask, plus
-an edit phrase. Both sides compute the same numbers from the same arrays:
+an edit phrase, and an after photo of the output's size. Both sides compute the same numbers from the same arrays:
 
-* **ours** -- ``ModelMetrics(["ref_dino", "ref_clip_i", "ref_clip_t"])`` over chunks of ``batch``
+* **ours** -- ``ModelMetrics(NAMES)`` (the whole identity family) over chunks of ``batch``
   samples, as the harness calls it per chunk: the object views cut in numpy, every view of the
   chunk through each backbone in batches (the processor's torch path on the model's device),
   texts batched and de-duplicated;
 * **baseline** -- a per-image loop, the way DreamBench-style evaluation scripts do it: for each
-  sample, each of its views (edited object, reference object; whole output) goes alone through
+  sample, each of its views (edited object, reference object, output and after photo in M_e;
+  whole output) goes alone through
   the processor (its default numpy path) and the model (batch 1), the edit phrase through the
   tokenizer and the text tower alone, cosines in numpy. Same views (``identity.object_view``),
   same dtype.
@@ -48,7 +50,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-NAMES = ("ref_dino", "ref_clip_i", "ref_clip_t")
+NAMES = ("ref_dino", "ref_clip_i", "ref_clip_t", "obj_dino", "obj_clip_i")
 PHRASES = ("add a vase", "with a bowl", "add a red cup", "with a teddy bear", "add a bottle")
 
 
@@ -84,7 +86,8 @@ def samples(n: int, side: int, seed: int = 0) -> List[Any]:
         me = _ellipse(side, side, rng)
         ex = _image(ex_side, ex_side, rng)
         exm = _ellipse(ex_side, ex_side, rng)
-        out.append(ModelSample(output=o, source=o, edit_mask=me, exemplar=ex, exemplar_mask=exm,
+        after = _image(side, side, rng)
+        out.append(ModelSample(output=o, source=o, edit_mask=me, exemplar=ex, exemplar_mask=exm, reference=after,
                                edit_phrase=PHRASES[k % len(PHRASES)], prompt=PHRASES[k % len(PHRASES)]))
     return out
 
@@ -179,8 +182,10 @@ def baseline(data: List[Any], clip: Any, clip_proc: Any, tok: Any, vit: Any, vit
     for s in data:
         ed = object_view(s.output, edited_region(s.edit_mask, s.pred_mask))
         rf = object_view(s.exemplar, s.exemplar_mask)
+        oe, gt = object_view(s.output, s.edit_mask), object_view(s.reference, s.edit_mask)
         res.append({"ref_dino": float(dino(ed) @ dino(rf)), "ref_clip_i": float(clip_img(ed) @ clip_img(rf)),
-                    "ref_clip_t": float(clip_img(s.output) @ clip_txt(s.edit_phrase))})
+                    "ref_clip_t": float(clip_img(s.output) @ clip_txt(s.edit_phrase)),
+                    "obj_dino": float(dino(oe) @ dino(gt)), "obj_clip_i": float(clip_img(oe) @ clip_img(gt))})
     return res
 
 
@@ -248,7 +253,7 @@ def measure(size: str = "tiny", device: str = "cpu", n: Optional[int] = None, ba
         "speedup": round(base / value, 2),
         "samples_per_s": {"ours": round(n / value, 2), "baseline": round(n / base, 2)},
         "notes": (f"{size} models on {dev_name} ({dtype}): {n / value:.1f} vs {n / base:.1f} samples/s "
-                  f"({base / value:.1f}x); per sample 2 DINO views, 3 CLIP images, 1 text"),
+                  f"({base / value:.1f}x); per sample 4 DINO views, 5 CLIP images, 1 text"),
         "size": size,
         "models": ("DINO ViT-S/16 + CLIP ViT-L/14, random weights" if size == "full"
                    else "tiny ViT (32 px, patch 8) + tiny CLIP (32 px, patch 4), random weights"),

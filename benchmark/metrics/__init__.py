@@ -13,8 +13,9 @@ referring (ours)   referring   ``referring_accuracy``, ``distractor_preservation
                                ``change_distractor_mean``, ``referring_margin``, ``mask_iou``
                    others      ``others_preservation``, ``change_others_max``,
                                ``change_others_mean`` (every other annotated object)
-identity           identity    ``ref_dino``, ``ref_clip_i``, ``ref_clip_t`` (model_based; the
-(reference-based)              reference-based view only: edited object vs the exemplar's)
+identity           identity    ``ref_dino``, ``ref_clip_i``, ``ref_clip_t``, ``obj_dino``,
+(reference-based)              ``obj_clip_i`` (model_based; the reference-based view only: edited
+                               object vs the exemplar's / vs the after photo's in M_e)
 =================  ==========  ============================================================
 
 ``select_metrics("pie,l1")`` resolves names and family names; ``plan`` splits a selection into
@@ -77,7 +78,7 @@ _ORDER = ("ap", "l2_bg", "clip_sim_fg", "clip_sim_fg_pr",
           "referring_accuracy", "distractor_preservation", "change_target", "change_distractor_max",
           "change_distractor_mean", "referring_margin", "mask_iou",
           "others_preservation", "change_others_max", "change_others_mean",
-          "ref_dino", "ref_clip_i", "ref_clip_t")
+          "ref_dino", "ref_clip_i", "ref_clip_t", "obj_dino", "obj_clip_i")
 _BY_NAME = {s.name: s for s in _WEIGHT_FREE + _MODEL_SPECS + _IDENTITY_SPECS}
 assert set(_BY_NAME) == set(_ORDER)
 METRICS: "OrderedDict[str, MetricSpec]" = OrderedDict((n, _BY_NAME[n]) for n in _ORDER)

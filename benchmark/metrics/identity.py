@@ -11,15 +11,30 @@ metric         definition
 ``ref_clip_t`` ``cos(CLIP(output), CLIP(edit phrase P_e))``: the whole output against the
                instruction's edit part ``prompt[edit_span]`` (raw text); a plain cosine in
                [-1, 1] like MagicBrush's ``clip_t`` and DreamBench's CLIP-T (not x100)
+``obj_dino``   ``cos(DINO(output's view in M_e), DINO(after photo's view in M_e))``: the same
+               object, anchored on where and how it really stands (the ground truth)
+``obj_clip_i`` the same with CLIP image embeddings
 =============  =============================================================================
 
-The two *object views* (``object_view``), one rule for both sides:
+Two anchors, because a copy of the reference is what a reference-anchored similarity rewards
+most (DreamBench's known blind spot): ``ref_*`` compare with the exemplar as FreeEdit and
+DreamBench do, so a pasted copy of the exemplar tops them -- above the real after photo, whose
+object stands in its own pose and light; ``obj_*`` compare with the real object of the after
+photo (the exemplar *is* that object, warped onto a repainted backdrop), in the same region on
+both sides, so the oracle is exactly 1 on every sample, a pasted copy lands below it, and the
+before image (the ``identity`` editor) at the bottom. Report both: ``ref_*`` says "looks like
+the reference", ``obj_*`` "is the reference object, placed as it should be".
+
+The *object views* (``object_view``), one rule for every side:
 
 * **edited object**: the output cropped to the tight box of its region -- the editor's returned
   mask (``>= 0.5``) when it returns one and it is not empty, else M_e -- with every pixel of the
   box outside that region set to neutral grey ``GREY`` (128, 128, 128);
 * **reference object**: the exemplar cropped to the tight box of ``exemplar_mask``, masked the
   same way;
+* **ground-truth object** (``obj_*``): the after photo under M_e, and the output under M_e too
+  (never the editor's mask: the same region on both sides, so no returned mask can choose what
+  is compared);
 * each masked crop is then padded to a square, centred, with the same grey, and only then given
   to the model's own image processor: CLIP's shortest-side resize + centre crop would cut the
   ends off a long box, and DINO's fixed 224x224 resize would stretch it; padded, both see the
@@ -30,10 +45,11 @@ ImageNet's 0.49/0.46/0.41), so the masked-out area is near zero after normalisat
 no colour of its own. Values apply only to samples that have an exemplar (the reference-based
 view; NaN elsewhere); on a ``rie`` export ``plan`` reports the whole family as not computed.
 
-How to read them: 1.0 means the two views give the same embedding. The oracle (the real after
-photo) does *not* reach 1.0: the exemplar is the real object warped (scale, rotation, optional
-mirror flip) onto a synthetic backdrop, and M_e usually holds some of the real surrounding too.
-Compare editors with each other on the same data, never with 1.0.
+How to read them: 1.0 means the two views give the same embedding. On ``ref_*`` the oracle (the
+real after photo) does *not* reach 1.0: the exemplar is the real object warped (scale, rotation,
+optional mirror flip) onto a synthetic backdrop, and M_e usually holds some of the real
+surrounding too; compare editors with each other there, never with 1.0. On ``obj_*`` the oracle
+is 1.0 by construction and every other editor is measured against it.
 
 This module holds the view rules and the batched computation given the backbones (``clip``:
 ``images``/``texts`` -> (n, d); ``dino``: ``images`` -> (n, d)); ``model_based.ModelMetrics``
@@ -49,7 +65,7 @@ import numpy as np
 
 from .base import MetricSpec
 
-__all__ = ["SPECS", "NAMES", "CLIP_NAMES", "DINO_NAMES", "VIEW", "GREY", "RULES", "IdentityInputs",
+__all__ = ["SPECS", "NAMES", "CLIP_NAMES", "DINO_NAMES", "OBJECT_NAMES", "VIEW", "GREY", "RULES", "IdentityInputs",
            "object_view", "edited_region", "compute"]
 
 VIEW = "reference-based"
@@ -68,10 +84,19 @@ SPECS = (
     MetricSpec("ref_clip_t", "identity", "Ref-CLIP-T",
                "cos(CLIP(output), CLIP(edit phrase P_e)) on reference-based samples (as MagicBrush's CLIP-T, not x100)",
                True, needs=("clip_model",), view=VIEW),
+    MetricSpec("obj_dino", "identity", "Obj-DINO",
+               "cos(DINO CLS(output view in M_e), DINO CLS(after photo view in M_e)): the edited object against the "
+               "real object where it belongs; same view rule, M_e on both sides; the oracle is exactly 1",
+               True, needs=("dino_model",), view=VIEW),
+    MetricSpec("obj_clip_i", "identity", "Obj-CLIP-I",
+               "cos(CLIP(output view in M_e), CLIP(after photo view in M_e)); same views as Obj-DINO",
+               True, needs=("clip_model",), view=VIEW),
 )
 NAMES = tuple(s.name for s in SPECS)
-CLIP_NAMES = ("ref_clip_i", "ref_clip_t")
-DINO_NAMES = ("ref_dino",)
+CLIP_NAMES = ("ref_clip_i", "ref_clip_t", "obj_clip_i")
+DINO_NAMES = ("ref_dino", "obj_dino")
+OBJECT_NAMES = ("obj_dino", "obj_clip_i")
+"""the ground-truth-anchored pair (after photo in M_e); ``ref_dino`` / ``ref_clip_i`` are exemplar-anchored"""
 
 RULES: Dict[str, str] = {
     "identity_edited_view": "output cropped to the tight box (x1, y1 exclusive, no margin) of the edited region = "
@@ -81,8 +106,11 @@ RULES: Dict[str, str] = {
     "identity_reference_view": "exemplar cropped to the tight box of exemplar_mask, pixels outside the mask set to "
                                f"({GREY}, {GREY}, {GREY}), padded to a square, centred, with the same grey; then the "
                                "model's image processor",
-    "identity_embeddings": "ref_dino: last_hidden_state[:, 0] (final-norm CLS) as dino; ref_clip_i: projected image "
-                           "embeddings as clip_i; cosines in float64",
+    "identity_object_view": "obj_dino / obj_clip_i: the output and the after photo (reference_image) each under M_e "
+                            "(never the editor's mask: one region for both sides), then the same box / grey / square "
+                            "rule; the oracle is exactly 1",
+    "identity_embeddings": "ref_dino, obj_dino: last_hidden_state[:, 0] (final-norm CLS) as dino; ref_clip_i, "
+                           "obj_clip_i: projected image embeddings as clip_i; cosines in float64",
     "ref_clip_t": "cos(CLIP(whole output), CLIP(prompt[edit_span])) in [-1, 1] (MagicBrush / DreamBench CLIP-T "
                   "scale, not x100); empty edit phrase -> NaN",
     "identity_applies": "samples with an exemplar (reference-based view) only; NaN elsewhere; a rie export reports "
@@ -101,6 +129,8 @@ class IdentityInputs:
     pred_mask: Optional[np.ndarray] = None
     """the editor's returned mask: bool, float in [0, 1], or uint8 levels round(255 * p) as cached"""
     edit_phrase: str = ""
+    after: Optional[np.ndarray] = None
+    """the after photo (the export's ``reference_image``, the output's size): the ``obj_*`` anchor"""
 
 
 def _box(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
@@ -173,19 +203,32 @@ def compute(samples: Sequence[IdentityInputs], names: Sequence[str], clip: Any =
             if ed is not None and rf is not None:
                 pairs.append((i, len(views), len(views) + 1))
                 views += [ed, rf]
-    if "ref_dino" in wanted:
+    obj_pairs: List[Tuple[int, int, int]] = []  # (sample, output view index, after view index)
+    if wanted & set(OBJECT_NAMES):
+        for i, s in enumerate(samples):
+            if s.exemplar is None or s.after is None:
+                continue
+            region = np.asarray(s.edit_mask, dtype=bool)
+            ed, gt = object_view(s.output, region), object_view(s.after, region)
+            if ed is not None and gt is not None:
+                obj_pairs.append((i, len(views), len(views) + 1))
+                views += [ed, gt]
+    if wanted & set(DINO_NAMES):
         emb = np.asarray(dino.images(views), dtype=np.float64) if views else np.zeros((0, 1))
-        for i, v in enumerate(_pair_cos(emb, pairs, n)):
-            res[i]["ref_dino"] = v
+        for name, which in (("ref_dino", pairs), ("obj_dino", obj_pairs)):
+            if name in wanted:
+                for i, v in enumerate(_pair_cos(emb, which, n)):
+                    res[i][name] = v
     text_rows = [i for i, s in enumerate(samples) if s.exemplar is not None and s.edit_phrase.strip()] \
         if "ref_clip_t" in wanted else []
     if wanted & set(CLIP_NAMES):
         n_obj = len(views)
         whole = [samples[i].output for i in text_rows]
         emb = np.asarray(clip.images(views + whole), dtype=np.float64) if views or whole else np.zeros((0, 1))
-        if "ref_clip_i" in wanted:
-            for i, v in enumerate(_pair_cos(emb, pairs, n)):
-                res[i]["ref_clip_i"] = v
+        for name, which in (("ref_clip_i", pairs), ("obj_clip_i", obj_pairs)):
+            if name in wanted:
+                for i, v in enumerate(_pair_cos(emb, which, n)):
+                    res[i][name] = v
         if "ref_clip_t" in wanted:
             phrases = sorted({samples[i].edit_phrase.strip() for i in text_rows})
             temb = _normalize(np.asarray(clip.texts(phrases), dtype=np.float64)) if phrases else np.zeros((0, 1))

@@ -29,7 +29,9 @@ metric             file             definition
                                     averaged over the pixels outside M_e (``--lpips-weights``)
 ``ref_dino``,      identity         the reference-based track: DINO / CLIP-I between the edited object's
 ``ref_clip_i``,                     view and the exemplar object's view, CLIP-T between the output and
-``ref_clip_t``                      the edit phrase (views and rules: ``identity``)
+``ref_clip_t``,                     the edit phrase; ``obj_*``: the output against the after
+``obj_dino``,                       photo, both in M_e (views and rules: ``identity``)
+``obj_clip_i``
 =================  ===============  =====================================================================
 
 CLIP images go through the model's own image processor (``preprocessor_config.json``; for CLIP:
@@ -279,7 +281,7 @@ class ModelMetrics:
         if ids:
             inputs = [identity.IdentityInputs(output=s.output, edit_mask=s.edit_mask, exemplar=s.exemplar,
                                               exemplar_mask=s.exemplar_mask, pred_mask=s.pred_mask,
-                                              edit_phrase=s.edit_phrase) for s in samples]
+                                              edit_phrase=s.edit_phrase, after=s.reference) for s in samples]
             for r, v in zip(res, identity.compute(inputs, ids, clip=self.clip, dino=self.dino)):
                 r.update(v)
         return [{n: float(r.get(n, math.nan)) for n in self.names} for r in res]

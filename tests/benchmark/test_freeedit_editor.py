@@ -166,6 +166,6 @@ def test_score_cli_on_the_reference_based_export_with_a_trained_model(demo_dir, 
     assert res["data"]["view"] == "reference-based" and res["counts"]["scored"] == 3
     # every metric of the track is computed; only mask_iou is not (FreeEdit predicts no mask)
     assert set(res["not_computed"]) == {"mask_iou"}
-    assert {"ref_dino", "ref_clip_i", "ref_clip_t", "l2_bg", "clip_i", "dino", "ap"} <= set(res["metrics"])
+    assert {"ref_dino", "ref_clip_i", "ref_clip_t", "obj_dino", "obj_clip_i", "l2_bg", "clip_i", "dino", "ap"} <= set(res["metrics"])
     assert set(res["metrics"]) == set(res["config"]["metrics_computed"])
     assert res["metrics"]["ref_dino"]["n"] == 3 and 0.0 < res["metrics"]["ref_dino"]["mean"] <= 1.0

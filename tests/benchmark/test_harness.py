@@ -83,7 +83,8 @@ def test_identity_scores(identity_run, export):
     assert m["change_target"]["mean"] == 0.0 and m["distractor_preservation"]["mean"] == 1.0
     assert m["l1"]["mean"] > 0  # the reference differs from the source
     assert set(r["not_computed"]) == {"ap", "clip_sim_fg", "clip_sim_fg_pr", "lpips_bg", "clip_whole", "clip_edited",
-                                      "clip_i", "dino", "clip_t", "mask_iou", "ref_dino", "ref_clip_i", "ref_clip_t"}
+                                      "clip_i", "dino", "clip_t", "mask_iou", "ref_dino", "ref_clip_i", "ref_clip_t",
+                                      "obj_dino", "obj_clip_i"}
     assert r["not_computed"]["ap"]["reason"] == "needs --clip-model and --aesthetic-weights"
     assert r["editor"]["protocol"] == []
     assert set(r["metrics"]["l2_bg"]["by_edit_type"]) == {"replace", "remove", "attribute"}

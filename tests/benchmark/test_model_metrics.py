@@ -346,7 +346,7 @@ def test_score_run_with_every_model_metric(export, models, tmp_path):
     res = _score(export, tmp_path / "o", "oracle", models, limit=4)
     r = res.results
     # the oracle predicts no mask, the rie view has no exemplars (identity family); every other model metric runs
-    assert list(r["not_computed"]) == ["ref_dino", "ref_clip_i", "ref_clip_t", "mask_iou"]
+    assert list(r["not_computed"]) == ["ref_dino", "ref_clip_i", "ref_clip_t", "obj_dino", "obj_clip_i", "mask_iou"]
     for n in NAMES:
         assert r["metrics"][n]["n"] + r["metrics"][n]["n_not_applicable"] == r["counts"]["scored"] == 4
     assert r["metrics"]["clip_i"]["mean"] == pytest.approx(1.0) and r["metrics"]["dino"]["mean"] == pytest.approx(1.0)
