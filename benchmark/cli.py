@@ -14,7 +14,7 @@ from refcoco_edit import config
 from refcoco_edit.config import parse_key_values
 from refcoco_edit.errors import InputError
 
-from .score_config import JudgeSettings, ScoreConfig
+from .score.config import JudgeSettings, ScoreConfig
 
 __all__ = ["add_score_parser", "add_report_parser", "add_judge_parser", "cmd_score", "cmd_report", "cmd_judge",
            "parse_editor_args"]

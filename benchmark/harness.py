@@ -26,14 +26,14 @@ is what ``refcoco-edit score`` does:
    per edit type (``aggregate``). With ``--judge MODEL`` the VLM judge then looks at every
    scored sample's cached output (``refcoco_edit.benchmark.judge``): VIEScore SC/PQ/O and the
    referring questions, aggregated the same way, in results.json's ``judge`` section.
-6. **report** — ``RESULTS/results.json`` (schema in ``refcoco_edit.benchmark.report_schema``), ``samples.parquet``,
+6. **report** — ``RESULTS/results.json`` (schema in ``refcoco_edit.benchmark.report.schema``), ``samples.parquet``,
    ``report.md``, ``gallery.html`` (+ ``gallery/`` thumbnails), ``plots/*.png``, and
    ``timing.json`` (wall times and cache reuse: the only file that differs between two runs).
 
 Output cache and resume: ``RESULTS/run.json`` fingerprints the run (editor, its config and
 protocol, seed, --resize-outputs; a different one is refused without --overwrite) and
 ``RESULTS/outputs/`` caches each checked output with a marker (layout in
-``refcoco_edit.benchmark.score_cache``).
+``refcoco_edit.benchmark.score.cache``).
 
 A rerun (after a kill, or to add metrics) skips done samples and edits only the rest; failed
 samples are kept as failed unless ``--retry-failed``. ``input_sha256`` hashes what the editor saw
@@ -46,10 +46,10 @@ Per-sample editor seeds: ``derive_seed(seed, "editor", sample_id) % (2**31 - 1)`
 Failures (reason codes in ``refcoco_edit.benchmark.editors.FAILURE_REASONS``) and skips (``SKIP_REASONS``)
 never stop the run; they are counted in results.json and left out of the metric means.
 
-Where the steps live: ``score_cache`` (run.json, outputs/), ``score_items`` (a sample's state in
-the pass: cache lookup, decoding), ``score_editing`` (batches, output checks), ``score_ray``
-(``--executor ray``), ``score_samples`` (records, metrics, thumbnails), ``score_aggregate``
-(means and bootstrap CIs), ``report`` (the files of step 6). This module wires them.
+Where the steps live, in the ``score`` package: ``score.cache`` (run.json, outputs/), ``score.items``
+(a sample's state in the pass: cache lookup, decoding), ``score.editing`` (batches, output checks),
+``score.ray`` (``--executor ray``), ``score.samples`` (records, metrics, thumbnails), ``score.aggregate``
+(means and bootstrap CIs); and the ``report`` package (the files of step 6). This module wires them.
 """
 from __future__ import annotations
 
@@ -69,13 +69,13 @@ from refcoco_edit.workspace import atomic_write_bytes
 from .data import REFERENCE_BASED, load_dataset
 from .editors.base import Editor
 from .metrics import METRICS, MetricParams, plan, select_metrics
-from .score_aggregate import aggregate, bootstrap_ci
-from .score_cache import CACHE_VERSION, OUTPUTS_DIR, RUN_MANIFEST, input_key, prepare_out, run_manifest
-from .score_config import ScoreConfig
-from .score_editing import edit_batches, edit_items, finish_output
-from .score_items import Item, chunks, decode_item, lookup_cache
-from .score_ray import EditChunks, edit_on_ray
-from .score_samples import score_item, score_models, write_thumbnails
+from .score.aggregate import aggregate, bootstrap_ci
+from .score.cache import CACHE_VERSION, OUTPUTS_DIR, RUN_MANIFEST, input_key, prepare_out, run_manifest
+from .score.config import ScoreConfig
+from .score.editing import edit_batches, edit_items, finish_output
+from .score.items import Item, chunks, decode_item, lookup_cache
+from .score.ray import EditChunks, edit_on_ray
+from .score.samples import score_item, score_models, write_thumbnails
 
 __all__ = ["ScoreConfig", "ScoreResult", "run_score", "aggregate", "bootstrap_ci", "editor_seed", "check_track",
            "RUN_MANIFEST", "OUTPUTS_DIR",

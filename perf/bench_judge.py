@@ -31,7 +31,7 @@ QUICK = dict(num_images=6, latency_s=0.1, concurrency=8)
 
 def _judge(run_dir: Path, url: str, concurrency: int) -> Dict[str, Any]:
     from refcoco_edit.benchmark.judge.api import judge_existing
-    from refcoco_edit.benchmark.score_config import JudgeSettings
+    from refcoco_edit.benchmark.score.config import JudgeSettings
 
     s = JudgeSettings(judge="fake-vlm", judge_base_url=url, judge_concurrency=concurrency, judge_max_retries=0,
                       progress=False)

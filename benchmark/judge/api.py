@@ -112,8 +112,8 @@ def judge_existing(run_dir: Path, s: Any, client: Any = None, log: Callable[[str
     hold the same samples (``sample_ids_sha256``)."""
     from ..data import load_dataset
     from ..report import render_gallery, render_markdown, run_label
-    from ..report_results import dumps, load_run, read_samples, samples_table
-    from ..report_schema import schema_errors
+    from ..report.results import dumps, load_run, read_samples, samples_table
+    from ..report.schema import schema_errors
 
     run_dir = Path(run_dir)
     results = load_run(run_dir)

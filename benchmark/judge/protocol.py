@@ -118,7 +118,7 @@ _MARKED = ("In the first image the referred object is outlined in " + OUTLINE_NA
 
 
 def answer_schema(q: Question) -> Dict[str, Any]:
-    """The JSON Schema an answer to ``q`` must follow (checked by ``report_schema.schema_errors``)."""
+    """The JSON Schema an answer to ``q`` must follow (checked by ``report.schema.schema_errors``)."""
     if q.kind == "same_object":
         return {"type": "object", "required": ["same_object", "score"],
                 "properties": {"same_object": {"type": "boolean"},
@@ -171,7 +171,7 @@ def feedback_message(reason: str) -> str:
 def parse_answer(q: Question, content: Optional[str], refusal: Optional[str], finish_reason: Optional[str]
                  ) -> Dict[str, Any]:
     """The validated answer object, or :class:`JudgeRejected` with the reason."""
-    from ..report_schema import schema_errors
+    from ..report.schema import schema_errors
 
     if refusal:
         raise JudgeRejected("judge_refusal", f"the judge refused: {str(refusal)[:200]}")

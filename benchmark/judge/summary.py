@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..score_aggregate import aggregate
+from ..score.aggregate import aggregate
 from .client import JudgeConfig, host_class
 from .images import EXEMPLAR_RULE, MARK_RULE
 from .protocol import JUDGE_PROMPT_VERSION, SCORE_MAX
@@ -194,7 +194,7 @@ def _agreement(records: Sequence[Dict[str, Any]], values: Dict[str, Dict[str, fl
 
 def judge_section(cfg: JudgeConfig, run: JudgeRun, records: Sequence[Dict[str, Any]],
                   values: Dict[str, Dict[str, float]], seed: int, resamples: int) -> Dict[str, Any]:
-    """results.json's ``judge`` section (schema in ``report_schema``). Deterministic: request
+    """results.json's ``judge`` section (schema in ``report.schema``). Deterministic: request
     counts and wall times go to timing.json instead."""
     specs = metric_specs(cfg, run.questions or None)
     judged = [r for r in records if r["sample_id"] in values]

@@ -86,7 +86,7 @@ def built(tmp_path_factory):
     import pyarrow.parquet as pq
 
     from refcoco_edit.benchmark.data import load_dataset
-    from refcoco_edit.benchmark.report_results import samples_table
+    from refcoco_edit.benchmark.report.results import samples_table
 
     root = tmp_path_factory.mktemp("freeedit-train")
     base = save_tiny_freeedit_base(root / "base")

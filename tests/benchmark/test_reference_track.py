@@ -18,7 +18,7 @@ from conftest import run_cli
 from refcoco_edit.benchmark.data import decode_sample, load_dataset
 from refcoco_edit.benchmark.editors import Editor, get_editor
 from refcoco_edit.benchmark.harness import ScoreConfig, run_score
-from refcoco_edit.benchmark.score_cache import input_key
+from refcoco_edit.benchmark.score.cache import input_key
 from refcoco_edit.build import BuildConfig, build
 from refcoco_edit.errors import InputError
 from refcoco_edit.export import EXPORT_MARKER, export_workspace

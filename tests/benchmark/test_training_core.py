@@ -66,7 +66,7 @@ def scores(tmp_path_factory):
     """A score run's samples.parquet (through the real writer): ref_dino and a judge metric."""
     import pyarrow.parquet as pq
 
-    from refcoco_edit.benchmark.report_results import samples_table
+    from refcoco_edit.benchmark.report.results import samples_table
 
     vals = {"a": (0.9, 1.0), "b": (0.8, 0.0), "c": (0.7, 1.0), "d": (0.2, 1.0), "e": (math.nan, 1.0),
             "f": (0.95, 1.0)}

@@ -44,7 +44,7 @@ def write_plots(out: Path, runs: Sequence[Dict[str, Any]], labels: Sequence[str]
                 samples: Sequence[Sequence[Dict[str, Any]]]) -> List[Path]:
     """plots/distributions.png (per-sample histograms), plots/by_edit_type.png (means with CI per
     edit type, one bar per run). Needs matplotlib (figure API only: no global backend change)."""
-    from .metrics import METRICS
+    from ..metrics import METRICS
 
     names = [n for n in METRICS if any(n in r["metrics"] for r in runs)]
     written: List[Path] = []

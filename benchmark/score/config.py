@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 from refcoco_edit.config import setting
 
 if TYPE_CHECKING:
-    from .metrics import MetricParams
+    from ..metrics import MetricParams
 
 __all__ = ["ScoreConfig", "JudgeSettings"]
 
@@ -112,7 +112,7 @@ class ScoreConfig:
 
     def params(self) -> "MetricParams":
         """The weight-free metrics' parameters."""
-        from .metrics import MetricParams
+        from ..metrics import MetricParams
 
         return MetricParams(referring_eps=float(self.referring_eps), preservation_tau=float(self.preservation_tau))
 

@@ -2,8 +2,8 @@
 
 An ``Item`` goes through the pass of ``refcoco_edit.benchmark.harness.run_score`` chunk by chunk:
 ``lookup_cache`` finds a usable cached output (or none: edit), ``decode_item`` decodes its
-inputs and cached output once, the editing (``score_editing``) fills ``output``/``meta``, and
-``score_samples`` turns it into a record. The arrays are dropped once a chunk is done.
+inputs and cached output once, the editing (``score.editing``) fills ``output``/``meta``, and
+``score.samples`` turns it into a record. The arrays are dropped once a chunk is done.
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import numpy as np
 
 from refcoco_edit.errors import SampleError
 
-from .data import BenchSample, DecodedSample, decode_image, decode_sample
-from .editors.base import Editor
-from .score_cache import OUTPUTS_DIR, input_key, read_meta
+from ..data import BenchSample, DecodedSample, decode_image, decode_sample
+from ..editors.base import Editor
+from .cache import OUTPUTS_DIR, input_key, read_meta
 
 __all__ = ["Item", "chunks", "lookup_cache", "decode_item"]
 

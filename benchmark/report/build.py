@@ -1,10 +1,6 @@
-"""Reports of a score run: results.json, samples.parquet, report.md, gallery.html, plots/*.png;
-and ``refcoco-edit report RUN1 RUN2 ... --out DIR`` to put several runs side by side.
-
-The parts: ``report_schema`` (the results.json schema, documented there, and its checker),
-``report_results`` (building, writing and reading results.json and samples.parquet),
-``report_markdown`` (report.md), ``report_gallery`` (gallery.html), ``report_plots`` (plots/).
-This module writes them together (``write_run``, ``compare_runs``) and re-exports their names.
+"""The files of one score run's report (``write_run``: results.json, samples.parquet, report.md,
+gallery.html, plots/*.png) and ``refcoco-edit report RUN1 RUN2 ... --out DIR`` (``compare_runs``),
+which puts several runs side by side. They write the parts of the ``report`` package together.
 """
 from __future__ import annotations
 
@@ -17,17 +13,13 @@ from typing import Any, Callable, Dict, Optional, Sequence
 from refcoco_edit.errors import InputError
 from refcoco_edit.workspace import atomic_write_bytes, atomic_write_table
 
-from .report_gallery import render_gallery
-from .report_markdown import TABLE_FAMILIES, protocol_text, render_markdown, run_label
-from .report_plots import write_plots, write_plots_if_possible
-from .report_results import build_results, dumps, git_info, load_run, package_versions, read_samples, samples_table
-from .report_schema import RESULTS_SCHEMA, RESULTS_SCHEMA_VERSION, schema_errors, validate_results
+from .gallery import render_gallery
+from .markdown import render_markdown, run_label
+from .plots import write_plots_if_possible
+from .results import dumps, load_run, read_samples, samples_table
+from .schema import RESULTS_SCHEMA_VERSION, schema_errors
 
-__all__ = ["write_run", "compare_runs",
-           # from the parts (importable from here, as before the split)
-           "RESULTS_SCHEMA_VERSION", "RESULTS_SCHEMA", "TABLE_FAMILIES", "schema_errors", "validate_results",
-           "git_info", "package_versions", "dumps", "build_results", "samples_table", "read_samples", "load_run",
-           "protocol_text", "run_label", "render_markdown", "render_gallery", "write_plots"]
+__all__ = ["write_run", "compare_runs"]
 
 
 def write_run(out: Path, results: Dict[str, Any], records: Sequence[Dict[str, Any]], skipped: Sequence[Dict[str, Any]] = (),

@@ -13,7 +13,7 @@ Layout::
 
 ``input_sha256`` (``input_key``) hashes what the editor saw (source bytes, prompt, seed, protocol
 inputs, the exemplar image and mask for an editor that declares ``reference_object``): a cached output made from other inputs (a rebuilt dataset, a corrected prompt) is
-edited again. Plain files and dicts only: the pass's per-sample state is in ``score_items``.
+edited again. Plain files and dicts only: the pass's per-sample state is in ``score.items``.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
 from refcoco_edit.errors import InputError
 from refcoco_edit.workspace import atomic_write_bytes, fingerprint
 
-from .data import BenchSample
+from ..data import BenchSample
 
 if TYPE_CHECKING:
     import numpy as np

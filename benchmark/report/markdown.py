@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
-from .report_format import _arrow, _cell, _md, fmt_value, protocol_text
+from .format import _arrow, _cell, _md, fmt_value, protocol_text
 
 __all__ = ["TABLE_FAMILIES", "fmt_value", "protocol_text", "run_label", "render_markdown"]
 
@@ -29,7 +29,7 @@ def render_markdown(runs: Sequence[Dict[str, Any]], labels: Optional[Sequence[st
                     title: Optional[str] = None) -> str:
     """Markdown tables in the layout of the paper's Table 1 (one row per run), then the PIE-Bench,
     MagicBrush and referring families, the breakdown by edit type, exclusions and the config."""
-    from .metrics import FAMILIES, METRICS
+    from ..metrics import FAMILIES, METRICS
 
     labels = list(labels or [run_label(r) for r in runs])
     lines: List[str] = [f"# {_md(title or 'refcoco-edit score: ' + ', '.join(labels))}", ""]
@@ -60,7 +60,7 @@ def render_markdown(runs: Sequence[Dict[str, Any]], labels: Optional[Sequence[st
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     if any(r.get("judge") for r in runs):
-        from .report_judge import judge_markdown
+        from .judge import judge_markdown
 
         lines += judge_markdown(runs, labels)
     # by edit type

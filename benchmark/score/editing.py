@@ -3,7 +3,7 @@
 The editor sees only what its protocol declares (``editor_extras``). An exception fails its batch,
 then each sample is retried alone (``call_editor``): one bad sample cannot fail its neighbours.
 A full disk stops the run instead (it is no fault of the samples). ``edit_items`` is one chunk's
-worth of editing, as the Ray actors run it (``score_ray``).
+worth of editing, as the Ray actors run it (``score.ray``).
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import numpy as np
 
 from refcoco_edit.errors import is_disk_error
 
-from .editors.base import EditFailure, Editor, check_mask, check_output, split_output
-from .score_cache import CACHE_VERSION, write_output
-from .score_items import Item, chunks, decode_item
+from ..editors.base import EditFailure, Editor, check_mask, check_output, split_output
+from .cache import CACHE_VERSION, write_output
+from .items import Item, chunks, decode_item
 
 __all__ = ["editor_extras", "call_editor", "finish_output", "edit_batches", "edit_items"]
 

@@ -1,12 +1,13 @@
 """report.md's VLM judge part and the gallery's judge answers (runs with a results.json
-``judge`` section only; a run without one renders exactly as before)."""
+``judge`` section only; a run without one renders exactly as before). Rendering only: the judge
+itself is the ``refcoco_edit.benchmark.judge`` package."""
 from __future__ import annotations
 
 import html
 import json
 from typing import Any, Dict, List, Optional, Sequence
 
-from .report_format import _cell, _md, protocol_text
+from .format import _cell, _md, protocol_text
 
 __all__ = ["judge_markdown", "judge_answers_html"]
 

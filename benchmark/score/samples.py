@@ -2,7 +2,7 @@
 
 ``score_item`` makes a sample's record (``samples.parquet``'s row) with the weight-free metrics,
 ``score_models`` adds the model metrics of a chunk in one batched pass, and ``write_thumbnails``
-writes the gallery's source/reference thumbnails. All of them read the arrays ``score_items``
+writes the gallery's source/reference thumbnails. All of them read the arrays ``score.items``
 decoded once per sample.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any, Dict, Sequence
 
 import numpy as np
 
-from .metrics import MetricParams, SampleArrays, compute_sample
-from .score_cache import OUTPUTS_DIR
-from .score_items import Item
+from ..metrics import MetricParams, SampleArrays, compute_sample
+from .cache import OUTPUTS_DIR
+from .items import Item
 
 __all__ = ["new_record", "score_item", "score_models", "write_thumbnails"]
 
@@ -57,7 +57,7 @@ def score_item(it: Item, names: Sequence[str], params: MetricParams) -> None:
 
 def score_models(mm: Any, items: Sequence[Item]) -> None:
     """The model metrics of a chunk's scored samples, one batched pass (same decoded arrays)."""
-    from .metrics.model_based import ModelSample, target_text
+    from ..metrics.model_based import ModelSample, target_text
 
     todo = [it for it in items if it.record is not None and it.record["status"] == "ok"]
     if not todo:

@@ -3,7 +3,7 @@ the local pass, which then finds each output cached and computes the metrics and
 
 The unit of work is a chunk of the local pass (``--chunk-size`` samples): an actor decodes a
 chunk's uncached samples, edits them in the same batches a clean local run forms, runs the same
-output checks (``score_editing.finish_output``) and writes the same files, so the results equal
+output checks (``score.editing.finish_output``) and writes the same files, so the results equal
 the local executor's.
 """
 from __future__ import annotations
@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence
 
-from .editors.base import Editor
-from .score_config import ScoreConfig
-from .score_editing import edit_items
-from .score_items import Item, chunks, lookup_cache
+from ..editors.base import Editor
+from .config import ScoreConfig
+from .editing import edit_items
+from .items import Item, chunks, lookup_cache
 
 __all__ = ["EditChunks", "edit_on_ray"]
 

@@ -1,6 +1,6 @@
 """results.json and samples.parquet of a score run: what goes in them (``build_results``,
 ``samples_table``), how they are written (``dumps``: sorted keys, no NaN) and read back
-(``load_run``, ``read_samples``). The schema is in ``report_schema``."""
+(``load_run``, ``read_samples``). The schema is in ``report.schema``."""
 from __future__ import annotations
 
 import functools
@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from refcoco_edit.errors import InputError
 
-from .report_schema import RESULTS_SCHEMA_VERSION, validate_results
+from .schema import RESULTS_SCHEMA_VERSION, validate_results
 
 __all__ = ["git_info", "package_versions", "dumps", "build_results", "samples_table", "read_samples", "load_run"]
 
@@ -24,7 +24,7 @@ __all__ = ["git_info", "package_versions", "dumps", "build_results", "samples_ta
 def git_info() -> Tuple[Optional[str], Optional[bool]]:
     """(revision, dirty) of the checkout holding this package; (None, None) when not in git.
     Read-only: GIT_OPTIONAL_LOCKS=0 keeps `git status` from refreshing the index."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")
     try:
         rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -80,10 +80,10 @@ def dumps(doc: Any) -> bytes:
 def build_results(cfg: Any, dataset: Any, editor: Dict[str, Any], records: Sequence[Dict[str, Any]], names: Sequence[str],
                   computable: Sequence[str], not_computed: Dict[str, str], aggregates: Dict[str, Dict[str, Any]],
                   params: Any, resize_rule: str, model_metrics: Any = None) -> Dict[str, Any]:
-    """results.json's content (see ``report_schema``) from a run's parts; no I/O but git."""
+    """results.json's content (see ``report.schema``) from a run's parts; no I/O but git."""
     from refcoco_edit import __version__
 
-    from .metrics import METRICS
+    from ..metrics import METRICS
 
     rev, dirty = git_info()
     failures = sorted(({"sample_id": r["sample_id"], "reason": r["reason"], "error": r["error"]}

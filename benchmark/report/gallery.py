@@ -8,7 +8,7 @@ import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import quote
 
-from .report_markdown import fmt_value
+from .markdown import fmt_value
 
 __all__ = ["render_gallery"]
 
@@ -40,7 +40,7 @@ def _src(path: str) -> str:
 
 
 def _metrics_html(rec: Dict[str, Any], names: Sequence[str]) -> str:
-    from .metrics import METRICS
+    from ..metrics import METRICS
 
     parts = []
     for n in names:
@@ -58,7 +58,7 @@ def _output_cell(rec: Optional[Dict[str, Any]], run_rel: str, names: Sequence[st
         extra = " (resized)" if rec.get("resized") else ""
         judge = ""
         if rec.get("judge_answers"):
-            from .report_judge import judge_answers_html
+            from .judge import judge_answers_html
 
             judge = judge_answers_html(rec)
         return (f'<td><a href="{p}"><img loading="lazy" src="{p}" alt="output"></a>'

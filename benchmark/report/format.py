@@ -1,4 +1,4 @@
-"""Cell formatting shared by report.md's parts (``report_markdown``, ``report_judge``) and the gallery."""
+"""Cell formatting shared by report.md's parts (``report.markdown``, ``report.judge``) and the gallery."""
 from __future__ import annotations
 
 import html
