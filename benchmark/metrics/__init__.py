@@ -48,7 +48,8 @@ _WEIGHT_FREE = (
                True),
     MetricSpec("mse_bg", "pie", "MSE_bg x10^4", "MSE in [0,1] of output vs source over background pixels (= L2_bg)",
                False, display_scale=1e4),
-    MetricSpec("ssim_bg", "pie", "SSIM_bg x10^2", "SSIM map of output vs source on the full image, averaged over background pixels",
+    MetricSpec("ssim_bg", "pie", "SSIM_bg x10^2", "SSIM map of (output with the source inside M_e) vs source on the full image, averaged over "
+               "background pixels (an exact background scores 1)",
                True, display_scale=1e2),
     MetricSpec("l1", "magicbrush", "L1", "mean |output - reference| in [0,1] over the whole image", False),
     MetricSpec("l2", "magicbrush", "L2", "mean (output - reference)^2 in [0,1] over the whole image", False),

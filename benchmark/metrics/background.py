@@ -9,19 +9,24 @@ resolution, compared between the editor's output and the *source* image.
   Computed exactly: an integer sum of squared 8-bit differences divided by ``255^2 * 3 * n_bg``.
 * ``psnr_bg`` = ``10 * log10(1 / max(mse_bg, 1e-10))`` in dB (data range 1). An untouched
   background gives the cap of 100 dB instead of infinity, so means stay finite.
-* ``ssim_bg``: the SSIM map of Wang et al. (2004) is computed on the **full** image, per RGB
+* ``ssim_bg``: the SSIM map of Wang et al. (2004) between the source and the output *with the
+  source's pixels inside M_e* (``base.source_inside``), computed on the full image, per RGB
   channel, then averaged over the channels and over the **background pixels only**. Settings
   as in the paper and in ``skimage.metrics.structural_similarity(gaussian_weights=True,
   sigma=1.5, use_sample_covariance=False, data_range=1)``: an 11x11 Gaussian window of sigma 1.5
   (normalised), K1 = 0.01, K2 = 0.03, population (not sample) covariances, borders mirrored
   (``abcd|dcba``, scipy's "reflect") so the map covers every pixel. Windows of background pixels
-  next to M_e see some edited pixels: that is the structure the metric measures, and no pixel
-  is altered to hide it.
+  next to M_e hold some M_e pixels; both images show the source's there, so such a window
+  measures only how the background changed, and an output that leaves the background exact
+  scores 1 exactly (the oracle on every sample; before this rule the oracle got 0.9989 on the
+  demo because the windows saw its edit).
 
-  PIE-Bench's own script instead multiplies both images by the background mask (zeroing the
-  edited area) and averages SSIM over the *whole* image, so the zeroed area counts as a perfect
-  match and the score depends on the mask's size. We deliberately do not do that: every number
-  here is an average over background pixels only, as DESIGN.md requires.
+  Difference from PIE-Bench: its script multiplies both images by the background mask (zeroing
+  M_e in both, so M_e also matches) and averages SSIM over the *whole* image, so the zeroed
+  area counts as a perfect match and the score grows with the mask's size, and the zero fill
+  draws an artificial edge along M_e that both windows see. Here M_e is filled with the
+  source's own pixels (no artificial edge) and only background pixels are averaged, as
+  DESIGN.md requires.
 
   Arithmetic is float32 in a form that avoids cancellation (``l = 1 - (mx-my)^2/(mx^2+my^2+C1)``,
   ``cs = 1 - var(x-y)/(var x + var y + C2)``, on values centred on their local grey level): within
@@ -162,9 +167,9 @@ def compute(ctx: MetricContext, names: Iterable[str]) -> Dict[str, float]:
         if "psnr_bg" in names:
             out["psnr_bg"] = 10.0 * math.log10(1.0 / max(mse, ctx.params.psnr_mse_floor))
     if "ssim_bg" in names:
-        if ctx.n_background and not ctx.sq_src.any():
-            out["ssim_bg"] = 1.0  # identical images: the map is 1 everywhere (exactly, as computed)
+        if not np.any(ctx.sq_src, where=ctx.background):
+            out["ssim_bg"] = 1.0  # background exact: (source_inside(output), source) are identical, map 1
         else:
-            m = ssim_map(ctx.a.output, ctx.a.source, ctx.params)
+            m = ssim_map(ctx.output_bg, ctx.a.source, ctx.params)
             out["ssim_bg"] = float(np.sum(m, where=ctx.background, dtype=np.float64)) / n_bg
     return out

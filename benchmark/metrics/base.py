@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["MetricSpec", "MetricParams", "SampleArrays", "MetricContext", "MODEL_OPTIONS"]
+__all__ = ["MetricSpec", "MetricParams", "SampleArrays", "MetricContext", "MODEL_OPTIONS", "source_inside"]
 
 # options of `refcoco-edit score` that provide model weights, by the name used in ``needs``
 MODEL_OPTIONS: Dict[str, str] = {
@@ -162,6 +162,25 @@ class MetricContext:
     @property
     def n_background(self) -> int:
         return self._get("n_background", lambda: int(np.count_nonzero(self.background)))
+
+    @property
+    def output_bg(self) -> np.ndarray:
+        """The output with the source's pixels inside M_e (``source_inside``): what the windowed
+        background metrics compare with the source, so only background pixels can differ."""
+        return self._get("output_bg", lambda: source_inside(self.a.output, self.a.source, self.a.edit_mask))
+
+
+def source_inside(output: np.ndarray, source: np.ndarray, edit_mask: np.ndarray) -> np.ndarray:
+    """``output`` with ``source``'s pixels inside ``edit_mask`` (a copy; the input when the mask is
+    empty). A windowed or convolutional background metric (SSIM, LPIPS) of (this, source) sees
+    the same pixels on both sides inside M_e, so windows straddling M_e measure the background
+    alone, and an output that equals the source outside M_e scores the best value exactly."""
+    m = np.asarray(edit_mask, dtype=bool)
+    if not m.any():
+        return output
+    out = np.array(output, copy=True)
+    out[m] = source[m]
+    return out
 
 
 def _sum_channels_sq(d: np.ndarray) -> np.ndarray:

@@ -1,5 +1,12 @@
-"""PIE-Bench's LPIPS over the background: the LPIPS spatial map of (output, source), averaged over
-the pixels outside M_e (not LPIPS of images whose foreground was zeroed).
+"""PIE-Bench's LPIPS over the background: the LPIPS spatial map of (output with the source's
+pixels inside M_e, source), averaged over the pixels outside M_e.
+
+The convolutions' receptive fields reach across M_e's border; with the source's own pixels
+inside M_e on both sides (``base.source_inside``) they see only background changes, so an
+output that leaves the background exact scores 0 exactly (the oracle). Difference from
+PIE-Bench: its script zeroes M_e in both images (an artificial edge both sides see) and averages
+LPIPS over the whole image, so the score depends on the mask's size; here the map is averaged
+over background pixels only.
 
 LPIPS is implemented here, the way the ``lpips`` package (v0.1) computes it with
 ``spatial=True``, so no extra package and no download is needed:

@@ -25,7 +25,7 @@ metric             file             definition
 ``clip_t``         clip_metrics     MagicBrush: ``cos(CLIP(output), CLIP(P))``
 ``dino``           dino             MagicBrush: ``cos(DINO(output), DINO(reference))``, the ViT CLS token
                                     (``--dino-model``: a transformers ViT/DINOv2 model)
-``lpips_bg``       lpips            PIE-Bench: LPIPS(output, source), its spatial map (native resolution)
+``lpips_bg``       lpips            PIE-Bench: LPIPS(output with M_e from the source, source), its spatial map (native resolution)
                                     averaged over the pixels outside M_e (``--lpips-weights``)
 ``ref_dino``,      identity         the reference-based track: DINO / CLIP-I between the edited object's
 ``ref_clip_i``,                     view and the exemplar object's view, CLIP-T between the output and
@@ -76,7 +76,8 @@ SPECS = (
     MetricSpec("clip_sim_fg_pr", "paper", "CLIP-Sim_fg (P_r)",
                "100 * cos(CLIP(output crop at bbox(M_e)), CLIP(referring phrase P_r)), literally as the paper words it",
                True, needs=("clip_model",)),
-    MetricSpec("lpips_bg", "pie", "LPIPS_bg x10^3", "LPIPS(output, source) spatial map averaged over background pixels",
+    MetricSpec("lpips_bg", "pie", "LPIPS_bg x10^3", "LPIPS(output with the source inside M_e, source) spatial map averaged over "
+               "background pixels (an exact background scores 0)",
                False, display_scale=1e3, needs=("lpips_weights",)),
     MetricSpec("clip_whole", "pie", "CLIP whole", "max(100 * cos(CLIP(output), CLIP(prompt P)), 0) (CLIPScore)",
                True, needs=("clip_model",)),
@@ -359,10 +360,12 @@ class ModelMetrics:
             res[i]["dino"] = float(_cos(emb[k], emb[n + k]))
 
     def _lpips(self, samples: Sequence[ModelSample], res: List[Dict[str, float]]) -> None:
+        from .base import source_inside
         from .lpips import mean_over
 
         todo = [i for i, s in enumerate(samples) if not s.edit_mask.all()]
-        maps = self.lpips.maps([(samples[i].output, samples[i].source) for i in todo]) if todo else []
+        maps = self.lpips.maps([(source_inside(samples[i].output, samples[i].source, samples[i].edit_mask),
+                                 samples[i].source) for i in todo]) if todo else []
         for i in range(len(samples)):
             res[i]["lpips_bg"] = math.nan
         for i, m in zip(todo, maps):

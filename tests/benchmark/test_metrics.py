@@ -156,7 +156,15 @@ def test_background_ignores_changes_inside_the_edit_mask(sample):
     m = compute_sample(_arrays(sample, output=out), ["l2_bg", "mse_bg", "psnr_bg", "ssim_bg"])
     assert m["l2_bg"] == 0.0 and m["mse_bg"] == 0.0
     assert m["psnr_bg"] == 100.0  # the documented cap, not infinity
-    assert m["ssim_bg"] < 1.0  # windows straddling M_e see the wiped pixels: no zeroing trick
+    assert m["ssim_bg"] == 1.0  # windows straddling M_e see the source's pixels there on both sides
+    # one changed background pixel next to M_e is seen, and only through the windows around it
+    ys, xs = np.nonzero(sample["me"])
+    y, x = ys[0] - 1, xs[0]
+    assert not sample["me"][y, x]
+    out[y, x] = 255 - out[y, x]
+    ssim = compute_sample(_arrays(sample, output=out), ["ssim_bg"])["ssim_bg"]
+    ref = ref_ssim_map(np.where(sample["me"][..., None], sample["src"], out), sample["src"])
+    assert ssim < 1.0 and ssim == pytest.approx(ref[~sample["me"]].mean(), abs=1e-6)
 
 
 def test_ssim_map_matches_direct_gaussian_window_implementation(sample):
@@ -167,7 +175,10 @@ def test_ssim_map_matches_direct_gaussian_window_implementation(sample):
     assert np.abs(ours - ref).max() < 2e-5
     bg = ~sample["me"]
     m = compute_sample(_arrays(sample), ["ssim_bg"])
-    assert m["ssim_bg"] == pytest.approx(ref[bg].mean(), abs=1e-6)
+    # ssim_bg: the map of (output with the source inside M_e, source) over the background
+    masked = ref_ssim_map(np.where(sample["me"][..., None], y, x), y)
+    assert m["ssim_bg"] == pytest.approx(masked[bg].mean(), abs=1e-6)
+    assert m["ssim_bg"] != pytest.approx(ref[bg].mean(), abs=1e-6)  # not the map of the raw output
 
 
 def test_ssim_map_on_high_contrast_edits():

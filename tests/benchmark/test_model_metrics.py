@@ -227,18 +227,32 @@ def test_dino_matches_the_cls_token_of_a_direct_call(mm, paths):
 
 
 def test_lpips_bg_matches_a_functional_reference(mm, paths):
-    samples = _samples()
+    import dataclasses
+
+    rng = np.random.default_rng(11)
+    samples = []  # _samples() edit inside M_e only: add a background change for LPIPS to measure
+    for s in _samples():
+        noisy = np.clip(s.output.astype(int) + rng.integers(-40, 41, s.output.shape), 0, 255).astype(np.uint8)
+        samples.append(dataclasses.replace(s, output=np.where(s.edit_mask[..., None], s.output, noisy)))
     got = mm.compute(samples)
     for s, g in zip(samples, got):
-        ref_map = ref_lpips_map(paths["lpips"], s.output, s.source)
+        # the map of (output with the source inside M_e, source): receptive fields across M_e's border
+        # see the source there on both sides
+        ref_map = ref_lpips_map(paths["lpips"], np.where(s.edit_mask[..., None], s.source, s.output), s.source)
         bg = ~s.edit_mask
         assert g["lpips_bg"] == pytest.approx(float(ref_map[bg].mean()), rel=1e-4, abs=1e-7)
         assert g["lpips_bg"] != pytest.approx(float(ref_map.mean()), rel=1e-3)  # over bg only, not the whole map
+        raw = ref_lpips_map(paths["lpips"], s.output, s.source)
+        assert g["lpips_bg"] != pytest.approx(float(raw[bg].mean()), rel=1e-3)  # not the raw output's map
     # the single-file format (a whole lpips.LPIPS state dict) gives the same maps
     one = ModelMetrics(["lpips_bg"], {"lpips_weights": str(paths["lpips"] / "full" / "lpips_alex_full.pth")}, device="cpu")
     assert [r["lpips_bg"] for r in one.compute(samples)] == pytest.approx([g["lpips_bg"] for g in got], rel=1e-6)
     same = ModelSample(output=samples[0].source, source=samples[0].source, edit_mask=samples[0].edit_mask)
     assert one.compute([same])[0]["lpips_bg"] == 0.0
+    inside = samples[0].source.copy()  # an edit inside M_e only (the oracle's case): exactly 0 as well
+    inside[samples[0].edit_mask] = 255 - inside[samples[0].edit_mask]
+    assert one.compute([ModelSample(output=inside, source=samples[0].source,
+                                    edit_mask=samples[0].edit_mask)])[0]["lpips_bg"] == 0.0
     full = ModelSample(output=samples[0].output, source=samples[0].source,
                        edit_mask=np.ones_like(samples[0].edit_mask))
     assert math.isnan(one.compute([full])[0]["lpips_bg"])  # no background
@@ -350,6 +364,8 @@ def test_score_run_with_every_model_metric(export, models, tmp_path):
     for n in NAMES:
         assert r["metrics"][n]["n"] + r["metrics"][n]["n_not_applicable"] == r["counts"]["scored"] == 4
     assert r["metrics"]["clip_i"]["mean"] == pytest.approx(1.0) and r["metrics"]["dino"]["mean"] == pytest.approx(1.0)
+    # the oracle's background is exact: LPIPS_bg is 0 on every sample (its receptive fields see M_e's source pixels)
+    assert [rec["metrics"]["lpips_bg"] for rec in res.records] == [0.0] * 4
     assert r["metrics"]["l2_bg"]["mean"] == 0.0
     cfg = r["config"]
     assert cfg["models"]["clip_model"] == models["clip_model"]

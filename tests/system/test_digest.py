@@ -37,8 +37,39 @@ def compute(tmp: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def digests(tmp_path_factory) -> dict:
-    return compute(tmp_path_factory.mktemp("digest"))
+def demo_runs(tmp_path_factory) -> tuple:
+    """(the folder of the build and the two score runs, their digests)."""
+    tmp = tmp_path_factory.mktemp("digest")
+    return tmp, compute(tmp)
+
+
+@pytest.fixture(scope="module")
+def digests(demo_runs) -> dict:
+    return demo_runs[1]
+
+
+# the best value of each preservation metric (outside M_e, other objects, distractors; MagicBrush
+# against the after image): what an editor that returns the after image must score exactly
+PRESERVATION_BEST = {"l2_bg": 0.0, "mse_bg": 0.0, "psnr_bg": 100.0, "ssim_bg": 1.0, "l1": 0.0, "l2": 0.0,
+                     "distractor_preservation": 1.0, "change_distractor_max": 0.0, "change_distractor_mean": 0.0,
+                     "others_preservation": 1.0, "change_others_max": 0.0, "change_others_mean": 0.0}
+
+
+def test_the_oracle_scores_the_best_preservation_value_on_every_sample(demo_runs):
+    """Issue 27: a perfect editor gets every preservation metric's best value exactly, on every demo
+    sample (NaN only where a metric does not apply: no distractor, no other object). ssim_bg got
+    0.9989 before its windows stopped seeing M_e's pixels (metrics.background)."""
+    import math
+
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(demo_runs[0] / "oracle" / "samples.parquet").to_pylist()
+    assert rows and all(r["status"] == "ok" for r in rows)
+    for name, best in PRESERVATION_BEST.items():
+        vals = [r[name] for r in rows]
+        off = [(r["sample_id"], v) for r, v in zip(rows, vals) if not (v is None or math.isnan(v)) and v != best]
+        assert not off, (name, best, off[:5])
+        assert sum(v is not None and not math.isnan(v) for v in vals) > 0, name
 
 
 @pytest.mark.parametrize("what", ["export", "oracle", "identity"])
