@@ -25,7 +25,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Unio
 
 from .errors import InputError
 from .export_writer import Counts, SplitFiles
-from .storage import LAYOUT, read_parquet, export_write_options, is_reference_once, materialize, store_reference_once, stored_schema
+from .storage import (LAYOUT, REFERENCE_CANDIDATE, read_parquet, export_write_options, is_reference_once, materialize,
+                      store_reference_once, stored_schema, with_reference_candidate)
 from .schema import SCHEMA_VERSION, arrow_schema, check_table, column_names, conform, is_safe_name, rows_to_table, sample_fields
 from .workspace import Workspace
 
@@ -417,9 +418,11 @@ def export_workspace(ws: Union[Workspace, str, Path], out: Optional[Union[str, P
 
 def load_export(path: Union[str, Path], materialized: bool = True) -> Any:
     """Read an export folder (or one Parquet file) back as one Arrow table, checked against the
-    schema. ``materialized`` (the default) gives the sample table: the reference candidate's
-    image filled back in and ``reference_candidate`` dropped (``storage.materialize``);
-    False gives the table as stored (each image once)."""
+    schema. ``materialized`` (the default) gives the sample columns with the reference
+    candidate's image filled back in (``storage.materialize``), plus ``reference_candidate``
+    after ``reference_image``: the index of the candidate that is the reference (null when none
+    is, e.g. a reviewer's correction), as stored (an export written before that column: found by
+    comparing bytes). False gives the table as stored (each image once)."""
     import pyarrow as pa
 
     path = Path(path)
@@ -437,7 +440,11 @@ def load_export(path: Union[str, Path], materialized: bool = True) -> Any:
     stored = conform(table)
     table = materialize(table)
     check_table(table)
-    return table.select(column_names()) if materialized else stored
+    if not materialized:
+        return stored
+    table = table.select(column_names())
+    index = (stored if is_reference_once(stored) else store_reference_once(table)).column(REFERENCE_CANDIDATE)
+    return with_reference_candidate(table, index)
 
 
 def is_reference_based(table: Any) -> bool:
@@ -451,6 +458,7 @@ def import_export(export_dir: Union[str, Path], workdir: Union[str, Path], shard
     if is_reference_based(table):
         raise InputError(f"{export_dir} is a reference-based export (triplets, not samples): import the rie export "
                          "of the same workspace instead")
+    table = table.select(column_names())  # the samples; storing them finds the reference candidate again
     bad = [v for v in table.column("sample_id").to_pylist() if not is_safe_name(v)]
     if bad:  # sample ids become file names (review media, score outputs): never a path
         raise InputError(f"{export_dir}: {len(bad)} sample_id(s) are not plain names ([A-Za-z0-9_.-], at most 128 "
@@ -511,7 +519,8 @@ def _layout_text(view: str) -> str:
             "own `candidates[i].image` is null and `reference_candidate` holds its index `i` (null when the "
             "reference is none of the candidates, e.g. a reviewer's correction). To get every candidate's image: "
             "`row[\"candidates\"][row[\"reference_candidate\"]][\"image\"] = row[\"reference_image\"]`, which "
-            "`refcoco_edit.export.load_export` does for you.\n")
+            "`refcoco_edit.export.load_export` does for you; it keeps `reference_candidate`, so that with several "
+            "candidates per sample you can still tell which one is the reference.\n")
 
 
 def _repaint_text(view: str, info: Dict[str, Any]) -> str:
@@ -584,7 +593,8 @@ dd = datasets.load_dataset("parquet", data_files={{s: f"path/to/this/folder/{{s}
 import glob, pandas as pd
 df = pd.read_parquet(sorted(glob.glob("path/to/this/folder/*.parquet")))   # every split in one frame
 from refcoco_edit.export import load_export
-table = load_export("path/to/this/folder")   # one Arrow table, candidate images filled back in
+table = load_export("path/to/this/folder")   # one Arrow table, candidate images filled back in,
+                                             # reference_candidate kept (the reference's index or null)
 ```
 (`data_files="folder/*.parquet"` without a dict puts every split into one split named `train`.)
 {_layout_text(summary['view'])}{_repaint_text(summary['view'], info)}

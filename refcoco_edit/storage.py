@@ -170,6 +170,21 @@ def is_reference_once(table: Any) -> bool:
     return REFERENCE_CANDIDATE in table.schema.names
 
 
+def with_reference_candidate(table: Any, index: Any) -> Any:
+    """A sample table (every candidate with its image) with ``index``, the ``reference_candidate``
+    column of its stored form (int32, null where the reference is none of the candidates), put
+    back after ``reference_image``, its ``datasets`` feature too: which candidate is the
+    reference. Not the stored layout (its images are all there, no layout mark): write it back
+    through ``store_reference_once`` only without the column."""
+    import pyarrow as pa
+
+    meta = _layout_metadata(table.schema.metadata or {})
+    meta.pop(LAYOUT_KEY, None)
+    at = table.schema.get_field_index("reference_image") + 1
+    out = table.add_column(at, pa.field(REFERENCE_CANDIDATE, pa.int32()), index.cast(pa.int32()))
+    return out.replace_schema_metadata(meta)
+
+
 def materialize(table: Any) -> Any:
     """The sample table back from the export layout: ``candidates[reference_candidate].image``
     gets ``reference_image``'s bytes (its path too: the candidate's own file name is not

@@ -178,3 +178,43 @@ def test_a_workspace_written_before_schema_1_1_still_loads_and_exports(tmp_path)
     table = load_export(tmp_path / "e")
     assert table.num_rows == 2 * len(_rows()) and table.column("other_ann_ids").null_count == table.num_rows
     assert "not audited" in (tmp_path / "e" / "README.md").read_text()
+
+
+def test_load_export_keeps_reference_candidate_and_import_stores_it_again(tmp_path):
+    """load_export gives every candidate its image back and says which one is the reference
+    (an int index, null when none is); an export of a re-imported export holds the same index."""
+    from refcoco_edit.export import export_workspace, import_export, load_export, write_export
+    from refcoco_edit.schema import column_names
+    from refcoco_edit.workspace import Workspace
+
+    rows = [r for r in _rows() if r["candidates"] is not None]  # s0, s1, s2, s3, s5
+    write_export(rows, tmp_path / "e")
+    table = load_export(tmp_path / "e")
+    names = column_names()
+    at = names.index("reference_image") + 1
+    assert table.column_names == names[:at] + [REFERENCE_CANDIDATE] + names[at:]
+    assert table.schema.field(REFERENCE_CANDIDATE).type == pa.int32()
+    got = {r["sample_id"]: r for r in table.to_pylist()}
+    assert {sid: r[REFERENCE_CANDIDATE] for sid, r in got.items()} == {"s0": 0, "s1": 1, "s2": None, "s3": None, "s5": 1}
+    for r in got.values():  # the index points at the candidate whose (filled-back) image is the reference
+        k = r[REFERENCE_CANDIDATE]
+        if k is not None:
+            assert r["candidates"][k]["image"]["bytes"] == r["reference_image"]["bytes"]
+    assert b"reference_candidate" in table.schema.metadata[b"huggingface"]  # datasets sees the column too
+    # the stored form is what the file holds; import + export round-trips the index
+    files = sorted((tmp_path / "e").glob("*.parquet"))  # one per split
+    assert load_export(tmp_path / "e", materialized=False).column(REFERENCE_CANDIDATE).to_pylist() == \
+        [k for f in files for k in pq.read_table(f).column(REFERENCE_CANDIDATE).to_pylist()]
+    import_export(tmp_path / "e", tmp_path / "w")
+    shard = Workspace(tmp_path / "w").stage("generate").read_shard(0).to_pylist()
+    assert {r["sample_id"]: r[REFERENCE_CANDIDATE] for r in shard} == {sid: r[REFERENCE_CANDIDATE] for sid, r in got.items()}
+    for r in shard:  # imported: each image stored once again
+        k = r[REFERENCE_CANDIDATE]
+        assert k is None or r["candidates"][k]["image"] is None
+    export_workspace(tmp_path / "w", tmp_path / "again")
+    assert load_export(tmp_path / "again").to_pylist() == table.to_pylist()
+    # an export written before the column existed: the index is found by comparing bytes
+    (tmp_path / "old").mkdir()
+    pq.write_table(rows_to_table(rows), tmp_path / "old" / "train-00000.parquet")
+    old = {r["sample_id"]: r[REFERENCE_CANDIDATE] for r in load_export(tmp_path / "old").to_pylist()}
+    assert old == {"s0": 0, "s1": 1, "s2": None, "s3": None, "s5": 1}

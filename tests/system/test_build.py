@@ -46,7 +46,10 @@ def test_build_exports_every_selected_sample(built):
     assert built.quarantine == {}
     table = load_export(built.export_dir)
     assert table.num_rows == ROWS
-    assert table.column_names == column_names()
+    # the sample columns, and which candidate is the reference (after reference_image)
+    names = column_names()
+    at = names.index("reference_image") + 1
+    assert table.column_names == names[:at] + ["reference_candidate"] + names[at:]
     assert len(set(table.column("sample_id").to_pylist())) == ROWS
 
 
@@ -225,3 +228,4 @@ def test_other_objects_are_recorded_and_every_reference_preserves_them(built):
         assert json.loads(r["candidates"][0]["filter_scores"])["others_damaged"] == 0
     card = (built.export_dir / "README.md").read_text()
     assert "Audit of the other annotated objects" in card and f"0 of {len(rows)} candidates marked" in card
+
