@@ -62,6 +62,20 @@ class EditRequest:
     # HxW bool masks of every other annotated object of the image (the distractors included);
     # None: unknown (data written before they were recorded)
     other_masks: Optional[List[np.ndarray]] = None
+    # False: the pipeline's canonical edit (a sample's first candidate); True: a seed-dependent
+    # variation of it (``variation_rng``), so that candidates 1, 2, ... of a sample (and re-drawn
+    # duplicates) are other images even where the canonical edit does not depend on the seed
+    vary: bool = False
+
+
+VARIATION_STREAM = 0x76617279  # "vary": the random stream of a request's variation, apart from its own
+
+
+def variation_rng(request: EditRequest) -> Optional[np.random.Generator]:
+    """The random generator of a request's variation (``EditRequest.vary``), or None for the
+    canonical edit. A stream of its own (``[seed, VARIATION_STREAM]``): the draws a pipeline makes
+    from ``default_rng(seed)`` are the same with or without a variation."""
+    return np.random.default_rng([int(request.seed), VARIATION_STREAM]) if request.vary else None
 
 
 def protected_region(request: EditRequest) -> Optional[np.ndarray]:

@@ -38,6 +38,14 @@ recoloured object. Without ``EditRequest.other_masks`` nothing changes.
 
 All randomness comes from ``np.random.default_rng(request.seed)``; work is done on a crop around
 the object, which keeps each pipeline well under 0.3 s on a 640x480 image.
+
+Variations (``EditRequest.vary``: a sample's candidates after the first, and re-drawn duplicates)
+draw other settings from ``base.variation_rng`` so that the candidates of one sample are other
+images even where the canonical edit barely depends on the seed: the removal grows M_e by a
+factor 1-1.6 and picks another patch size (Telea: another radius); the replacement mirrors the
+exemplar half of the time, shrinks it by a factor 0.9-1 (kept at 1 when that would fail
+``min_cover``) and draws ``harmonize`` in 0.15-0.45. The drawn values are in
+``params["variation"]``; the canonical edit (``vary`` False) is unchanged by any of this.
 """
 from __future__ import annotations
 
@@ -47,7 +55,8 @@ from typing import Any, Dict, Optional, Tuple
 import cv2
 import numpy as np
 
-from refcoco_edit.pipelines.base import EditRequest, GTPipeline, PipelineError, PipelineOutput, protected_region
+from refcoco_edit.pipelines.base import (EditRequest, GTPipeline, PipelineError, PipelineOutput, protected_region,
+                                         variation_rng)
 from refcoco_edit.pipelines.masks import check_output, dilate, edit_mask, erode, feather_alpha, paste_back
 from refcoco_edit.pipelines.patch_inpaint import patch_inpaint, shadow_region
 
@@ -223,7 +232,7 @@ class InpaintRemoval(GTPipeline):
         """Steps: 1 check; 2 M_e (with the shadow); 3-4 fill (+ grain for Telea); 5 paste back + check."""
         # 1. check
         self.check_inputs(request)
-        p = self.params
+        p, variation = self._vary(request)
         image, mask = np.ascontiguousarray(request.image), np.asarray(request.mask).astype(bool)
         rng = np.random.default_rng(request.seed)
         # 2. M_e = dilate(mask ∪ shadow)
@@ -242,8 +251,27 @@ class InpaintRemoval(GTPipeline):
         else:
             filled = inpaint(image, hole, p["radius"], rng=rng, noise=p["noise"], max_direct_px=p["max_direct_px"])
         # 5. exact paste-back (never over another object) and contract check
-        extra = {"dilate_px": dp, "shadow_px": int(shadow.sum()) if shadow is not None else 0}
+        extra = {"dilate_px": dp, "shadow_px": int(shadow.sum()) if shadow is not None else 0, **variation}
         return finish_output(image, filled, m_e, min(p["feather_px"], dp), {**p, **extra}, protect=protect)
+
+    def _vary(self, request: EditRequest) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """The parameters of this request (a variation's drawn ones, see the module docstring)
+        and ``{"variation": drawn values}`` (empty for the canonical edit)."""
+        vrng = variation_rng(request)
+        if vrng is None:
+            return self.params, {}
+        p = dict(self.params)
+        grow = float(vrng.uniform(1.0, 1.6))
+        p["dilate_frac"] = p["dilate_frac"] * grow
+        p["min_dilate_px"] = int(round(p["min_dilate_px"] * grow))
+        drawn: Dict[str, Any] = {"dilate_scale": round(grow, 3)}
+        if p["method"] == "patch":
+            p["patch_size"] = int(vrng.choice([k for k in (5, 7, 9) if k != (self.params["patch_size"] | 1)]))
+            drawn["patch_size"] = p["patch_size"]
+        else:
+            p["radius"] = int(vrng.choice([k for k in (3, 5, 7) if k != self.params["radius"]]))
+            drawn["radius"] = p["radius"]
+        return p, {"variation": drawn}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -387,8 +415,9 @@ class ExemplarComposite(GTPipeline):
         if ex.shape[2] == 4 and not (ex[..., 3] > 0).any():
             raise PipelineError("no_exemplar", "the exemplar's alpha channel is empty")
 
-    def _place(self, box: Box, ex: np.ndarray) -> Tuple[np.ndarray, np.ndarray, int, int]:
-        """Resize the exemplar into the source box; return (rgb, alpha bool, left, top) before clipping."""
+    def _place(self, box: Box, ex: np.ndarray, shrink: float = 1.0) -> Tuple[np.ndarray, np.ndarray, int, int]:
+        """Resize the exemplar into the source box (times ``shrink``, a variation's); return
+        (rgb, alpha bool, left, top) before clipping."""
         x0, y0, x1, y1 = box
         bw, bh = x1 - x0, y1 - y0
         eh, ew = ex.shape[:2]
@@ -397,6 +426,8 @@ class ExemplarComposite(GTPipeline):
         k = math.sqrt(min(max((bw / bh) / (ew / eh), 1.0 / st), st))
         ew_s, eh_s = ew * k, eh / k
         s = self.params["scale"] * min(bw / ew_s, bh / eh_s)
+        if shrink != 1.0:
+            s *= shrink
         nw, nh = max(1, int(round(ew_s * s))), max(1, int(round(eh_s * s)))
         interp = cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC
         rgb = cv2.resize(np.ascontiguousarray(ex[..., :3]), (nw, nh), interpolation=interp)
@@ -416,6 +447,15 @@ class ExemplarComposite(GTPipeline):
         H, W = image.shape[:2]
         rng = np.random.default_rng(request.seed)
         ex = clean_exemplar(request.exemplar, p["erode_px"])
+        vrng = variation_rng(request)
+        variation: Dict[str, Any] = {}
+        if vrng is not None:  # candidates after the first: other settings, drawn (module docstring)
+            mirror = bool(vrng.random() < 0.5)
+            variation = {"mirror": mirror, "scale": round(float(vrng.uniform(0.9, 1.0)), 3),
+                         "harmonize": round(float(vrng.uniform(0.15, 0.45)), 3)}
+            if mirror:
+                ex = np.ascontiguousarray(ex[:, ::-1])
+            p = dict(p, harmonize=variation["harmonize"])
         # 2. remove the source object
         dp = p["dilate_px"] if p["dilate_px"] is not None else _removal_dilate_px(mask, p["dilate_frac"], p["min_dilate_px"])
         hole = dilate(mask, dp)
@@ -425,9 +465,14 @@ class ExemplarComposite(GTPipeline):
         bg = inpaint(image, hole, p["radius"], rng=rng, noise=p["noise"])
         # 3. scale into the source box, anchor, clip to the image
         box = mask_bbox(mask)
-        rgb, alpha, left, top = self._place(box, ex)
+        rgb, alpha, left, top = self._place(box, ex, variation.get("scale", 1.0))
         nh, nw = alpha.shape
         cx0, cy0, cx1, cy1 = max(0, left), max(0, top), min(W, left + nw), min(H, top + nh)
+        if variation.get("scale", 1.0) != 1.0 and _cover((cx0, cy0, cx1, cy1), box) < p["min_cover"]:
+            variation["scale"] = 1.0  # the smaller paste would not fit the region: full size
+            rgb, alpha, left, top = self._place(box, ex)
+            nh, nw = alpha.shape
+            cx0, cy0, cx1, cy1 = max(0, left), max(0, top), min(W, left + nw), min(H, top + nh)
         if cx0 >= cx1 or cy0 >= cy1:
             raise PipelineError("pipeline_error", "the placed exemplar lies outside the image")
         sub = (slice(cy0 - top, cy1 - top), slice(cx0 - left, cx1 - left))
@@ -450,16 +495,18 @@ class ExemplarComposite(GTPipeline):
             a = feather_alpha(placed, 2 if placed.sum() >= p["min_clone_px"] else 0)[..., None]
             composite = np.clip(np.rint(bg + (raw.astype(np.float32) - bg) * a), 0, 255).astype(np.uint8)
         else:
-            composite = self._poisson(bg, raw, rgb, alpha, placed, (left, top), mode)
+            composite = self._poisson(bg, raw, rgb, alpha, placed, (left, top), mode, p["harmonize"])
         # 5. M_e = dilate(mask ∪ pasted) less the other objects, exact paste-back and contract check
         m_e = edit_mask(mask, placed, dp)
         params = {**p, "dilate_px": dp, "blend": blend, "cover": round(cover, 4),
                   "placement": [int(cx0), int(cy0), int(cx1 - cx0), int(cy1 - cy0)]}
+        if variation:
+            params["variation"] = variation
         return finish_output(image, composite, m_e, min(p["feather_px"], dp), params, exemplar=ex, protect=protect)
 
     def _poisson(
         self, bg: np.ndarray, raw: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, placed: np.ndarray,
-        topleft: Tuple[int, int], mode: str,
+        topleft: Tuple[int, int], mode: str, harmonize: float,
     ) -> np.ndarray:
         """seamlessClone the placed exemplar into ``bg``; changes only pixels of ``placed``."""
         P = self.params["pad_px"]
@@ -494,7 +541,7 @@ class ExemplarComposite(GTPipeline):
             den = cv2.GaussianBlur(w_in, (0, 0), 1.5)
             ok = ring & (den > 1e-4)
             offset[ok] = num[ok] / den[ok][:, None]
-        k = np.float32(self.params["harmonize"])
+        k = np.float32(harmonize)
         res = bg.copy()
         mixed = np.clip(np.rint(raw.astype(np.float32) + k * offset), 0, 255).astype(np.uint8)
         res[placed] = mixed[placed]

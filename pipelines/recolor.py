@@ -9,6 +9,12 @@
 3. composite inside the source mask with a feathered edge; M_e = dilate(mask, 2);
    paste back and check (an object that already has the colour gives ``no_change``).
 
+A variation (``EditRequest.vary``: a sample's candidates after the first) moves the new
+appearance by a seeded shift in Lab before step 3: lightness by 4-10 units (toward the middle
+for a near-white or near-black result), hue by 3-9 degrees, chroma by a factor 0.85-1.15 (small
+enough that the colour keeps its name); the drawn values are in ``params["variation"]``.
+Without it a colour edit ignores the seed.
+
 The removal and replacement pipelines and the helpers shared with them are in ``classical``.
 """
 from __future__ import annotations
@@ -19,7 +25,8 @@ from typing import Any, Dict, Tuple
 import cv2
 import numpy as np
 
-from refcoco_edit.pipelines.base import EditRequest, GTPipeline, PipelineError, PipelineOutput, protected_region
+from refcoco_edit.pipelines.base import (EditRequest, GTPipeline, PipelineError, PipelineOutput, protected_region,
+                                         variation_rng)
 from refcoco_edit.pipelines.classical import box_slices, finish_output, inpaint, mask_bbox
 from refcoco_edit.pipelines.masks import dilate, edit_mask, erode, feather_alpha
 from refcoco_edit.vocab import COLOURS, MATERIALS
@@ -75,6 +82,24 @@ def _streaks(rng: np.random.Generator, h: int, w: int, angle: float, length: flo
     return (n - n.mean()) / max(float(n.std()), 1e-6)
 
 
+def _vary_appearance(new: np.ndarray, m: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, Dict[str, float]]:
+    """A variation of a new appearance (float RGB 0..255): its lightness shifted by 4-10 Lab
+    units (down for a near-white object, up for a near-black one), its hue turned by 3-9
+    degrees and its chroma scaled by 0.85-1.15, all drawn from ``rng``; returns it and the values."""
+    lab = cv2.cvtColor(np.clip(new, 0, 255).astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+    L0 = float(np.median(lab[..., 0][m]))
+    sign = -1.0 if L0 > 85 else 1.0 if L0 < 15 else (1.0 if rng.random() < 0.5 else -1.0)
+    dl = sign * float(rng.uniform(4.0, 10.0))
+    dh = (1.0 if rng.random() < 0.5 else -1.0) * float(rng.uniform(3.0, 9.0))
+    cs = float(rng.uniform(0.85, 1.15))
+    t = math.radians(dh)
+    a, b = lab[..., 1].copy(), lab[..., 2].copy()
+    lab[..., 0] = np.clip(lab[..., 0] + dl, 0.0, 100.0)
+    lab[..., 1] = cs * (a * math.cos(t) - b * math.sin(t))
+    lab[..., 2] = cs * (a * math.sin(t) + b * math.cos(t))
+    return _lab_to_rgb(lab), {"lightness": round(dl, 3), "hue_deg": round(dh, 3), "chroma": round(cs, 3)}
+
+
 class Recolor(GTPipeline):
     """Change the referred object's colour (Lab, shading kept) or material (procedural texture)."""
 
@@ -128,6 +153,10 @@ class Recolor(GTPipeline):
         else:
             new = self._material(image, mask, (ys, xs), crop, m, target, rng)
             kind = "material"
+        extra: Dict[str, Any] = {}
+        vrng = variation_rng(request)
+        if vrng is not None:  # candidates after the first: a seeded shift of the new appearance
+            new, extra["variation"] = _vary_appearance(new, m, vrng)
         # 3. composite through an edge-aware alpha, M_e = dilate(mask), exact paste-back
         a = self._alpha(crop, m)[..., None]
         cf = crop.astype(np.float32)
@@ -136,7 +165,7 @@ class Recolor(GTPipeline):
         edited[ys, xs] = mixed
         m_e = edit_mask(mask, None, p["dilate_px"])
         protect = protected_region(request) if p["protect_others"] else None
-        return finish_output(image, edited, m_e, 0, {**p, "attribute": target, "kind": kind}, protect=protect)
+        return finish_output(image, edited, m_e, 0, {**p, "attribute": target, "kind": kind, **extra}, protect=protect)
 
     def _alpha(self, crop: np.ndarray, m: np.ndarray) -> np.ndarray:
         """Where the new appearance is applied: 1 inside the object, a feathered rim at its edge,

@@ -48,6 +48,9 @@ class BuildResult:
     # the ground-truth audit of the other annotated objects, summed over the generate shards
     # (``audit_summary``)
     audit: Dict[str, Any] = field(default_factory=dict)
+    # candidates left out of their samples, "pipeline/reason" -> count, summed over the generate
+    # shards (e.g. ``classical-attribute/duplicate_candidate``; a sample left with none is quarantined)
+    candidate_failures: Dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line on what this run did, honest about a resumed or no-op run."""
@@ -77,6 +80,8 @@ def _check(cfg: BuildConfig) -> None:
         raise InputError(f"unknown edit type(s) {bad}; choose from {', '.join(BUILD_EDIT_TYPES)}")
     if cfg.shard_size < 1:
         raise InputError("--shard-size must be at least 1")
+    if cfg.num_candidates < 1:
+        raise InputError("--num-candidates must be at least 1")
     from .stages.backend import check_pipeline_params
 
     check_pipeline_params(cfg)
@@ -109,6 +114,16 @@ def format_audit(a: Dict[str, Any]) -> str:
     if a.get("samples_unknown"):
         line += f"; {a['samples_unknown']} samples without other-object masks (not audited)"
     return line
+
+
+def _candidate_failures(ws: Workspace, n: int) -> Dict[str, int]:
+    """The generate shards' ``candidate_failures`` stats, summed."""
+    stage = ws.stage("generate")
+    out: Dict[str, int] = {}
+    for i in range(n):
+        for k, v in ((stage.stats(i).get("candidate_failures") or {}) if stage.is_done(i) else {}).items():
+            out[k] = out.get(k, 0) + int(v)
+    return dict(sorted(out.items()))
 
 
 def _quarantine_counts(ws: Workspace) -> Dict[str, Dict[str, int]]:
@@ -179,4 +194,4 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = print) -> BuildResult:
     log(format_audit(audit))
     exp = export.run(ctx, sel["report"])
     return BuildResult(ws.root, Path(exp["out"]), sel["report"], counts, by_reason, time.perf_counter() - t0, exp,
-                       shards, audit)
+                       shards, audit, _candidate_failures(ws, n))

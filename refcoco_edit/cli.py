@@ -57,6 +57,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     if cfg.llm.model:
         print(f"LLM {cfg.llm.model}: {res.counts.get('llm_calls', 0)} requests, "
               f"{res.counts.get('llm_cache_hits', 0)} answers from the cache")
+    if res.candidate_failures:
+        print("candidates left out (pipeline/reason; a sample left with none is quarantined): "
+              + ", ".join(f"{k}: {v}" for k, v in res.candidate_failures.items()))
     if n_q:
         detail = ", ".join(f"{st}/{r}: {c}" for st, d in sorted(res.quarantine.items()) for r, c in sorted(d.items()))
         print(f"quarantined {n_q} (see {res.workdir / 'quarantine'}): {detail}")

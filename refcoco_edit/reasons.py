@@ -61,6 +61,9 @@ REASONS: Dict[str, Reason] = {
                             "target_aspect_tolerance / target_size_ratio)", QUARANTINE),
     "shape_mismatch": _r("the exemplar scaled into the source box covers less than min_cover of it", QUARANTINE),
     "no_change": _r("the pipeline output does not differ from the source inside the edit mask", QUARANTINE),
+    "duplicate_candidate": _r("a candidate kept the pixels of an earlier candidate of its sample through every re-draw "
+                              "with another seed: left out, the sample keeps its other candidates (shard stats' "
+                              "candidate_failures; never a quarantined sample)", QUARANTINE),
     "pipeline_error": _r("the generation pipeline raised an error", QUARANTINE),
     # -- score: editor outputs -------------------------------------------------------------------
     "editor_error": _r("the editor raised an exception on this sample", EDIT),

@@ -6,7 +6,10 @@ A shard runs in three steps (``run_shard``):
 1. ``prepare_sample`` per sample: its image and masks, its exemplar, one ``EditRequest`` per
    pipeline and candidate -> a ``PreparedSample``;
 2. each pipeline runs once over all its requests of the shard (batched model calls); a failed
-   request is recorded on its sample, the others go on;
+   request is recorded on its sample, the others go on; a candidate with the pixels of an
+   earlier candidate of its sample is re-drawn with another seed, at most ``MAX_REDRAWS`` times
+   (``redraw_duplicates``), and then left out (reason ``duplicate_candidate`` in the shard stats'
+   ``candidate_failures``; the sample keeps its other candidates);
 3. ``assemble`` per sample: the candidates that kept the pipeline contract, their filter scores
    (diffusion backend) and the ground-truth audit of the other annotated objects (every backend:
    a candidate that changed another object is marked and is not the reference while a clean one
@@ -16,6 +19,7 @@ A sample that fails is quarantined with its reason; the rest of the shard contin
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -32,14 +36,20 @@ from ..imageio import LoadedImage, encode_png
 from .context import BuildContext
 from .exemplars import exemplar_for
 
+# how many times a candidate with the pixels of an earlier candidate of its sample is re-drawn
+# with another seed before it is left out (``redraw_duplicates``)
+MAX_REDRAWS = 3
+
 
 @dataclass
 class CandidateRequest:
-    """One candidate to make: pipeline ``pipeline``, candidate number ``index``, its request."""
+    """One candidate to make: pipeline ``pipeline``, candidate number ``index``, its request
+    (``redraws``: how many times it was re-drawn as a duplicate, each with another seed)."""
 
     pipeline: str
     index: int
     request: Any  # refcoco_edit.pipelines.base.EditRequest
+    redraws: int = 0
 
 
 @dataclass
@@ -86,19 +96,67 @@ def prepare_sample(ctx: BuildContext, row: Dict[str, Any], cache: Dict[int, Any]
                 bbox=rle_mod.to_bbox(source_rle), prompt=row["prompt"], edit_phrase=row["prompt"][sp[0]:sp[1]],
                 edit_target=row["edit_target"], seed=derive_seed(cfg.seed, row["sample_id"], name, c),
                 category=row["category"], exemplar=exemplar, distractor_masks=dmasks, other_masks=omasks,
+                vary=c > 0,  # candidate 0 is the pipeline's canonical edit, the others variations of it
             )))
     return PreparedSample(row, li, mask, dmasks, omasks, exemplar, source_rle, requests)
 
 
-def run_pipelines(ctx: BuildContext, prepared: List[PreparedSample]) -> None:
-    """Step 2: each pipeline once over all its requests; results land on their samples."""
+def _run_jobs(ctx: BuildContext, items: List[Tuple[PreparedSample, CandidateRequest]]) -> None:
+    """Each pipeline once over its requests among ``items``; results land on their samples."""
     jobs: Dict[str, List[Tuple[PreparedSample, CandidateRequest]]] = {}
-    for prep in prepared:
-        for cr in prep.requests:
-            jobs.setdefault(cr.pipeline, []).append((prep, cr))
-    for name, items in jobs.items():
-        for (prep, cr), out in zip(items, ctx.backend.run(name, [cr.request for _, cr in items])):
+    for prep, cr in items:
+        jobs.setdefault(cr.pipeline, []).append((prep, cr))
+    for name, group in jobs.items():
+        for (prep, cr), out in zip(group, ctx.backend.run(name, [cr.request for _, cr in group])):
             prep.results[(name, cr.index)] = out
+
+
+def run_pipelines(ctx: BuildContext, prepared: List[PreparedSample]) -> None:
+    """Step 2: each pipeline once over all its requests, then the duplicates re-drawn
+    (``redraw_duplicates``); results land on their samples."""
+    _run_jobs(ctx, [(prep, cr) for prep in prepared for cr in prep.requests])
+    redraw_duplicates(ctx, prepared)
+
+
+def duplicates(prep: PreparedSample) -> List[CandidateRequest]:
+    """The requests of a sample whose output has exactly the pixels of an earlier output of the
+    same sample (in request order; failed requests are no candidates and are skipped)."""
+    seen: List[np.ndarray] = []
+    out: List[CandidateRequest] = []
+    for cr in prep.requests:
+        res = prep.results.get((cr.pipeline, cr.index))
+        if res is None or isinstance(res, Exception):
+            continue
+        if any(s.shape == res.image.shape and np.array_equal(s, res.image) for s in seen):
+            out.append(cr)
+        else:
+            seen.append(res.image)
+    return out
+
+
+def redraw_duplicates(ctx: BuildContext, prepared: List[PreparedSample], max_redraws: int = MAX_REDRAWS) -> None:
+    """Re-draw every candidate with the pixels of an earlier candidate of its sample: the same
+    request as a variation (``EditRequest.vary``) with another seed, derived from (seed,
+    sample_id, pipeline, candidate, "redraw", k), batched per pipeline, up to ``max_redraws``
+    rounds. A candidate still a duplicate then becomes a ``duplicate_candidate`` failure: it is
+    left out and the sample keeps its distinct candidates (never quarantined for it: its first
+    candidate is never a duplicate)."""
+    from refcoco_edit.pipelines.base import PipelineError
+
+    for k in range(1, max_redraws + 1):
+        todo = [(prep, cr) for prep in prepared for cr in duplicates(prep)]
+        if not todo:
+            return
+        for prep, cr in todo:
+            seed = derive_seed(ctx.cfg.seed, prep.row["sample_id"], cr.pipeline, cr.index, "redraw", k)
+            cr.request = dataclasses.replace(cr.request, seed=seed, vary=True)
+            cr.redraws = k
+        _run_jobs(ctx, todo)
+    for prep in prepared:
+        for cr in duplicates(prep):
+            prep.results[(cr.pipeline, cr.index)] = PipelineError(
+                "duplicate_candidate", f"{cr.pipeline} candidate {cr.index}: the same pixels as an earlier candidate of "
+                f"the sample after {max_redraws} re-draws with other seeds")
 
 
 def _filter_scores(ctx: BuildContext, prep: PreparedSample, outputs: List[Any]) -> List[Dict[str, Any]]:
@@ -165,12 +223,13 @@ def assemble(ctx: BuildContext, prep: PreparedSample, cand_failures: Dict[str, i
         if out.image.shape != image.shape or not np.array_equal(out.image[~out.edit_mask], image[~out.edit_mask]):
             errors.append(PipelineError("pipeline_error", f"{name} changed pixels outside its edit mask"))
             continue
-        if out.exemplar is not None:
-            exemplar_used = out.exemplar
+        if out.exemplar is not None and (c == 0 or exemplar_used is prep.exemplar):
+            exemplar_used = out.exemplar  # a first candidate's (a variation's may be mirrored)
         outputs.append(out)
+        params = dict(out.params, redraws=cr.redraws) if cr.redraws else out.params
         candidates.append({
             "pipeline": name,
-            "params": json.dumps(out.params, sort_keys=True, default=str),
+            "params": json.dumps(params, sort_keys=True, default=str),
             "seed": int(cr.request.seed),
             "image": {"bytes": encode_png(out.image, cfg.png_compress_level), "path": f"{row['sample_id']}-{name}-{c}.png"},
             "edit_mask": rle_mod.encode(out.edit_mask),

@@ -160,6 +160,53 @@ def test_different_seed_changes_grain(scene, exemplar):
     assert np.array_equal(a.edit_mask, b.edit_mask)
 
 
+VARIATION_CASES = CASES + [("classical-attribute", "attribute", "blue", "white"), ("classical-attribute", "attribute", "red", "black"),
+                           ("classical-attribute", "attribute", "red", "glass")]
+
+
+@pytest.mark.parametrize("name,edit_type,obj,target", VARIATION_CASES)
+def test_variations_are_other_images_and_keep_the_contract(scene, exemplar, name, edit_type, obj, target):
+    """``vary`` (a sample's candidates after the first): every seed gives another image, each
+    one bit-exact outside its M_e, the drawn values in params; the canonical edit (``vary``
+    False) is the same with or without the variation machinery, whatever other seeds ran."""
+    import dataclasses
+
+    img, masks = scene
+    pipe = get_pipeline(name, **({"method": "telea"} if name == "classical-remove" and obj == "border" else {}))
+    req = request(scene, edit_type, obj, target, seed=3, exemplar=exemplar if pipe.needs_exemplar else None)
+    canonical = pipe([req])[0]
+    outs = [pipe([dataclasses.replace(req, seed=s, vary=True)])[0] for s in (3, 11, 12)]
+    images = [canonical.image.tobytes()] + [o.image.tobytes() for o in outs]
+    assert len(set(images)) == len(images), "a variation gave the pixels of another candidate"
+    for o in outs:
+        assert np.array_equal(o.image[~o.edit_mask], img[~o.edit_mask])
+        assert not np.any(masks[obj] & ~o.edit_mask)
+        assert o.params["variation"], o.params
+    assert "variation" not in canonical.params
+    assert pipe([req])[0].image.tobytes() == canonical.image.tobytes()
+
+
+def test_colour_variation_keeps_the_colour_name(scene, exemplar):
+    """A recolouring's variations turn its Lab hue by 3-9 degrees: other shades of the target
+    colour, never another colour."""
+    import dataclasses
+
+    img, masks = scene
+    m = erode(masks["red"], 4)
+    pipe = get_pipeline("classical-attribute")
+    req = request(scene, "attribute", "red", "blue", seed=0)
+
+    def lab_hue(out) -> float:
+        lab = cv2.cvtColor(out.image.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)[m]
+        return float(np.degrees(np.arctan2(np.median(lab[:, 2]), np.median(lab[:, 1]))))
+
+    base = lab_hue(pipe([req])[0])
+    for seed in range(5):
+        out = pipe([dataclasses.replace(req, seed=seed, vary=True)])[0]
+        assert 1.0 < hue_dist(lab_hue(out), base) < 12.0, (seed, lab_hue(out), base, out.params["variation"])
+        assert hue_dist(hue_deg(np.median(out.image[m], axis=0)), 240.0) < 30.0  # still blue
+
+
 def test_params_record_init_kwargs(scene, exemplar):
     _, _, out = run_case(scene, exemplar, "classical-replace", "replace", "red", "dog", scale=0.8, clone_mode="mixed")
     assert out.params["scale"] == 0.8 and out.params["clone_mode"] == "mixed"

@@ -229,3 +229,32 @@ def test_other_objects_are_recorded_and_every_reference_preserves_them(built):
     card = (built.export_dir / "README.md").read_text()
     assert "Audit of the other annotated objects" in card and f"0 of {len(rows)} candidates marked" in card
 
+
+# -- several candidates per sample ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def three_candidates(demo_dir, tmp_path_factory):
+    """A tiny build (two images, every edit type) with --num-candidates 3 (the Telea remover:
+    fast), and what it logged."""
+    logged = []
+    res = build(_cfg(demo_dir, tmp_path_factory.mktemp("three"), num_images=2, num_candidates=3,
+                     pipeline_params={"classical-remove": {"method": "telea"}}), log=logged.append)
+    return res, logged
+
+
+def test_num_candidates_gives_distinct_images_for_every_sample(three_candidates):
+    res, _ = three_candidates
+    rows = load_export(res.export_dir).to_pylist()
+    assert {r["edit_type"] for r in rows} == {"remove", "replace", "attribute"}
+    assert res.candidate_failures == {}
+    for r in rows:
+        cands = r["candidates"]
+        assert len(cands) == 3, r["sample_id"]
+        pixels = {_img(c["image"]).tobytes() for c in cands}
+        assert len(pixels) == 3, f"{r['sample_id']} ({r['edit_type']}): identical candidates"
+        assert len({c["seed"] for c in cands}) == 3
+        params = [json.loads(c["params"]) for c in cands]
+        assert "variation" not in params[0] and all(p["variation"] for p in params[1:])  # candidate 0: canonical
+        k = r["reference_candidate"]
+        assert k == 0 and _img(cands[k]["image"]).tobytes() == _img(r["reference_image"]).tobytes()
+

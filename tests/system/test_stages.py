@@ -6,12 +6,15 @@
   misspelt parameter is an ``InputError`` with a close match;
 * a new pipeline is one class plus its registry lines: the up-front model checks and the generate
   stage pick it up;
-* the core modules never import the stage modules (the CLI layer).
+* the core modules never import the stage modules (the CLI layer);
+* a candidate with the pixels of an earlier one of its sample is re-drawn with another seed, and
+  after ``MAX_REDRAWS`` re-draws left out with a recorded reason (the sample keeps the others).
 """
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import re
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from refcoco_edit.errors import InputError
 from refcoco_edit.pipelines import base
 from refcoco_edit.pipelines.base import RESOURCES, GTPipeline, ModelNeed, PipelineOutput
 from refcoco_edit.stages.backend import Backend, diffusion_models
+from refcoco_edit.stages.generate import MAX_REDRAWS
 
 REPO = Path(__file__).resolve().parents[2]
 ALL = sorted({n for backend in base.BACKENDS.values() for names in backend.values() for n in names})
@@ -124,3 +128,63 @@ def test_core_modules_never_import_the_stages():
     pattern = re.compile(r"^\s*(from|import)\s+(\.stages|refcoco_edit\.stages|\.build\b|refcoco_edit\.build\b)", re.M)
     bad = [p.name for p in core if pattern.search(p.read_text(encoding="utf-8"))]
     assert not bad, bad
+
+
+class FlatRemove(GTPipeline):
+    """A toy removal that ignores its seed: the object becomes one grey, the same one for the first
+    ``same_for`` calls of each sample, then another grey per call (variations that collide)."""
+
+    name = "toy-flat"
+    edit_types = ("remove",)
+
+    def __init__(self, same_for: int = 10 ** 9) -> None:
+        self.same_for = int(same_for)
+        self.calls: dict = {}
+
+    def generate(self, request):
+        self.check_inputs(request)
+        k = self.calls[request.sample_id] = self.calls.get(request.sample_id, -1) + 1
+        shade = 60 if k < self.same_for else 60 + 20 * (k - self.same_for + 1)
+        out = request.image.copy()
+        out[request.mask] = shade
+        out[request.mask & (request.image == shade).all(axis=2)] = shade + 1
+        return PipelineOutput(out, request.mask.copy(), {"call": k})
+
+
+def _flat_build(monkeypatch, tmp_path, demo_dir, same_for: int):
+    monkeypatch.setattr(base.PIPELINES, "_entries", {**base.PIPELINES.entries, "toy-flat": FlatRemove})
+    monkeypatch.setattr(base.PIPELINES, "_loaded", {})
+    monkeypatch.setitem(base.BACKENDS["classical"], "remove", ["toy-flat"])
+    res = build(BuildConfig.of(out=str(tmp_path / "w"), refcoco=str(demo_dir), images=str(demo_dir / "images"),
+                               num_images=1, edit_types=["remove"], num_candidates=3, progress=False,
+                               pipeline_params={"toy-flat": {"same_for": same_for}}), log=lambda s: None)
+    from refcoco_edit.export import load_export
+
+    return res, load_export(res.export_dir).to_pylist()
+
+
+@pytest.mark.parametrize("rounds", [1, MAX_REDRAWS])
+def test_duplicate_candidates_are_redrawn_with_other_seeds(monkeypatch, tmp_path, demo_dir, rounds):
+    """Candidates 1 and 2 collide with candidate 0 until their ``rounds``-th re-draw."""
+    from refcoco_edit.seeds import derive_seed
+
+    same_for = 3 + 2 * (rounds - 1)  # the first draws, then the re-draws of both duplicates before the last
+    res, rows = _flat_build(monkeypatch, tmp_path, demo_dir, same_for=same_for)
+    assert rows and res.candidate_failures == {}
+    for r in rows:
+        cands = r["candidates"]
+        params = [json.loads(c["params"]) for c in cands]
+        assert [p["call"] for p in params] == [0, same_for, same_for + 1]
+        assert [p.get("redraws", 0) for p in params] == [0, rounds, rounds]
+        assert [c["seed"] for c in cands] == [derive_seed(0, r["sample_id"], "toy-flat", 0)] + [
+            derive_seed(0, r["sample_id"], "toy-flat", c, "redraw", rounds) for c in (1, 2)]
+
+
+def test_duplicates_left_after_every_redraw_are_left_out_with_a_reason(monkeypatch, tmp_path, demo_dir):
+    # the same pixels through the last re-draw (one more round would give other ones)
+    res, rows = _flat_build(monkeypatch, tmp_path, demo_dir, same_for=3 + 2 * MAX_REDRAWS)
+    assert rows and res.quarantine == {}  # the samples stay, with their one distinct candidate
+    assert all(len(r["candidates"]) == 1 and r["reference_candidate"] == 0 for r in rows)
+    assert res.candidate_failures == {"toy-flat/duplicate_candidate": 2 * len(rows)}
+    stats = json.loads(res.workdir.joinpath("generate", "shard-00000.stats.json").read_text())
+    assert stats["candidate_failures"] == {"toy-flat/duplicate_candidate": 2 * len(rows)}
