@@ -77,10 +77,13 @@ class PushResult:
 # ----------------------------------------------------------------------------------------------
 
 def load_samples(ws: Workspace) -> List[Dict[str, Any]]:
-    """The generated samples of a workspace (InputError when there are none)."""
+    """The generated samples of a workspace (InputError when there are none, saying why: never
+    built, or every sample quarantined)."""
+    from refcoco_edit.export import no_samples_message
+
     table = ws.stage("generate").read_samples()
     if table is None or table.num_rows == 0:
-        raise InputError(f"{ws.root} has no generated samples; run `refcoco-edit build --out {ws.root}` first")
+        raise InputError(no_samples_message(ws, "review"))
     rows = table.to_pylist()
     bad = [r["sample_id"] for r in rows if not is_safe_name(r["sample_id"])]
     if bad:  # a sample id names the sample's media folder: never a path

@@ -10,7 +10,10 @@ that imports ``refcoco_edit.pipelines``. Stages:
 3. ``generate`` the same shards: ground-truth candidates from the backend's pipelines, the
                 reference image and its edit mask M_e, all in the upright image frame
                 (``stages.generate``)
-4. export       Parquet + dataset card (``stages.export``), rewritten from the shards
+4. export       Parquet + dataset card (``stages.export``), rewritten from the shards; a build
+                without a generated sample (every one quarantined, or none selected) exports
+                nothing and still succeeds: ``BuildResult.export_dir`` is None and
+                ``BuildResult.export["nothing"]`` says why (quarantined samples never fail a run)
 
 Each shard is written atomically with a stats file last (``refcoco_edit.workspace``); a re-run
 skips done shards, so a killed build continues where it stopped and ends with the same bytes.
@@ -20,7 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from .errors import InputError
 from .stages.config import BuildConfig
@@ -28,16 +31,17 @@ from .stages.context import STAGES
 from .stages.workers import ShardTask
 from .workspace import Workspace
 
-__all__ = ["BuildConfig", "BuildResult", "build", "ShardTask", "STAGES"]
+__all__ = ["BuildConfig", "BuildResult", "build", "ShardTask", "STAGES", "format_quarantine"]
 
 
 @dataclass
 class BuildResult:
-    """What a build did: where its workspace and export are, the selection report, row counts
-    per stage (and LLM counts), quarantined samples per stage and reason, and its duration."""
+    """What a build did: where its workspace and export are (``export_dir`` None: nothing was
+    exported, ``export["nothing"]`` says why), the selection report, row counts per stage (and LLM
+    counts), quarantined samples per stage and reason, and its duration."""
 
     workdir: Path
-    export_dir: Path
+    export_dir: Optional[Path]
     selection: Dict[str, Any]
     counts: Dict[str, int]
     quarantine: Dict[str, Dict[str, int]]
@@ -57,7 +61,8 @@ class BuildResult:
         g = self.shards.get("generate", {})
         total, ran = g.get("shards", 0), g.get("ran", 0)
         rows = self.counts.get("generate", 0)
-        tail = f"exported {self.export.get('rows', 0)} to {self.export_dir}"
+        tail = (f"exported {self.export.get('rows', 0)} to {self.export_dir}" if self.export_dir is not None
+                else "nothing exported (no sample came through)")
         if total and ran == 0:
             return (f"nothing to generate: all {total} shards were done already ({rows} samples); "
                     f"{tail} in {self.seconds:.1f}s")
@@ -114,6 +119,26 @@ def format_audit(a: Dict[str, Any]) -> str:
     if a.get("samples_unknown"):
         line += f"; {a['samples_unknown']} samples without other-object masks (not audited)"
     return line
+
+
+def format_quarantine(quarantine: Dict[str, Dict[str, int]], workdir: Path) -> List[str]:
+    """The report of a build that generated no sample: every quarantined count per stage and
+    reason with what the reason means (``refcoco_edit.reasons``), where the records are, and what
+    to do next."""
+    from .reasons import REASONS
+    from .workspace import QUARANTINE_DIR
+
+    n = sum(sum(d.values()) for d in quarantine.values())
+    if not n:
+        return ["no sample came through: the selection kept none (see its report above); nothing exported"]
+    lines = [f"no sample came through: {n} quarantined, nothing exported (an export of no samples is no dataset)"]
+    for st, d in sorted(quarantine.items()):
+        for reason, c in sorted(d.items(), key=lambda kv: (-kv[1], kv[0])):
+            what = REASONS[reason].description if reason in REASONS else "see the records"
+            lines.append(f"  {st}/{reason}: {c}  ({what})")
+    lines.append(f"the records (stage, key, reason, error): {workdir / QUARANTINE_DIR}/*.parquet; fix the inputs and "
+                 "run the same command with --overwrite to redo them")
+    return lines
 
 
 def _candidate_failures(ws: Workspace, n: int) -> Dict[str, int]:
@@ -192,6 +217,8 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = print) -> BuildResult:
     by_reason = _quarantine_counts(ws)
     audit = audit_summary(ws, n)
     log(format_audit(audit))
-    exp = export.run(ctx, sel["report"])
-    return BuildResult(ws.root, Path(exp["out"]), sel["report"], counts, by_reason, time.perf_counter() - t0, exp,
-                       shards, audit, _candidate_failures(ws, n))
+    exp = export.run(ctx, sel["report"])  # nothing, when no sample came through (exp["nothing"] says why)
+    if exp.get("removed"):
+        log(f"removed the earlier export {ws.root / 'export'}: the workspace no longer holds its samples")
+    return BuildResult(ws.root, Path(exp["out"]) if exp.get("out") else None, sel["report"], counts, by_reason,
+                       time.perf_counter() - t0, exp, shards, audit, _candidate_failures(ws, n))

@@ -48,7 +48,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .build import BuildConfig, build
+    from .build import BuildConfig, build, format_quarantine
 
     cfg = make_config(BuildConfig, args)
     res = build(cfg)
@@ -60,7 +60,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     if res.candidate_failures:
         print("candidates left out (pipeline/reason; a sample left with none is quarantined): "
               + ", ".join(f"{k}: {v}" for k, v in res.candidate_failures.items()))
-    if n_q:
+    if res.export_dir is None:  # no sample came through: still a finished run (exit 0), and why
+        print("\n".join(format_quarantine(res.quarantine, res.workdir)))
+    elif n_q:
         detail = ", ".join(f"{st}/{r}: {c}" for st, d in sorted(res.quarantine.items()) for r, c in sorted(d.items()))
         print(f"quarantined {n_q} (see {res.workdir / 'quarantine'}): {detail}")
     return EXIT_OK

@@ -49,6 +49,51 @@ ADDITION_SOURCE = "reversed-removal"
 REPLACEMENT_SOURCE = "reversed-replacement"
 
 
+class NothingToExport(InputError):
+    """A workspace without a generated sample: never built, or built with every sample
+    quarantined (or none selected). The message says which, and where the quarantine is."""
+
+
+def generated_rows(ws: Workspace) -> int:
+    """The samples of a workspace's done ``generate`` shards (from their stats; the Parquet
+    footer where a stats file does not count them)."""
+    import pyarrow.parquet as pq
+
+    stage = ws.stage("generate")
+    n = 0
+    for i in stage.done_shards():
+        rows = stage.stats(i).get("rows")
+        n += int(rows) if rows is not None else pq.ParquetFile(str(stage.shard_path(i))).metadata.num_rows
+    return n
+
+
+def no_samples_message(ws: Workspace, doing: str = "export") -> str:
+    """Why a workspace has no generated sample: it was built and its samples were quarantined
+    (counts per stage/reason and where the records are), it was built and selected none, or it
+    was never built. ``doing``: what there is nothing to do ("nothing to export")."""
+    from .workspace import QUARANTINE_DIR
+
+    q = ws.quarantine().to_pylist()
+    if q:
+        counts = Counter(f"{x['stage']}/{x['reason']}" for x in q)
+        detail = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+        return (f"{ws.root} was built, but no sample came through: {len(q)} quarantined ({detail}; the records, "
+                f"with each error, are in {ws.root / QUARANTINE_DIR}/*.parquet): nothing to {doing}")
+    if ws.manifest():
+        return f"{ws.root} was built, but its selection kept no sample: nothing to {doing}"
+    return f"{ws.root} has no generated samples; run `refcoco-edit build --out {ws.root}` first"
+
+
+def remove_export(out: Union[str, Path]) -> bool:
+    """Remove the export folder ``out`` when it is one (it holds the export marker); True when
+    it was removed. A folder that is not an export is never touched."""
+    out = Path(out)
+    if not (out / EXPORT_MARKER).is_file():
+        return False
+    shutil.rmtree(out)
+    return True
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -363,7 +408,7 @@ def _stored_parts(ws: Workspace, reviews: Dict[str, Dict[str, Any]], status: str
     stage = ws.stage("generate")
     ids = stage.done_shards()
     if not ids:
-        raise InputError(f"{ws.root} has no generated samples; run `refcoco-edit build --out {ws.root}` first")
+        raise NothingToExport(no_samples_message(ws))
 
     def prepared(i: int) -> Any:  # in a read-ahead thread, while the main thread hands rows over
         import pyarrow.compute as pc
@@ -392,14 +437,16 @@ def export_workspace(ws: Union[Workspace, str, Path], out: Optional[Union[str, P
                      repainter: Any = None, fsync: bool = False) -> Dict[str, Any]:
     """Export the generated samples of a workspace (optionally only accepted ones), streaming
     shard by shard (the reference-based view: in memory, its exemplars made by ``repainter``).
-    ``fsync``: the files reach the disk before the folder is swapped in."""
+    ``fsync``: the files reach the disk before the folder is swapped in. ``NothingToExport``
+    (an ``InputError``) when the workspace holds no generated sample (``no_samples_message``
+    says why: never built, or every sample quarantined)."""
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     if status not in ("accepted", "all"):
         raise InputError(f"unknown --status {status!r}; choose accepted or all")
     if view not in VIEWS:
         raise InputError(f"unknown view {view!r}; choose from {', '.join(VIEWS)}")
-    if not ws.stage("generate").done_shards():
-        raise InputError(f"{ws.root} has no generated samples; run `refcoco-edit build --out {ws.root}` first")
+    if generated_rows(ws) == 0:
+        raise NothingToExport(no_samples_message(ws))
     q = ws.quarantine().to_pylist()
     info = dict(build_info or ws.manifest())
     info["quarantine"] = dict(Counter(f"{x['stage']}/{x['reason']}" for x in q))

@@ -122,3 +122,71 @@ def test_every_command_help_says_what_it_does(command, needles):
     assert "usage:" in text
     for n in needles:
         assert n in " ".join(text.split()), (command, n)
+
+
+@pytest.fixture(scope="module")
+def two_image_data(tmp_path_factory):
+    """A two-image mini-RefCOCO (the demo generator) to break in different ways."""
+    from refcoco_edit.demo import write_demo
+
+    root = tmp_path_factory.mktemp("two") / "data"
+    write_demo(root, num_images=2)
+    return root
+
+
+def _broken_copy(src, dst, how: str):
+    import shutil
+
+    shutil.copytree(src, dst)
+    if how == "images":  # every image truncated: each sample is quarantined at generate (corrupt_image)
+        for f in (dst / "images").iterdir():
+            data = f.read_bytes()
+            f.write_bytes(data[: len(data) // 3])
+    else:  # every mask a 2-point polygon: each referred object is quarantined at select (bad_polygon)
+        inst = json.loads((dst / "refcoco" / "instances.json").read_text())
+        for a in inst["annotations"]:
+            if not a.get("iscrowd"):
+                a["segmentation"] = [[1, 2, 3, 4]]
+        (dst / "refcoco" / "instances.json").write_text(json.dumps(inst))
+    return dst
+
+
+@pytest.mark.parametrize("how,stage,reason", [("images", "generate", "corrupt_image"), ("masks", "select", "bad_polygon")])
+def test_a_build_whose_every_sample_is_quarantined_exits_0_and_says_why(two_image_data, tmp_path, capsys, how, stage,
+                                                                          reason):
+    from refcoco_edit.cli import main
+    from refcoco_edit.reasons import REASONS
+
+    data = _broken_copy(two_image_data, tmp_path / "data", how)
+    w = tmp_path / "W"
+    args = ["build", "--out", str(w), "--refcoco", str(data), "--images", str(data / "images"), "--no-progress"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "nothing exported" in out and "run `refcoco-edit build" not in out
+    assert f"{stage}/{reason}: " in out and REASONS[reason].description in out  # each reason, with what it means
+    assert f"{w / 'quarantine'}/*.parquet" in out and "--overwrite" in out
+    assert not (w / "export").exists()  # no export of no samples
+    # `export` on it: still an error (nothing to export), but it says the build ran and why, not "build first"
+    assert main(["export", "--workdir", str(w), "--out", str(tmp_path / "E")]) == 2
+    err = capsys.readouterr().err
+    assert "was built, but no sample came through" in err and f"{stage}/{reason}" in err and "run `" not in err
+    assert not (tmp_path / "E").exists()
+    from refcoco_edit.annotation.push import load_samples  # review push says the same
+    from refcoco_edit.errors import InputError
+    from refcoco_edit.workspace import Workspace
+
+    with pytest.raises(InputError, match=f"no sample came through.*{stage}/{reason}.*nothing to review"):
+        load_samples(Workspace(w))
+    if how == "images":  # an empty export an earlier version left there goes on a re-run (it described nothing)
+        (w / "export").mkdir()
+        (w / "export" / ".refcoco-edit-export.json").write_text("{}")
+        assert main(args) == 0
+        assert "removed the earlier export" in capsys.readouterr().out and not (w / "export").exists()
+
+
+def test_export_of_a_workspace_never_built_still_says_build_first(tmp_path, capsys):
+    from refcoco_edit.cli import main
+
+    (tmp_path / "W" / "generate").mkdir(parents=True)
+    assert main(["export", "--workdir", str(tmp_path / "W"), "--out", str(tmp_path / "E")]) == 2
+    assert f"run `refcoco-edit build --out {tmp_path / 'W'}` first" in capsys.readouterr().err
