@@ -31,7 +31,7 @@ from .stages.context import STAGES
 from .stages.workers import ShardTask
 from .workspace import Workspace
 
-__all__ = ["BuildConfig", "BuildResult", "build", "ShardTask", "STAGES", "format_quarantine"]
+__all__ = ["BuildConfig", "BuildResult", "build", "ShardTask", "STAGES", "weight_free_notice", "format_quarantine"]
 
 
 @dataclass
@@ -141,6 +141,19 @@ def format_quarantine(quarantine: Dict[str, Dict[str, int]], workdir: Path) -> L
     return lines
 
 
+def weight_free_notice(cfg: BuildConfig, demo: bool) -> Optional[str]:
+    """What to expect of the weight-free backend on real data and how to switch to the diffusion
+    one; None on the bundled demo data or with another backend."""
+    if cfg.backend != "classical" or demo:
+        return None
+    return ("note: the weight-free `classical` backend on your data: expect cut-and-paste references "
+            "(smooth, textureless removal fills; pasted objects that keep their own photo's lighting and may sit at "
+            "the wrong scale; flat recolours) -- fine to try the pipeline or as a floor, not the paper's diffusion-made "
+            "ground truth. For diffusion references: pip install 'refcoco-edit[diffusion]' and rebuild with "
+            "--backend diffusion (models: --pbe-model, --sd-model, --inpaint-model; a GPU in practice). "
+            "See docs/building.md, \"Classical and diffusion backends\".")
+
+
 def _candidate_failures(ws: Workspace, n: int) -> Dict[str, int]:
     """The generate shards' ``candidate_failures`` stats, summed."""
     stage = ws.stage("generate")
@@ -173,6 +186,9 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = print) -> BuildResult:
     ws = Workspace(cfg.out)
     data = resolve_data(cfg)
     refer = load_refer(cfg, data)  # InputError on unsafe pickles / escaping paths: before any write
+    notice = weight_free_notice(cfg, data.demo)
+    if notice:
+        log(notice)
     settings = cfg.settings()
     if data.demo:  # a newer demo generator makes other data: never mix it with old shards
         from .demo import DEMO_VERSION

@@ -588,6 +588,28 @@ def _repaint_text(view: str, info: Dict[str, Any]) -> str:
             "inpainting of everything outside the object mask, the object's pixels pasted back exactly).\n")
 
 
+# what the dataset card calls each backend's references (its ``quality_tier``)
+QUALITY_TIERS = {"classical": "weight-free classical", "diffusion": "diffusion"}
+
+
+def quality_tier(settings: Dict[str, Any]) -> Optional[str]:
+    """The quality tier of a build's references, from its backend; None when the backend is unknown
+    (a workspace imported from an export carries no build settings)."""
+    backend = settings.get("backend")
+    return QUALITY_TIERS.get(str(backend), str(backend)) if backend else None
+
+
+def _tier_text(tier: Optional[str]) -> str:
+    """The card's words on what the quality tier means."""
+    if tier == QUALITY_TIERS["classical"]:
+        return ("; quality tier: weight-free classical (CPU cut-and-paste, inpainting and recolouring references: "
+                "reproducible, but not photo-realistic on real photos; rebuild with `--backend diffusion` for generated "
+                "references)")
+    if tier == QUALITY_TIERS["diffusion"]:
+        return "; quality tier: diffusion (generated references, ranked by the candidate filters)"
+    return f"; quality tier: {tier}" if tier else ""
+
+
 def _licence_text(demo: bool) -> str:
     if demo:
         return ("The images are synthetic: drawn by refcoco-edit's demo generator (no photographs, no COCO or "
@@ -620,9 +642,10 @@ def dataset_card(summary: Dict[str, Any], info: Dict[str, Any]) -> str:
     for s in splits:
         yaml += [f"  - split: {s}", f"    path: {s}-*.parquet"]
     demo = bool(info.get("demo_data"))
-    yaml += [f"license: {'apache-2.0' if demo else 'cc-by-4.0'}", "task_categories:", "- image-to-image", "tags:", "- referring-image-editing",
-             "- refcoco", "---", ""]
     settings = info.get("settings", {})
+    tier = quality_tier(settings)
+    yaml += [f"license: {'apache-2.0' if demo else 'cc-by-4.0'}", "task_categories:", "- image-to-image", "tags:", "- referring-image-editing",
+             "- refcoco"] + ([f"quality_tier: {tier}"] if tier else []) + ["---", ""]
     columns = summary.get("columns") or [(f.name, str(f.type)) for f in sample_fields()]
     schema_lines = "\n".join(f"| `{name}` | `{type_}` |" for name, type_ in columns)
     prompt_src = ", ".join(f"{k} ({v})" for k, v in summary["prompt_sources"].items()) or "none"
@@ -668,7 +691,7 @@ Quarantined during the build (stage/reason):
 {_audit_text(summary.get('audit') or {}, settings)}
 ## How it was built
 - data: {"bundled synthetic demo data (not real photos)" if demo else settings.get('refcoco', '?')}; dataset `{settings.get('dataset', '?')}`, {_split_by_text(settings)}
-- backend: `{settings.get('backend', '?')}`; seed {settings.get('seed', '?')}; samples exported: `{info.get('status_filter', 'all')}`
+- backend: `{settings.get('backend', '?')}`{_tier_text(tier)}; seed {settings.get('seed', '?')}; samples exported: `{info.get('status_filter', 'all')}`
 - prompts: {_prompt_text(settings)}
 
 {_selection_text(info.get('selection'))}

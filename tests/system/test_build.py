@@ -209,6 +209,12 @@ def test_dataset_card_says_where_the_data_came_from(built):
     assert "Flickr" not in demo.replace("no COCO or Flickr content", "") and "CC BY 4.0" not in demo
     assert "splits from `refs(umd).p` (the dataset's default)" in demo
     assert 'data_files={s: f"path/to/this/folder/{s}-*.parquet" for s in [\'val\']}' in demo
+    # the backend's quality tier, in the card's metadata and in how it was built
+    assert "\nquality_tier: weight-free classical\n" in card.split("\n---\n", 1)[0] + "\n"
+    assert "quality tier: weight-free classical" in card and "--backend diffusion" in card
+    diffusion = dataset_card(summary, {"settings": {"backend": "diffusion"}})
+    assert "quality_tier: diffusion" in diffusion and "weight-free" not in diffusion
+    assert "quality_tier" not in dataset_card(summary, {})  # imported: no build settings, no tier
 
 
 def test_other_objects_are_recorded_and_every_reference_preserves_them(built):
@@ -230,7 +236,7 @@ def test_other_objects_are_recorded_and_every_reference_preserves_them(built):
     assert "Audit of the other annotated objects" in card and f"0 of {len(rows)} candidates marked" in card
 
 
-# -- several candidates per sample ---------------------------------------------------------
+# -- several candidates per sample; the weight-free notice ---------------------------------------
 
 @pytest.fixture(scope="module")
 def three_candidates(demo_dir, tmp_path_factory):
@@ -258,3 +264,13 @@ def test_num_candidates_gives_distinct_images_for_every_sample(three_candidates)
         k = r["reference_candidate"]
         assert k == 0 and _img(cands[k]["image"]).tobytes() == _img(r["reference_image"]).tobytes()
 
+
+def test_weight_free_notice_once_on_other_data_never_on_the_demo(three_candidates, tmp_path):
+    _, logged = three_candidates  # built from a refer folder given with --refcoco: the user's data
+    notes = [line for line in logged if "weight-free `classical` backend" in line]
+    assert len(notes) == 1 and "--backend diffusion" in notes[0] and "pip install" in notes[0]
+    demo_log = []
+    res = build(BuildConfig.of(out=str(tmp_path / "demo"), num_images=1, edit_types=["attribute"], progress=False),
+                log=demo_log.append)  # no --refcoco: the bundled demo
+    assert res.counts["generate"] > 0 and demo_log
+    assert not [line for line in demo_log if "weight-free" in line]
