@@ -1,6 +1,7 @@
-"""`refcoco-edit score` and `refcoco-edit report`: parsers and handlers.
+"""`refcoco-edit score`, `report`, `judge` and `compare`: parsers and handlers.
 
-``refcoco_edit.cli`` adds them with ``add_score_parser(sub)`` / ``add_report_parser(sub)``.
+``refcoco_edit.cli`` adds them with ``add_score_parser(sub)`` / ``add_report_parser(sub)`` /
+``add_judge_parser(sub)`` / ``add_compare_parser(sub)``.
 Nothing heavy is imported here (numpy, pyarrow, cv2, matplotlib load inside the handlers), so
 ``refcoco-edit --help`` stays fast and torch-free. Handlers raise ``InputError`` for bad usage
 (exit 2) and return 0 when the run finished, failed samples included.
@@ -16,8 +17,8 @@ from refcoco_edit.errors import InputError
 
 from .score.config import JudgeSettings, ScoreConfig
 
-__all__ = ["add_score_parser", "add_report_parser", "add_judge_parser", "cmd_score", "cmd_report", "cmd_judge",
-           "parse_editor_args"]
+__all__ = ["add_score_parser", "add_report_parser", "add_judge_parser", "add_compare_parser", "cmd_score",
+           "cmd_report", "cmd_judge", "cmd_compare", "parse_editor_args"]
 
 
 def parse_editor_args(items: Optional[List[str]]) -> Dict[str, Any]:
@@ -160,4 +161,44 @@ def cmd_report(args: argparse.Namespace) -> int:
     compare_runs([Path(r) for r in args.runs], out, gallery=args.gallery, plots=args.plots,
                  study=Path(args.study) if args.study else None)
     print(f"compared {len(args.runs)} run(s) -> {out / 'report.md'}")
+    return 0
+
+
+def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "compare", help="paired significance tests between score runs and a leaderboard",
+        description="Join RESULTS folders of `refcoco-edit score` by sample_id and write DIR/compare.json, "
+                    "leaderboard.md and leaderboard.html: for every pair of runs and every metric both computed, the "
+                    "mean paired difference with a paired bootstrap 95% CI, a Wilcoxon signed-rank p-value "
+                    "Holm-adjusted over the pair's metrics and wins/ties/losses; the runs ranked on --metric with the "
+                    "groups that are not significantly different (compact letters), overall and per edit_type and "
+                    "attr_* bucket. Runs of different protocols are flagged in every output.",
+        epilog="Runs scored on different samples (one failed, skipped or absent in a run) are refused unless "
+               "--intersect; different data views are refused. Exit codes: 0 done, 2 bad usage or unusable input, "
+               "1 other errors. See docs/compare.md.")
+    p.add_argument("runs", nargs="+", metavar="RESULTS", help="results folders (at least two)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--metric", default=None, metavar="NAME",
+                   help="leaderboard metric (default: referring_accuracy, else the first of referring_margin, "
+                        "vie_o, clip_sim_fg, l2_bg every run computed)")
+    p.add_argument("--intersect", action="store_true",
+                   help="compare on the samples every run scored; prints and records what each run lost "
+                        "(default: different sample sets are an error)")
+    p.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples (default: 2000)")
+    p.add_argument("--seed", type=int, default=0, help="base seed of the bootstraps (default: 0)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level after Holm (default: 0.05)")
+    p.add_argument("--diagnostics", action="store_true",
+                   help="also test the diagnostic metrics (no better direction, e.g. change_target): "
+                        "A higher / B higher instead of better / worse; they join each pair's Holm family")
+    p.set_defaults(func=cmd_compare)
+    return p
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report.compare import run_compare
+    from .report.leaderboard import summary_lines
+
+    doc = run_compare(list(args.runs), args.out, metric=args.metric, intersect=args.intersect,
+                      bootstrap=args.bootstrap, seed=args.seed, alpha=args.alpha, diagnostics=args.diagnostics)
+    print("\n".join(summary_lines(doc, args.out)))
     return 0
