@@ -135,7 +135,8 @@ def load_compare_run(path: str) -> Run:
     for n, m in ((results.get("judge") or {}).get("metrics") or {}).items():
         if n in names and n not in metrics:
             metrics[n] = MetricInfo(n, m["title"], m["higher_is_better"], 1.0, "judge")
-    wanted = ["sample_id", "status", "edit_type"] + sorted(c for c in names if c.startswith("attr_")) + list(metrics)
+    wanted = (["sample_id", "status", "edit_type"] + [c for c in table.column_names if c.startswith("attr_")]
+              + list(metrics))  # attr_* in samples.parquet's order
     cols: Dict[str, Any] = {}
     for c in wanted:
         if c not in names:

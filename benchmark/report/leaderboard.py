@@ -111,7 +111,7 @@ def build_leaderboard(runs: Sequence[Any], joined: Sequence[str], pairs: Sequenc
     for r in runs:
         rows[r.label]["protocol"] = _protocol(r)
     # per bucket
-    attrs = ["edit_type"] + sorted({c for r in runs for c in r.columns if c.startswith("attr_")})
+    attrs = ["edit_type"] + list(dict.fromkeys(c for r in runs for c in r.columns if c.startswith("attr_")))
     missing = {a: [r.label for r in runs if a not in r.columns] for a in attrs}
     by_attr = []
     for a in attrs:
