@@ -180,7 +180,7 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--metric", default=None, metavar="NAME",
                    help="leaderboard metric (default: referring_accuracy, else the first of referring_margin, "
-                        "vie_o, clip_sim_fg, l2_bg every run computed)")
+                        "vie_o, clip_sim_fg, l2_bg every run computed and measured alike)")
     p.add_argument("--intersect", action="store_true",
                    help="compare on the samples every run scored; prints and records what each run lost "
                         "(default: different sample sets are an error)")

@@ -433,7 +433,15 @@ def _compare_pairs(runs: Sequence[Run], joined: Sequence[str], excl: Dict[Tuple[
 # ------------------------------------------------------------------------------------------------
 
 
-def _choose_metric(runs: Sequence[Run], metric: Optional[str]) -> str:
+def _choose_metric(runs: Sequence[Run], metric: Optional[str], excl: Dict[Tuple[int, int], Dict[str, str]]) -> str:
+    """The leaderboard metric: ``metric`` (InputError when some run lacks it, it has no direction
+    or some pair measured it differently), else the first of ``DEFAULT_METRICS`` (then of the
+    table order) that every run computed and every pair measured alike."""
+    for (i, j), ex in sorted(excl.items()):
+        if metric is not None and metric in ex:
+            raise InputError(f"compare: the leaderboard metric {metric} was measured differently by {runs[i].label} "
+                             f"and {runs[j].label} ({ex[metric]}); rank on another --metric")
+    unlike = {m for ex in excl.values() for m in ex}
     common = [m for m in _metric_order(runs) if all(m in r.metrics for r in runs)]
     if metric is not None:
         if metric not in common:
@@ -444,11 +452,12 @@ def _choose_metric(runs: Sequence[Run], metric: Optional[str]) -> str:
             raise InputError(f"compare: --metric {metric} is a diagnostic (no better direction); it cannot rank runs")
         return metric
     for m in DEFAULT_METRICS:
-        if m in common:
+        if m in common and m not in unlike:
             return m
-    ranked = [m for m in common if runs[0].metrics[m].higher_is_better is not None]
+    ranked = [m for m in common if runs[0].metrics[m].higher_is_better is not None and m not in unlike]
     if not ranked:
-        raise InputError("compare: the runs have no metric with a better direction in common to rank them on")
+        raise InputError("compare: the runs have no metric with a better direction in common (and measured alike) "
+                         "to rank them on")
     return ranked[0]
 
 
@@ -475,11 +484,7 @@ def run_compare(run_dirs: Sequence[Any], out: Path, metric: Optional[str] = None
     _unique_labels(runs)
     flags, excl = check_protocols(runs)
     joined, samples = join_samples(runs, intersect, log)
-    lb_metric = _choose_metric(runs, metric)
-    for (i, j), ex in sorted(excl.items()):
-        if lb_metric in ex:
-            raise InputError(f"compare: the leaderboard metric {lb_metric} was measured differently by {runs[i].label} "
-                             f"and {runs[j].label} ({ex[lb_metric]}); rank on another --metric")
+    lb_metric = _choose_metric(runs, metric, excl)
     seeds: Dict[str, int] = {}
     pairs = _compare_pairs(runs, joined, excl, int(bootstrap), int(seed), float(alpha), diagnostics, seeds)
     board = build_leaderboard(runs, joined, pairs, lb_metric, int(bootstrap), int(seed), float(alpha), seeds, flags)

@@ -319,9 +319,11 @@ def test_protocol_differences_are_flagged_or_refused(runs, capsys):
     from refcoco_edit.cli import main
 
     a, b = str(runs["identity"]), str(runs["masked"])
-    # the leaderboard metric measured with another eps: refused, pointing at --metric
+    # the leaderboard metric measured with another eps: refused when named, passed over by default
     with pytest.raises(InputError, match="referring_accuracy.*referring_eps.*--metric"):
-        run_compare([a, b], runs["root"] / "cmp-proto0", log=lambda s: None)
+        run_compare([a, b], runs["root"] / "cmp-proto0", metric="referring_accuracy", log=lambda s: None)
+    assert run_compare([a, b], runs["root"] / "cmp-proto0", log=lambda s: None)["leaderboard"]["metric"] == \
+        "referring_margin"
     out = runs["root"] / "cmp-proto"
     assert main(["compare", a, b, "--out", str(out), "--metric", "l1", "--bootstrap", "200"]) == 0
     printed = capsys.readouterr().out
