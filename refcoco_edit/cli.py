@@ -191,13 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from refcoco_edit.annotation.cli import add_review_parser
     from refcoco_edit.annotation.study.cli import add_study_parser
-    from refcoco_edit.benchmark.cli import add_judge_parser, add_report_parser, add_score_parser
+    from refcoco_edit.benchmark.cli import add_compare_parser, add_judge_parser, add_report_parser, add_score_parser
 
     add_review_parser(sub)
     add_study_parser(sub)
 
     add_score_parser(sub)
     add_report_parser(sub)
+    add_compare_parser(sub)
     add_judge_parser(sub)
     return parser
 
