@@ -49,12 +49,14 @@ SKIP_REASONS = reasons("skip")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 COLUMNS = ("sample_id", "split", "image_id", "category", "source_image", "source_mask", "bbox",
            "distractor_categories", "distractor_masks", "other_masks", "referring_expression", "edit_type", "edit_target",
-           "prompt", "referring_span", "edit_span", "reference_image", "edit_mask", "review")
+           "prompt", "referring_span", "edit_span", "reference_image", "edit_mask", "review",
+           "dataset", "selection", "other_ann_ids", "difficulty")
 RIE, REFERENCE_BASED = "rie", "reference-based"
 VIEWS = (RIE, REFERENCE_BASED)
 # the reference-based view's columns scoring reads (it has no distractor / other-object masks)
 REFERENCE_COLUMNS = tuple(c for c in COLUMNS if c not in (
-    "distractor_categories", "distractor_masks", "other_masks", "referring_expression")) + (
+    "distractor_categories", "distractor_masks", "other_masks", "referring_expression", "dataset", "selection",
+    "other_ann_ids", "difficulty")) + (
     "exemplar_image", "exemplar_mask")
 
 
@@ -86,6 +88,9 @@ class BenchSample:
     surrounding); None on the rie view"""
     exemplar_mask: Optional[Dict[str, Any]] = None
     """reference-based track: the object's mask in the exemplar (RLE of the exemplar's size)"""
+    difficulty: Optional[Dict[str, Any]] = None
+    """the difficulty attributes (``refcoco_edit.difficulty``): the export's column, or computed
+    from the row when the data predate it (schema < 1.2); None on the reference-based view"""
 
     def _span(self, span: Tuple[int, int]) -> str:
         a, b = span
@@ -235,14 +240,32 @@ def _to_sample(r: Dict[str, Any]) -> BenchSample:
         n_distractors_all=len(masks), bbox=r.get("bbox"),
         other_masks=[m for m in r["other_masks"] if m] if r.get("other_masks") is not None else None,
         exemplar_bytes=(r.get("exemplar_image") or {}).get("bytes"), exemplar_mask=r.get("exemplar_mask"),
+        difficulty=_difficulty(r),
     )
 
 
+def _difficulty(r: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The row's stored difficulty attributes, else computed from its columns (older data; an
+    attribute whose inputs are missing stays None); None for a reference-based triplet."""
+    if "exemplar_image" in r:
+        return None
+    if r.get("difficulty") is not None:
+        return dict(r["difficulty"])
+    from refcoco_edit.difficulty import attributes
+
+    try:
+        return attributes(r)
+    except (ValueError, TypeError, KeyError):  # a malformed mask: the metrics' checks report it
+        return None
+
+
 def load_dataset(path: Union[str, Path], split: Optional[str] = None, status: str = "all",
-                 limit: Optional[int] = None) -> Dataset:
+                 limit: Optional[int] = None, subset: Optional[str] = None) -> Dataset:
     """Scorable samples of ``path`` (export of either view, or a workspace), optionally of one
-    ``split`` and only reviewed-accepted ones (``status="accepted"``), the first ``limit`` by
-    sample_id. ``Dataset.view`` says which view the data are (read from the export marker)."""
+    ``split``, only reviewed-accepted ones (``status="accepted"``), only those matching the
+    ``subset`` expression over their difficulty attributes (``refcoco_edit.difficulty.
+    subset_filter``), the first ``limit`` by sample_id. ``Dataset.view`` says which view the data
+    are (read from the export marker); ``info["subset"]`` records the expression and the counts."""
     if status not in ("all", "accepted"):
         raise InputError(f"--status {status!r}: choose all or accepted")
     path = Path(path)
@@ -268,11 +291,25 @@ def load_dataset(path: Union[str, Path], split: Optional[str] = None, status: st
         seen.add(sid)
         samples.append(_to_sample(r))
     samples.sort(key=lambda s: s.sample_id)
+    subset_info = None
+    if subset is not None:
+        from refcoco_edit.difficulty import subset_filter
+
+        try:
+            keep = subset_filter(subset)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        before = len(samples)
+        samples = [s for s in samples if keep({**(s.difficulty or {}), "edit_type": s.edit_type,
+                                                "category": s.category, "split": s.split})]
+        subset_info = {"expr": subset, "matched": len(samples), "of": before}
+        if not samples:
+            raise InputError(f"--subset {subset!r}: no sample matches (of {before})")
     if limit is not None:
         samples = samples[: max(0, int(limit))]
     skipped.sort(key=lambda d: (d["sample_id"], d["reason"]))
     info.update({"path": str(path), "split": split, "splits_available": splits, "status": status,
-                 "rows": len(rows), "limit": limit})
+                 "rows": len(rows), "limit": limit, "subset": subset_info})
     return Dataset(samples=samples, skipped=skipped, info=info, view=str(info["view"]))
 
 

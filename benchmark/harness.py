@@ -131,7 +131,7 @@ def run_score(cfg: ScoreConfig, editor: Optional[Editor] = None, log: Callable[[
     names = select_metrics(cfg.metrics)
     # 2. data
     t = time.perf_counter()
-    ds = load_dataset(cfg.data, split=cfg.split, status=cfg.status, limit=cfg.limit)
+    ds = load_dataset(cfg.data, split=cfg.split, status=cfg.status, limit=cfg.limit, subset=cfg.subset)
     timer.add("load_data_s", time.perf_counter() - t)
     computable, not_computed = plan(names, cfg.models(), view=ds.view)  # the view: identity needs exemplars
     # 3. editor (built, not loaded)

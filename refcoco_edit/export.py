@@ -635,6 +635,19 @@ def _audit_text(audit: Dict[str, Any], settings: Dict[str, Any]) -> str:
     return text + "\n"
 
 
+def _difficulty_text(counts: Optional[Dict[str, Dict[str, int]]]) -> str:
+    """The card's table of the difficulty buckets (the ``difficulty`` column, ``refcoco_edit.difficulty``)."""
+    if not counts:
+        return ""
+    from .difficulty import BUCKETS, HARD_RULE, label_key
+
+    keys = [k for k in BUCKETS if k in counts] + sorted(set(counts) - set(BUCKETS))
+    rows = "\n".join(f"| {k[len('attr_'):]} | " + ", ".join(
+        f"{label}: {n}" for label, n in sorted(counts[k].items(), key=lambda kv: label_key(kv[0]))) + " |" for k in keys)
+    return ("Difficulty (the `difficulty` column; word rules and definitions: `refcoco_edit.difficulty`; "
+            f"{HARD_RULE}):\n\n| attribute | samples per bucket |\n|---|---|\n{rows}\n\n")
+
+
 def dataset_card(summary: Dict[str, Any], info: Dict[str, Any]) -> str:
     """The README.md of an export: loading configs, schema, counts and how it was built."""
     splits = sorted(summary["splits"])
@@ -686,7 +699,7 @@ Candidate pipelines:
 {_table(summary['candidate_pipelines'])}
 Categories of the referred objects:
 {_table(summary['categories'])}
-Quarantined during the build (stage/reason):
+{_difficulty_text(summary.get('difficulty'))}Quarantined during the build (stage/reason):
 {_table(info.get('quarantine', {}))}
 {_audit_text(summary.get('audit') or {}, settings)}
 ## How it was built

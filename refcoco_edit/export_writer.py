@@ -180,6 +180,7 @@ class Counts:
         self.images: set = set()
         self.counters: Dict[str, Counter] = {k: Counter() for k in (
             "splits", "edit_types", "categories", "prompt_sources", "review", "candidate_pipelines", "audit")}
+        self.difficulty: Dict[str, Counter] = {}
 
     def add(self, table: Any, splits: Sequence[str]) -> None:
         import pyarrow.compute as pc
@@ -198,6 +199,12 @@ class Counts:
             flat = pc.list_flatten(col("candidates"))
             c["candidate_pipelines"].update(str(v) for v in pc.struct_field(flat, "pipeline").to_pylist())
         self._add_audit(table)
+        if "difficulty" in table.schema.names:  # the difficulty buckets (refcoco_edit.difficulty)
+            from .difficulty import buckets
+
+            for d in col("difficulty").to_pylist():
+                for k, v in buckets(d).items():
+                    self.difficulty.setdefault(k, Counter())[v if v is not None else "unknown"] += 1
 
     def _add_audit(self, table: Any) -> None:
         """The other-objects audit (``pipelines.filters.audit_other_objects``) from the
@@ -251,4 +258,6 @@ class Counts:
     def summary(self, view: str) -> Dict[str, Any]:
         out: Dict[str, Any] = {"view": view, "rows": self.rows, "images": len(self.images)}
         out.update({k: dict(sorted(v.items())) for k, v in self.counters.items()})
+        if self.difficulty:
+            out["difficulty"] = {k: dict(v) for k, v in self.difficulty.items()}
         return out

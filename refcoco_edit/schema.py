@@ -17,11 +17,12 @@ from typing import Any, Dict, List, Optional, Sequence
 from .reasons import reasons
 from .vocab import EDIT_TYPES  # noqa: F401 - the data model's edit types, re-exported here
 
-SCHEMA_VERSION = "1.1"
-# versions this code reads: 1.0 lacks the ``other_*`` columns (added as nulls by ``conform``)
-READABLE_VERSIONS = ("1.0", "1.1")
+SCHEMA_VERSION = "1.2"
+# versions this code reads: 1.0 lacks the ``other_*`` columns, 1.1 the ``difficulty`` column (added
+# as nulls by ``conform``; readers compute the attributes on the fly: ``difficulty.attributes``)
+READABLE_VERSIONS = ("1.0", "1.1", "1.2")
 # columns added after 1.0: a table without them is read with them null (unknown)
-OPTIONAL_COLUMNS = ("other_ann_ids", "other_categories", "other_masks")
+OPTIONAL_COLUMNS = ("other_ann_ids", "other_categories", "other_masks", "difficulty")
 
 REVIEW_STATUSES = ("pending", "accepted", "rejected")
 
@@ -101,6 +102,26 @@ def _types():
     return pa, image, rle, candidate, review, selection
 
 
+def _difficulty_type():
+    """The ``difficulty`` struct (``refcoco_edit.difficulty``: one field per attribute)."""
+    import pyarrow as pa
+
+    return pa.struct(
+        [
+            ("n_distractors", pa.int32()),
+            ("n_objects", pa.int32()),
+            ("area_fraction", pa.float64()),
+            ("size_class", pa.string()),
+            ("occlusion", pa.string()),
+            ("likeness_only", pa.bool_()),
+            ("expression_kinds", pa.list_(pa.string())),
+            ("expression_words", pa.int32()),
+            ("source_dataset", pa.string()),
+            ("hard", pa.bool_()),
+        ]
+    )
+
+
 def sample_fields() -> List[Any]:
     """The ordered fields of a sample row."""
     pa, image, rle, candidate, review, selection = _types()
@@ -126,6 +147,9 @@ def sample_fields() -> List[Any]:
         pa.field("other_categories", pa.list_(pa.string())),
         pa.field("other_masks", pa.list_(rle)),
         pa.field("selection", selection),
+        # what makes referring to the object hard (refcoco_edit.difficulty); null: written before
+        # schema 1.2 (readers compute it from the other columns)
+        pa.field("difficulty", _difficulty_type()),
         pa.field("referring_expression", pa.string()),
         pa.field("edit_type", pa.string()),
         pa.field("edit_target", pa.string()),

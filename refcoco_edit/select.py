@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import difficulty
 from . import rle as rle_mod
 from .errors import SampleError
 from .schema import SCHEMA_VERSION, empty_review, sample_id
@@ -118,7 +119,7 @@ def _sample_row(refer: Any, image_id: int, v: _Verdict, sent: Dict[str, Any], ob
     ref = refer.refs[v.ref_id]
     me = objs[int(ref["ann_id"])]
     others = sorted(a for a in objs if a != me.ann_id)  # every other non-crowd object with a usable mask
-    return {
+    row = {
         "sample_id": sample_id(refer.dataset, v.ref_id, sent["sent_id"], etype, target),
         "dataset": refer.dataset,
         "split": ref.get("split"),
@@ -145,6 +146,9 @@ def _sample_row(refer: Any, image_id: int, v: _Verdict, sent: Dict[str, Any], ob
         "review": empty_review(),
         "schema_version": SCHEMA_VERSION,
     }
+    touches, split = _occlusion(me, objs)
+    row["difficulty"] = difficulty.attributes(row, occlusion="split" if split else "touching" if touches else "none")
+    return row
 
 
 def _obj_mask(o: _Obj) -> np.ndarray:
@@ -158,20 +162,11 @@ def _occlusion(me: _Obj, objs: Dict[int, _Obj]) -> Tuple[bool, bool]:
     """(touches, split): whether the object's mask meets another object's mask (1-px contact or
     overlap: one occludes the other, as far as 2-D masks can tell), and whether it is in several
     parts (an occluder cut it in two). Masks are decoded only for objects whose boxes meet."""
-    import cv2
-
     x, y, w, h = me.bbox
     near = [o for o in objs.values() if o.ann_id != me.ann_id and
             o.bbox[0] <= x + w + 1 and x <= o.bbox[0] + o.bbox[2] + 1 and
             o.bbox[1] <= y + h + 1 and y <= o.bbox[1] + o.bbox[3] + 1]
-    m = _obj_mask(me)
-    x0, y0 = max(0, int(x) - 2), max(0, int(y) - 2)
-    x1, y1 = min(m.shape[1], int(np.ceil(x + w)) + 2), min(m.shape[0], int(np.ceil(y + h)) + 2)
-    crop = m[y0:y1, x0:x1].astype(np.uint8)
-    grown = cv2.dilate(crop, np.ones((3, 3), np.uint8)) > 0
-    touches = any(bool((grown & _obj_mask(o)[y0:y1, x0:x1]).any()) for o in near)
-    n_parts = cv2.connectedComponents(crop, connectivity=8)[0] - 1
-    return touches, n_parts >= 2
+    return difficulty.touches_and_split(_obj_mask(me), me.bbox, (_obj_mask(o) for o in near))
 
 
 def _pixels_once(refer: Any, image_id: int) -> Callable[[], Optional[np.ndarray]]:
@@ -394,6 +389,7 @@ class Selector:
             "occlusion": dict(self.occlusion),
             "samples": len(rows),
             "edit_types": {t: sum(1 for r in rows if r["edit_type"] == t) for t in cfg.edit_types},
+            "difficulty": difficulty.counts(rows),
             "quarantined": len(self.quarantine),
         }
         return SelectionResult(rows, self.quarantine, report)
@@ -472,4 +468,10 @@ def format_report(report: Dict[str, Any]) -> str:
                      f"({occ['split_passed']} passed both rules)")
     et = ", ".join(f"{k} {v}" for k, v in report.get("edit_types", {}).items())
     lines.append(f"  edits: {et}")
+    diff = report.get("difficulty") or {}
+    if diff:
+        lines.append("  difficulty (refcoco_edit.difficulty):")
+        for k in [k for k in difficulty.BUCKETS if k in diff] + sorted(set(diff) - set(difficulty.BUCKETS)):
+            items = sorted(diff[k].items(), key=lambda kv: difficulty.label_key(kv[0]))
+            lines.append(f"    {k[len('attr_'):]:<20} " + ", ".join(f"{label} {n}" for label, n in items))
     return "\n".join(lines)

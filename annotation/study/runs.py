@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from refcoco_edit.errors import InputError
 
-READS_RESULTS_VERSIONS = ("1.0",)
+READS_RESULTS_VERSIONS = ("1.0", "1.1")  # 1.1 adds by_attribute and data.subset
 # samples.parquet's fixed columns (results schema 1.0); every other numeric column is a metric
 BOOKKEEPING = frozenset({"sample_id", "split", "image_id", "category", "edit_type", "prompt", "referring_span",
                          "edit_span", "seed", "n_distractors", "status", "reason", "error", "resized", "output",

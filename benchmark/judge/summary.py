@@ -198,7 +198,8 @@ def judge_section(cfg: JudgeConfig, run: JudgeRun, records: Sequence[Dict[str, A
     counts and wall times go to timing.json instead."""
     specs = metric_specs(cfg, run.questions or None)
     judged = [r for r in records if r["sample_id"] in values]
-    pseudo = [{"status": "ok", "edit_type": r.get("edit_type"), "metrics": values[r["sample_id"]]} for r in judged]
+    pseudo = [{"status": "ok", "edit_type": r.get("edit_type"), "metrics": values[r["sample_id"]],
+               **{k: v for k, v in r.items() if k.startswith("attr_")}} for r in judged]  # difficulty buckets
     agg = aggregate(pseudo, list(specs), seed, resamples)
     failures = []
     for sid in sorted(run.judged):

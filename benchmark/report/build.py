@@ -48,13 +48,18 @@ def study_section(study: Path, run_dirs: Sequence[Path]) -> Dict[str, Any]:
     its study.json (checked), its tables as Markdown, and which of its methods are runs of the report."""
     from refcoco_edit.study_format import load_study, render_study_markdown
 
+    from .study_breakdown import study_breakdown_markdown, study_by_attribute
+
     doc = load_study(study)
     ours = {str(Path(r).resolve()) for r in run_dirs}
     methods = [dict(m, in_report=m["run"] in ours) for m in doc["methods"]]
-    return {"doc": doc, "markdown": render_study_markdown(doc, level=2),
+    runs = [*run_dirs, *[Path(m["run"]) for m in doc["methods"] if m.get("run")]]
+    by_attr = study_by_attribute(Path(study), doc, [r for r in runs if Path(r).is_dir()])
+    md = render_study_markdown(doc, level=2).rstrip("\n") + "\n\n" + "\n".join(study_breakdown_markdown(by_attr, doc))
+    return {"doc": doc, "markdown": md,
             "summary": {"path": str(study), "study_schema_version": doc["study_schema_version"], "project": doc["project"],
                         "methods": methods, "counts": doc["counts"], "table": doc["table"], "agreement": doc["agreement"],
-                        "alignment": doc["alignment"]}}
+                        "alignment": doc["alignment"], "by_attribute": by_attr}}
 
 
 def compare_runs(run_dirs: Sequence[Path], out: Path, gallery: bool = True, plots: bool = True,

@@ -13,7 +13,6 @@ asset), ``summary_lines`` the short table ``refcoco-edit compare`` prints.
 from __future__ import annotations
 
 import html
-import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -25,25 +24,15 @@ from .stats import compact_letters, holm, mean_bootstrap_ci
 
 __all__ = ["build_leaderboard", "render_markdown", "render_html", "summary_lines", "bucket_order"]
 
-# bucket labels of refcoco_edit.difficulty's attributes in their natural order; other labels:
-# numbers ("3+", "1-2", "<1%", ">=20%") by value, then words by name, unknown values last
-_KNOWN_ORDER = ("small", "medium", "large", "none", "touching", "split", "no", "yes", "refcoco", "refcoco+",
-                "refcocog")
 _MISSING = "(missing)"
-_NUMBER = re.compile(r"^(<=|>=|<|>|≤|≥)?\s*(\d+(?:\.\d+)?)")
 
 
 def bucket_order(value: str) -> Tuple[int, float, str]:
-    """A sort key of bucket labels: numbers by value ("<1%" before "1-5%", ">=20%" after
-    "5-20%"), then the known words in their order, then other words by name, unknown last."""
-    m = _NUMBER.match(value)
-    if m:
-        x = float(m.group(2))
-        x += {"<": -0.5, "≤": -0.25, "<=": -0.25, ">": 0.5, "≥": 0.25, ">=": 0.25}.get(m.group(1) or "", 0.0)
-        return (0, x, value)
-    if value in _KNOWN_ORDER:
-        return (1, float(_KNOWN_ORDER.index(value)), value)
-    return (2 if value != _MISSING else 3, 0.0, value)
+    """A sort key of bucket labels (``refcoco_edit.difficulty.label_key``: numbers by value, then
+    the known words in their order, then other words), the missing bucket last."""
+    from refcoco_edit.difficulty import label_key
+
+    return label_key(None if value == _MISSING else value)
 
 
 def _mean_ci(x: np.ndarray, resamples: int, seed: int) -> Tuple[int, Optional[float], Optional[List[float]]]:

@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .format import _arrow, _cell, _md, fmt_value, protocol_text
 
-__all__ = ["TABLE_FAMILIES", "fmt_value", "protocol_text", "run_label", "render_markdown"]
+__all__ = ["TABLE_FAMILIES", "fmt_value", "protocol_text", "run_label", "render_markdown", "difficulty_markdown"]
 
 TABLE_FAMILIES = (
     ("paper", "Table 1 (the paper's metrics)"),
@@ -81,6 +81,7 @@ def render_markdown(runs: Sequence[Dict[str, Any]], labels: Optional[Sequence[st
                     cells.append(f"{_cell(b, METRICS[n].display_scale, ci=False)} ({b['n']})" if b else "—")
                 lines.append(f"| {_md(METRICS[n].title)} | {_md(lab)} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += difficulty_markdown(runs, labels)
     # not computed
     nc = sorted({(n, r["not_computed"][n]["reason"]) for r in runs for n in r["not_computed"]},
                 key=lambda x: list(METRICS).index(x[0]) if x[0] in METRICS else 999)
@@ -119,3 +120,39 @@ def render_markdown(runs: Sequence[Dict[str, Any]], labels: Optional[Sequence[st
               + (" (dirty)" if first["tool"]["git_dirty"] else ""),
               ""]
     return "\n".join(lines)
+
+
+def difficulty_markdown(runs: Sequence[Dict[str, Any]], labels: Sequence[str]) -> List[str]:
+    """"By difficulty": per difficulty attribute (``refcoco_edit.difficulty.BUCKETS``), every
+    metric's mean [bootstrap 95% CI] (n) per bucket, the judge's included; [] when no run has
+    ``by_attribute`` (a reference-based or pre-1.1 run)."""
+    from refcoco_edit.difficulty import BUCKETS, label_key
+
+    from ..metrics import METRICS
+
+    def entries(r: Dict[str, Any]) -> List[Any]:
+        judge = (r.get("judge") or {}).get("metrics", {})
+        out = [(n, METRICS[n].title, METRICS[n].display_scale, r["metrics"][n]) for n in METRICS if n in r["metrics"]]
+        return out + [(n, m.get("title", n), 1.0, m) for n, m in judge.items()]
+
+    attrs = [a for a in BUCKETS if any(e[3].get("by_attribute", {}).get(a) for r in runs for e in entries(r))]
+    if not attrs:
+        return []
+    lines = ["## By difficulty", "",
+             "Mean [bootstrap 95% CI] (n) per bucket of each difficulty attribute (refcoco_edit.difficulty; "
+             "the `attr_*` columns of samples.parquet). A bucket with few samples has a wide CI: read the n.", ""]
+    for a in attrs:
+        labs = sorted({lab for r in runs for e in entries(r) for lab in e[3].get("by_attribute", {}).get(a, {})},
+                      key=label_key)
+        lines += [f"### {_md(a[len('attr_'):])}: {_md(BUCKETS[a])}", ""]
+        lines.append("| Metric | Method | " + " | ".join(_md(x) for x in labs) + " |")
+        lines.append("|---|---|" + "---:|" * len(labs))
+        for lab, r in zip(labels, runs):
+            for n, title, scale, m in entries(r):
+                cells = m.get("by_attribute", {}).get(a)
+                if not cells:
+                    continue
+                row = [f"{_cell(cells[x], scale)} ({cells[x]['n']})" if x in cells else "—" for x in labs]
+                lines.append(f"| {_md(title)} | {_md(lab)} | " + " | ".join(row) + " |")
+        lines.append("")
+    return lines

@@ -43,7 +43,8 @@ def _save(fig: Any, path: Path) -> None:
 def write_plots(out: Path, runs: Sequence[Dict[str, Any]], labels: Sequence[str],
                 samples: Sequence[Sequence[Dict[str, Any]]]) -> List[Path]:
     """plots/distributions.png (per-sample histograms), plots/by_edit_type.png (means with CI per
-    edit type, one bar per run). Needs matplotlib (figure API only: no global backend change)."""
+    edit type, one bar per run), plots/by_difficulty.png (the main metrics against the number of
+    distractors and the target's size). Needs matplotlib (figure API only: no global backend change)."""
     from ..metrics import METRICS
 
     names = [n for n in METRICS if any(n in r["metrics"] for r in runs)]
@@ -94,7 +95,63 @@ def write_plots(out: Path, runs: Sequence[Dict[str, Any]], labels: Sequence[str]
     p = out / "plots" / "by_edit_type.png"
     _save(fig, p)
     written.append(p)
+    p = _by_difficulty(out, runs, labels)
+    if p is not None:
+        written.append(p)
     return written
+
+
+MAIN_METRICS = ("referring_accuracy", "distractor_preservation", "l2_bg", "clip_sim_fg", "judge_referring_accuracy")
+"""the metrics plots/by_difficulty.png draws (those a run has), the first four found"""
+DIFFICULTY_AXES = (("attr_distractors", "same-category distractors"), ("attr_size", "target size (COCO)"))
+
+
+def _by_difficulty(out: Path, runs: Sequence[Dict[str, Any]], labels: Sequence[str]) -> Any:
+    """plots/by_difficulty.png: the main metrics' means with CI against the number of
+    same-category distractors and the target's size class (one line per run); None when no run
+    has difficulty breakdowns."""
+    from refcoco_edit.difficulty import label_key
+
+    from ..metrics import METRICS
+
+    def entry(r: Dict[str, Any], n: str) -> Any:
+        return r["metrics"].get(n) or (r.get("judge") or {}).get("metrics", {}).get(n)
+
+    names = [n for n in MAIN_METRICS if any((entry(r, n) or {}).get("by_attribute") for r in runs)][:4]
+    if not names:
+        return None
+    fig, axes = _figure(len(names) * len(DIFFICULTY_AXES), ncols=len(DIFFICULTY_AXES), size=(3.6, 2.4))
+    k = 0
+    for n in names:
+        scale = METRICS[n].display_scale if n in METRICS else 1.0
+        title = METRICS[n].title if n in METRICS else n
+        for attr, xlabel in DIFFICULTY_AXES:
+            ax = axes[k]
+            k += 1
+            labs = sorted({x for r in runs for x in ((entry(r, n) or {}).get("by_attribute", {}).get(attr) or {})},
+                          key=label_key)
+            for lab, r in zip(labels, runs):
+                cells = (entry(r, n) or {}).get("by_attribute", {}).get(attr) or {}
+                xs, ys, lo, hi = [], [], [], []
+                for i, x in enumerate(labs):
+                    c = cells.get(x)
+                    if c and c["mean"] is not None:
+                        mean = c["mean"] * scale
+                        ci = [v * scale for v in (c["ci95"] or [c["mean"], c["mean"]])]
+                        xs.append(i)
+                        ys.append(mean)
+                        lo.append(max(0.0, mean - ci[0]))
+                        hi.append(max(0.0, ci[1] - mean))
+                if xs:
+                    ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=2, label=lab)
+            ax.set_xticks(range(len(labs)))
+            ax.set_xticklabels(labs, fontsize=7)
+            _style(ax, f"{title} vs {xlabel}", x_bins=False)
+    if len(labels) > 1:
+        axes[0].legend(fontsize=6)
+    p = out / "plots" / "by_difficulty.png"
+    _save(fig, p)
+    return p
 
 
 def write_plots_if_possible(out: Path, runs: Sequence[Dict[str, Any]], labels: Sequence[str],

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from refcoco_edit.errors import InputError
 
-from .schema import RESULTS_SCHEMA_VERSION, validate_results
+from .schema import READABLE_RESULTS_VERSIONS, RESULTS_SCHEMA_VERSION, validate_results
 
 __all__ = ["git_info", "package_versions", "dumps", "build_results", "samples_table", "read_samples", "load_run"]
 
@@ -102,7 +102,7 @@ def build_results(cfg: Any, dataset: Any, editor: Dict[str, Any], records: Seque
         "tool": {"name": "refcoco-edit", "version": __version__, "git_revision": rev, "git_dirty": dirty},
         "editor": editor,
         "data": {**{k: dataset.info.get(k) for k in ("path", "kind", "split", "splits_available", "status", "limit",
-                                                      "rows", "schema_version", "view")},
+                                                      "rows", "schema_version", "view", "subset")},
                  "samples": len(dataset.samples), "sample_ids_sha256": dataset.sample_ids_sha256()},
         "config": {
             "seed": int(cfg.seed),
@@ -160,17 +160,20 @@ def build_results(cfg: Any, dataset: Any, editor: Dict[str, Any], records: Seque
 def samples_table(records: Sequence[Dict[str, Any]], metric_names: Sequence[str], skipped: Sequence[Dict[str, Any]] = (),
                   judge_names: Sequence[str] = ()) -> Any:
     """samples.parquet as an Arrow table: one row per record and per load-time skip, by
-    sample_id; one float64 column per metric (NaN where it does not apply). With ``judge_names``
+    sample_id; the difficulty bucket of each ``attr_*`` column (``refcoco_edit.difficulty.BUCKETS``;
+    null: unknown); one float64 column per metric (NaN where it does not apply). With ``judge_names``
     (a judged run) also one float64 column per judge metric (from ``record["judge_values"]``) and
     ``judge_answers`` (the sample's final judge answers as JSON)."""
     import pyarrow as pa
+
+    from refcoco_edit.difficulty import BUCKETS
 
     span = pa.list_(pa.int32())
     fields = [("sample_id", pa.string()), ("split", pa.string()), ("image_id", pa.int64()), ("category", pa.string()),
               ("edit_type", pa.string()), ("prompt", pa.string()), ("referring_span", span), ("edit_span", span),
               ("seed", pa.int64()), ("n_distractors", pa.int32()), ("status", pa.string()), ("reason", pa.string()),
               ("error", pa.string()), ("resized", pa.bool_()), ("output", pa.string()), ("height", pa.int32()),
-              ("width", pa.int32())]
+              ("width", pa.int32())] + [(k, pa.string()) for k in BUCKETS]  # attr_*: difficulty buckets
     extra = [pa.field(m, pa.float64()) for m in judge_names] + ([pa.field("judge_answers", pa.string())]
                                                                  if judge_names else [])
     schema = pa.schema([pa.field(n, t) for n, t in fields] + [pa.field(m, pa.float64()) for m in metric_names] + extra,
@@ -210,7 +213,8 @@ def load_run(run: Path) -> Dict[str, Any]:
     except ValueError as e:
         raise InputError(f"{p}: not valid JSON ({e})") from None
     version = doc.get("results_schema_version") if isinstance(doc, dict) else None
-    if version != RESULTS_SCHEMA_VERSION:
-        raise InputError(f"{p}: results schema version {version!r}, this refcoco-edit reads {RESULTS_SCHEMA_VERSION}")
+    if version not in READABLE_RESULTS_VERSIONS:
+        raise InputError(f"{p}: results schema version {version!r}, this refcoco-edit reads "
+                         f"{', '.join(READABLE_RESULTS_VERSIONS)}")
     validate_results(doc)
     return doc

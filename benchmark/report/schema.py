@@ -40,7 +40,8 @@ same command on the same data give the same bytes: wall times and cache reuse go
 ``edit_types`` ``{edit_type: number of scored samples}``.
 ``metrics``    ``{name: {family, title, description, higher_is_better, display_scale, n,
                n_not_applicable, mean, std, ci95: [lo, hi], by_edit_type: {type: {n, mean, std,
-               ci95}}}}`` for each computed metric; values are raw (``display_scale`` is only
+               ci95}}, by_attribute: {attr_*: {label: {n, mean, std, ci95}}}}}`` for each computed
+               metric (``by_attribute``: the difficulty buckets, ``refcoco_edit.difficulty.BUCKETS``); values are raw (``display_scale`` is only
                what report.md multiplies by); ``n`` counts scored samples where it applies.
 ``not_computed`` ``{name: {family, title, reason}}``: requested metrics that were not computed
                (e.g. "needs --clip-model").
@@ -59,7 +60,8 @@ same command on the same data give the same bytes: wall times and cache reuse go
 
 samples.parquet: one row per sample (scored, failed or skipped): ``sample_id, split, image_id,
 category, edit_type, prompt, referring_span, edit_span, seed, n_distractors, status
-(ok|failed|skipped), reason, error, resized, output (relative path), height, width`` and one
+(ok|failed|skipped), reason, error, resized, output (relative path), height, width``, the
+difficulty buckets ``attr_*`` (strings; null: unknown) and one
 float64 column per computed metric (NaN where it does not apply or the sample was not scored);
 in a judged run also one float64 column per judge metric and ``judge_answers`` (JSON: per
 question, per pass, the answer object or ``{failed, error}``). Every raw judge answer (text,
@@ -72,14 +74,18 @@ from typing import Any, Dict, List
 from refcoco_edit.errors import InputError
 from refcoco_edit.schema_check import schema_errors as check_schema
 
-__all__ = ["RESULTS_SCHEMA_VERSION", "RESULTS_SCHEMA", "JUDGE_SCHEMA", "schema_errors", "validate_results"]
+__all__ = ["RESULTS_SCHEMA_VERSION", "READABLE_RESULTS_VERSIONS", "RESULTS_SCHEMA", "JUDGE_SCHEMA", "schema_errors", "validate_results"]
 
-RESULTS_SCHEMA_VERSION = "1.0"
+RESULTS_SCHEMA_VERSION = "1.1"
+READABLE_RESULTS_VERSIONS = ("1.0", "1.1")
+"""1.1 adds ``by_attribute`` (difficulty breakdowns) to each metric and ``config.subset``; a 1.0
+results.json (without them) is still read"""
 
 _NUM = {"type": ["number", "null"]}
 _CI = {"type": ["array", "null"], "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
 _SUMMARY = {"type": "object", "required": ["n", "mean", "std", "ci95"],
             "properties": {"n": {"type": "integer"}, "mean": _NUM, "std": _NUM, "ci95": _CI}}
+_BY_ATTRIBUTE = {"type": "object", "additionalProperties": {"type": "object", "additionalProperties": _SUMMARY}}
 _RECORD_LIST = {"type": "array", "items": {"type": "object", "required": ["sample_id", "reason", "error"],
                                            "properties": {"sample_id": {"type": "string"}, "reason": {"type": "string"},
                                                           "error": {"type": ["string", "null"]}}}}
@@ -114,7 +120,8 @@ JUDGE_SCHEMA: Dict[str, Any] = {
                            "higher_is_better": {"type": ["boolean", "null"]}, "question": {"type": "string"},
                            "n": {"type": "integer"}, "n_failed": {"type": "integer"},
                            "n_not_applicable": {"type": "integer"}, "mean": _NUM, "std": _NUM, "ci95": _CI,
-                           "by_edit_type": {"type": "object", "additionalProperties": _SUMMARY}}}},
+                           "by_edit_type": {"type": "object", "additionalProperties": _SUMMARY},
+                           "by_attribute": _BY_ATTRIBUTE}}},
         "agreement": {"type": "object", "additionalProperties": {
             "type": "object", "required": ["referring_accuracy", "distractor_preservation"]}},
         "pass_agreement": {"type": "object"},
@@ -129,7 +136,7 @@ RESULTS_SCHEMA: Dict[str, Any] = {
                  "skipped", "edit_types", "metrics", "not_computed"],
     "additionalProperties": False,
     "properties": {
-        "results_schema_version": {"const": RESULTS_SCHEMA_VERSION},
+        "results_schema_version": {"enum": list(READABLE_RESULTS_VERSIONS)},
         "tool": {"type": "object", "required": ["name", "version", "git_revision", "git_dirty"],
                  "properties": {"name": {"type": "string"}, "version": {"type": "string"},
                                 "git_revision": {"type": ["string", "null"]}, "git_dirty": {"type": ["boolean", "null"]}}},
@@ -149,6 +156,7 @@ RESULTS_SCHEMA: Dict[str, Any] = {
                                 "status": {"enum": ["all", "accepted"]}, "limit": {"type": ["integer", "null"]},
                                 "rows": {"type": "integer"}, "samples": {"type": "integer"},
                                 "schema_version": {"type": ["string", "null"]}, "sample_ids_sha256": {"type": "string"},
+                                "subset": {"type": ["object", "null"], "required": ["expr", "matched", "of"]},
                                 "view": {"enum": ["rie", "reference-based"]}}},
         "config": {"type": "object",
                    "required": ["seed", "editor_seed_rule", "metrics_requested", "metrics_computed", "image_size",
@@ -187,7 +195,8 @@ RESULTS_SCHEMA: Dict[str, Any] = {
                            "description": {"type": "string"}, "higher_is_better": {"type": ["boolean", "null"]},
                            "display_scale": {"type": "number"}, "n": {"type": "integer"},
                            "n_not_applicable": {"type": "integer"}, "mean": _NUM, "std": _NUM, "ci95": _CI,
-                           "by_edit_type": {"type": "object", "additionalProperties": _SUMMARY}}}},
+                           "by_edit_type": {"type": "object", "additionalProperties": _SUMMARY},
+                           "by_attribute": _BY_ATTRIBUTE}}},
         "not_computed": {"type": "object", "additionalProperties": {
             "type": "object", "required": ["family", "title", "reason"],
             "properties": {"family": {"type": "string"}, "title": {"type": "string"}, "reason": {"type": "string"}}}},

@@ -1,5 +1,5 @@
 """Aggregation of per-sample metric values: mean, std and a seeded percentile bootstrap 95% CI,
-overall and per edit type (step 5 of ``refcoco-edit score``, see ``refcoco_edit.benchmark.harness``)."""
+overall, per edit type and per difficulty bucket (step 5 of ``refcoco-edit score``, see ``refcoco_edit.benchmark.harness``)."""
 from __future__ import annotations
 
 import math
@@ -46,11 +46,16 @@ def _summary(values: np.ndarray, seed: int, resamples: int) -> Dict[str, Any]:
 
 def aggregate(records: Sequence[Dict[str, Any]], names: Sequence[str], seed: int, resamples: int = 1000
               ) -> Dict[str, Dict[str, Any]]:
-    """Per metric: mean/std/CI over the scored samples where the metric applies, overall and per
-    edit type. The bootstrap of (metric, group) is seeded from (seed, metric, group), so a metric's
-    CI does not depend on which other metrics were selected."""
+    """Per metric: mean/std/CI over the scored samples where the metric applies, overall, per
+    edit type and per difficulty bucket (``by_attribute``: attr_* column -> label -> summary, from
+    the records' ``attr_*`` fields; labels of no sample are left out). The bootstrap of (metric,
+    group) is seeded from (seed, metric, group), so a metric's CI does not depend on which other
+    metrics were selected."""
+    from refcoco_edit.difficulty import BUCKETS
+
     ok = [r for r in records if r["status"] == "ok"]
     edit_types = sorted({str(r.get("edit_type")) for r in ok})
+    attrs = [a for a in BUCKETS if any(r.get(a) is not None for r in ok)]
     out: Dict[str, Dict[str, Any]] = {}
     for name in names:
         vals = np.array([r["metrics"].get(name, math.nan) for r in ok], dtype=np.float64)
@@ -62,5 +67,14 @@ def aggregate(records: Sequence[Dict[str, Any]], names: Sequence[str], seed: int
             sel = np.array([str(r.get("edit_type")) == et for r in ok], dtype=bool) & finite
             by_type[et] = _summary(vals[sel], derive_seed(seed, "bootstrap", name, et), resamples)
         entry["by_edit_type"] = by_type
+        by_attr: Dict[str, Dict[str, Any]] = {}
+        for attr in attrs:
+            cells = {}
+            for label in sorted({r.get(attr) for r in ok if r.get(attr) is not None}):
+                sel = np.array([r.get(attr) == label for r in ok], dtype=bool) & finite
+                cells[label] = _summary(vals[sel], derive_seed(seed, "bootstrap", name, attr, label), resamples)
+            if cells:
+                by_attr[attr] = cells
+        entry["by_attribute"] = by_attr
         out[name] = entry
     return out

@@ -30,6 +30,10 @@ class ScoreConfig:
     seed: int = setting(0, "seed of editor seeds and bootstrap (default: 0)")
     status: str = setting("all", "all samples or reviewed-accepted only", choices=("all", "accepted"))
     limit: Optional[int] = setting(None, "score only the first N samples (by sample_id)")
+    subset: Optional[str] = setting(
+        None, "score only the samples whose difficulty attributes match EXPR, e.g. \"n_distractors >= 2 and "
+              "size_class == 'small'\" or \"'location' in expression_kinds\" (recorded in results.json)",
+        metavar="EXPR")
     batch_size: Optional[int] = setting(None, "editor batch size (default: the editor's)", runtime=True)
     editor_args: Dict[str, Any] = setting(
         {}, "editor constructor option (repeatable), e.g. --editor-arg protocol=gt_mask for dir:; in YAML a "

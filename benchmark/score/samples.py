@@ -23,6 +23,8 @@ __all__ = ["new_record", "score_item", "score_models", "write_thumbnails"]
 
 def new_record(item: Item) -> Dict[str, Any]:
     """A sample's record before scoring: its data fields, status ok and no metrics."""
+    from refcoco_edit.difficulty import buckets
+
     s = item.sample
     return {
         "sample_id": s.sample_id, "split": s.split, "image_id": s.image_id, "category": s.category,
@@ -30,6 +32,7 @@ def new_record(item: Item) -> Dict[str, Any]:
         "edit_span": list(s.edit_span), "seed": item.seed,
         "n_distractors": len(s.distractor_masks), "status": "ok", "reason": None, "error": None,
         "resized": False, "output": None, "height": None, "width": None, "metrics": {},
+        **buckets(s.difficulty),  # attr_*: the difficulty buckets the breakdowns group by
     }
 
 

@@ -418,6 +418,10 @@ def test_report_includes_the_study(label_studio, flow, monkeypatch, tmp_path):  
     comp = json.loads((tmp_path / "rep" / "comparison.json").read_text())
     assert [m["in_report"] for m in comp["study"]["methods"]] == [True, True, False]
     assert comp["study"]["table"]["m1"]["quality"]["n"] > 0
+    # the ratings by difficulty bucket, joined on sample_id with the runs' attr_* columns
+    by = comp["study"]["by_attribute"]["quality"]["m1"]["attr_distractors"]
+    assert by and sum(c["n"] for c in by.values()) == comp["study"]["table"]["m1"]["quality"]["n"]
+    assert "Human ratings by difficulty" in md and "quality: distractors" in md
     code, out, err = run_cli(monkeypatch, ["report", str(runs[0]), "--study", str(tmp_path), "--out",
                                            str(tmp_path / "rep2")], "")
     assert code == 2 and "study.json" in err

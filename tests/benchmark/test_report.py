@@ -63,7 +63,8 @@ def test_results_json_follows_its_schema(runs):
     for key in ("oracle", "hostile"):
         doc = json.loads((runs[key].out / "results.json").read_text())
         assert schema_errors(doc) == []
-        assert doc["results_schema_version"] == "1.0"
+        assert doc["results_schema_version"] == "1.1"
+        assert doc["metrics"]["l2_bg"]["by_attribute"]["attr_distractors"]  # the difficulty breakdowns
         cfg = doc["config"]
         assert set(cfg["models"]) == {"clip_model", "aesthetic_weights", "dino_model", "lpips_weights"}
         assert cfg["image_size"] and cfg["crop_rule"] and cfg["mask_protocol"]["background"]
@@ -72,6 +73,27 @@ def test_results_json_follows_its_schema(runs):
     import jsonschema
 
     jsonschema.validate(json.loads((runs["oracle"].out / "results.json").read_text()), RESULTS_SCHEMA)
+
+
+def test_a_results_json_of_schema_1_0_is_still_read(runs, tmp_path):
+    """1.1 added by_attribute and data.subset; a 1.0 document (without them) is read and reported."""
+    import shutil
+
+    from refcoco_edit.benchmark.report import load_run
+
+    old = tmp_path / "old"
+    shutil.copytree(runs["oracle"].out, old)
+    doc = json.loads((old / "results.json").read_text())
+    doc["results_schema_version"] = "1.0"
+    del doc["data"]["subset"]
+    for m in doc["metrics"].values():
+        del m["by_attribute"]
+    (old / "results.json").write_text(json.dumps(doc))
+    assert load_run(old)["results_schema_version"] == "1.0"
+    doc["results_schema_version"] = "0.9"
+    (old / "results.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="results schema version '0.9', this refcoco-edit reads 1.0, 1.1"):
+        load_run(old)
 
 
 def test_schema_catches_bad_documents(runs):
@@ -133,7 +155,7 @@ def test_gallery_links_resolve(runs):
 
 def test_plots_are_pngs(runs):
     plots = sorted((runs["oracle"].out / "plots").glob("*.png"))
-    assert [p.name for p in plots] == ["by_edit_type.png", "distributions.png"]
+    assert [p.name for p in plots] == ["by_difficulty.png", "by_edit_type.png", "distributions.png"]
     for p in plots:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
 
@@ -154,7 +176,7 @@ def test_report_puts_runs_side_by_side(runs, tmp_path):
     for s in re.findall(r'src="([^"]+)"', page):
         assert (out / unquote(s)).is_file(), s
     assert page.count("<th>") == 6  # sample, prompt, source, reference, two runs
-    assert sorted(p.name for p in (out / "plots").glob("*.png")) == ["by_edit_type.png", "distributions.png"]
+    assert sorted(p.name for p in (out / "plots").glob("*.png")) == ["by_difficulty.png", "by_edit_type.png", "distributions.png"]
 
 
 def test_report_warns_about_different_sample_sets(runs, tmp_path):

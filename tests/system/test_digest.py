@@ -55,6 +55,21 @@ PRESERVATION_BEST = {"l2_bg": 0.0, "mse_bg": 0.0, "psnr_bg": 100.0, "ssim_bg": 1
                      "others_preservation": 1.0, "change_others_max": 0.0, "change_others_mean": 0.0}
 
 
+def test_every_demo_sample_carries_its_difficulty_attributes(demo_runs):
+    """Issue 27: the attributes are present for every sample of the demo build (none unknown), and
+    their counts are in the dataset card."""
+    from refcoco_edit.difficulty import BUCKETS, counts
+    from refcoco_edit.export import load_export
+
+    export = demo_runs[0] / "work" / "export"
+    rows = load_export(export).to_pylist()
+    assert len(rows) == 96 and all(r["difficulty"] and None not in r["difficulty"].values() for r in rows)
+    card = (export / "README.md").read_text()
+    for attr, cells in counts(rows).items():
+        assert attr in BUCKETS and "unknown" not in cells
+        assert f"| {attr[len('attr_'):]} | " + ", ".join(f"{k}: {v}" for k, v in cells.items()) + " |" in card
+
+
 def test_the_oracle_scores_the_best_preservation_value_on_every_sample(demo_runs):
     """Issue 27: a perfect editor gets every preservation metric's best value exactly, on every demo
     sample (NaN only where a metric does not apply: no distractor, no other object). ssim_bg got
