@@ -31,7 +31,7 @@ from refcoco_edit.pipelines.classical import box_slices, finish_output, inpaint,
 from refcoco_edit.pipelines.masks import dilate, edit_mask, erode, feather_alpha
 from refcoco_edit.vocab import COLOURS, MATERIALS
 
-__all__ = ["Recolor"]
+__all__ = ["Recolor", "ciede2000", "rgb_to_lab"]
 
 _ALIASES = {"grey": "gray", "wood": "wooden", "metal": "metallic", "gold": "golden", "marbled": "marble"}
 
@@ -48,6 +48,53 @@ def _rgb_to_lab(rgb_u8: np.ndarray) -> np.ndarray:
 def _lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     rgb = cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_Lab2RGB)
     return np.clip(rgb * 255.0, 0, 255)
+
+
+def ciede2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
+    """CIEDE2000 colour difference (k_L = k_C = k_H = 1) between CIELAB arrays of shape (..., 3).
+
+    The formula as written out by Sharma, Wu & Dalal (2005), "The CIEDE2000 Color-Difference
+    Formula: Implementation Notes, Supplementary Test Data, and Mathematical Observations"
+    (eqs. 1-22), including their conventions for the mean hue and the hue difference when the
+    hues lie more than 180 degrees apart or a chroma is 0; float64 throughout.
+    """
+    lab1 = np.asarray(lab1, np.float64)
+    lab2 = np.asarray(lab2, np.float64)
+    L1, a1, b1 = lab1[..., 0], lab1[..., 1], lab1[..., 2]
+    L2, a2, b2 = lab2[..., 0], lab2[..., 1], lab2[..., 2]
+    c_bar7 = ((np.hypot(a1, b1) + np.hypot(a2, b2)) / 2.0) ** 7
+    G = 0.5 * (1.0 - np.sqrt(c_bar7 / (c_bar7 + 25.0 ** 7)))
+    a1p, a2p = (1.0 + G) * a1, (1.0 + G) * a2
+    C1p, C2p = np.hypot(a1p, b1), np.hypot(a2p, b2)
+    h1p = np.degrees(np.arctan2(b1, a1p)) % 360.0
+    h2p = np.degrees(np.arctan2(b2, a2p)) % 360.0
+    zero = (C1p * C2p) == 0
+    dh = h2p - h1p
+    dh = np.where(dh > 180.0, dh - 360.0, np.where(dh < -180.0, dh + 360.0, dh))
+    dh = np.where(zero, 0.0, dh)
+    dL, dC = L2 - L1, C2p - C1p
+    dH = 2.0 * np.sqrt(C1p * C2p) * np.sin(np.radians(dh / 2.0))
+    L_bar, C_bar = (L1 + L2) / 2.0, (C1p + C2p) / 2.0
+    hsum = h1p + h2p
+    h_bar = np.where(np.abs(h1p - h2p) <= 180.0, hsum / 2.0,
+                     np.where(hsum < 360.0, (hsum + 360.0) / 2.0, (hsum - 360.0) / 2.0))
+    h_bar = np.where(zero, hsum, h_bar)
+    T = (1.0 - 0.17 * np.cos(np.radians(h_bar - 30.0)) + 0.24 * np.cos(np.radians(2.0 * h_bar))
+         + 0.32 * np.cos(np.radians(3.0 * h_bar + 6.0)) - 0.20 * np.cos(np.radians(4.0 * h_bar - 63.0)))
+    d_theta = 30.0 * np.exp(-(((h_bar - 275.0) / 25.0) ** 2))
+    C_bar7 = C_bar ** 7
+    R_C = 2.0 * np.sqrt(C_bar7 / (C_bar7 + 25.0 ** 7))
+    S_L = 1.0 + 0.015 * (L_bar - 50.0) ** 2 / np.sqrt(20.0 + (L_bar - 50.0) ** 2)
+    S_C = 1.0 + 0.045 * C_bar
+    S_H = 1.0 + 0.015 * C_bar * T
+    R_T = -np.sin(np.radians(2.0 * d_theta)) * R_C
+    tl, tc, th = dL / S_L, dC / S_C, dH / S_H
+    return np.sqrt(np.maximum(tl * tl + tc * tc + th * th + R_T * tc * th, 0.0))
+
+
+def rgb_to_lab(rgb_u8: np.ndarray) -> np.ndarray:
+    """sRGB uint8 (..., 3) -> CIELAB (D65; L in [0, 100]), float32."""
+    return _rgb_to_lab(np.asarray(rgb_u8))
 
 
 def _value_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.ndarray:

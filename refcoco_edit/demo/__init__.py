@@ -38,6 +38,9 @@ first N images are the same whatever ``num_images`` is, and two runs give byte-i
 ``render_clean_plate(ann_id, seed)`` re-renders an object's image without that object and its
 shadows (same streams, same noise): the ground truth of its removal, made on demand so that the
 files on disk never change for it (``perf/bench_removal.py`` scores removers against it).
+``render_attribute_plate(ann_id, target, seed)`` re-renders it with that object in another colour
+or material under the same light (every other pixel as in the image): the ground truth of its
+attribute edit (``perf/bench_recolor.py`` scores the recolouring against it).
 
 Modules, by concern (the API is this package's ``__all__``; the modules are internal)::
 
@@ -47,15 +50,16 @@ Modules, by concern (the API is this package's ``__all__``; the modules are inte
     objects.py   one renderer per drawable category
     backdrop.py  wall and table, the shelf of books, lighting, shadows, camera
     grammar.py   the referring-expression grammar of RefCOCO, RefCOCO+ and RefCOCOg
-    image.py     one image: render, annotate (polygons, crowd RLE), describe; clean plates
+    image.py     one image: render, annotate (polygons, crowd RLE), describe; clean and attribute plates
+    plates.py    attribute plates: an object's look in another colour or material
     writer.py    write_demo / ensure_demo: instances.json, refs(*).p, images, the done-marker
 """
 from __future__ import annotations
 
 from .grammar import LOCATION_WORDS
 from .layout import DEFAULT_NUM_IMAGES, DEMO_VERSION, MARKER_NAME
-from .image import render_clean_plate
+from .image import render_attribute_plate, render_attribute_plates, render_clean_plate
 from .writer import ensure_demo, write_demo
 
 __all__ = ["DEFAULT_NUM_IMAGES", "DEMO_VERSION", "MARKER_NAME", "LOCATION_WORDS", "write_demo", "ensure_demo",
-           "render_clean_plate"]
+           "render_clean_plate", "render_attribute_plate", "render_attribute_plates"]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from io import BytesIO
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -11,6 +11,7 @@ from .backdrop import background, camera, light_field, shadow_factor, shelf
 from .grammar import Phrases, choose, refcoco_candidates, refcoco_plus_candidates, refcocog_candidates, sentence
 from .layout import CAT_IDS, DATASETS, FIRST_IMAGE_ID, JPEG_QUALITY, SENT_ID_BASE
 from .objects import render_object
+from .plates import Look, attribute_looks
 from .scene import Obj, Scene, plan
 from .shapes import unit3
 
@@ -60,13 +61,38 @@ def _paint(seed: int, index: int, omit: Optional[int] = None) -> Tuple[Scene, np
     is consumed exactly as in the full scene) but neither painted nor shadowed: the *clean plate*
     of that object. With ``omit=None`` the pixels are those of :func:`make_image`.
     """
+    st = _stage(seed, index, omit)
+    _composite(st.img, st.draw, st.wb, st.lf)
+    return st.scene, camera(st.img, st.rng), st.books
+
+
+class _Staged(NamedTuple):
+    """A scene rendered up to the objects' compositing: what :func:`_paint` and the attribute
+    plates share (``state``: the rendering stream's state before object ``keep``'s render)."""
+
+    scene: Scene
+    rng: np.random.Generator
+    light: Tuple[float, float, float]
+    img: np.ndarray
+    wb: np.ndarray
+    lf: np.ndarray
+    books: Optional[np.ndarray]
+    draw: List[Obj]
+    state: Optional[Dict[str, Any]]
+
+
+def _stage(seed: int, index: int, omit: Optional[int] = None, keep: Optional[int] = None) -> _Staged:
+    """Plan scene ``index``, render its objects, backdrop, shadows and light (see :func:`_paint`)."""
     scene = plan(seed, index)
     rrng = np.random.default_rng([seed, index, 1])   # rendering stream
     light = unit3(0.55 * scene.side, -0.7, 0.55)
     tone, colours = background(scene, rrng)
     wb = (1.0 + np.asarray((1.0, 0.0, -1.0), np.float32) * rrng.uniform(-0.035, 0.05)).astype(np.float32)
     colours *= wb
-    for o in scene.objs:
+    state = None
+    for k, o in enumerate(scene.objs):
+        if k == keep:
+            state = rrng.bit_generator.state
         render_object(o, rrng, light, scene.side)
     shown = [o for k, o in enumerate(scene.objs) if k != omit]
     lf = light_field(scene, rrng)
@@ -74,11 +100,24 @@ def _paint(seed: int, index: int, omit: Optional[int] = None) -> Tuple[Scene, np
     tone *= lf
     img = tone[..., None] * colours[:, None, :]
     books = shelf(scene, img, rrng, lf) if scene.shelf else None
-    for o in sorted(shown, key=lambda a: (a.base, a.cx)):
+    draw = sorted(shown, key=lambda a: (a.base, a.cx))
+    return _Staged(scene, rrng, light, img, wb, lf, books, draw, state)
+
+
+def _composite(img: np.ndarray, draw: List[Obj], wb: np.ndarray, lf: np.ndarray,
+               looks: Optional[Dict[int, Look]] = None) -> None:
+    """Paint the objects back to front into ``img`` (in place); ``looks``: another appearance
+    of an object's crop (by ``id``), or a function of the lit-normalised pixels behind it."""
+    for o in draw:
         ys, xs = slice(o.y0, o.y0 + o.alpha.shape[0]), slice(o.x0, o.x0 + o.alpha.shape[1])
         a = o.alpha[..., None]
-        img[ys, xs] = (o.rgb * wb) * (lf[ys, xs, None] * a) + img[ys, xs] * (1 - a)
-    return scene, camera(img, rrng), books
+        rgb = o.rgb
+        if looks is not None and id(o) in looks:
+            rgb = looks[id(o)]
+            if callable(rgb):
+                rgb = rgb(img[ys, xs] / np.maximum(wb * lf[ys, xs, None], np.float32(1e-4)))
+            rgb = np.clip(rgb, 0.0, 1.0).astype(np.float32)
+        img[ys, xs] = (rgb * wb) * (lf[ys, xs, None] * a) + img[ys, xs] * (1 - a)
 
 
 def _annotate(scene: Scene, books: Optional[np.ndarray], image_id: int) -> List[Dict[str, Any]]:
@@ -126,6 +165,30 @@ def _jpeg(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _locate(ann_id: int, seed: int) -> Tuple[int, int]:
+    """(scene index, position in its ``scene.objs``) of demo annotation ``ann_id`` (ValueError if none)."""
+    image_id, pos = divmod(int(ann_id), 100)
+    index = image_id - FIRST_IMAGE_ID
+    if index < 0 or pos >= 90:
+        raise ValueError(f"{ann_id} is not the annotation id of a demo object")
+    scene, _, books = _paint(seed, index)
+    objs = list(scene.objs)
+    _annotate(scene, books, image_id)
+    hit = [k for k, o in enumerate(objs) if o.ann is not None and o.ann["id"] == int(ann_id)]
+    if not hit:
+        raise ValueError(f"demo image {image_id} (seed {seed}) has no object with annotation id {ann_id}")
+    return index, hit[0]
+
+
+def _finish(pixels: np.ndarray, jpeg: bool) -> np.ndarray:
+    """The camera's pixels, or (``jpeg``) the same through the demo's JPEG encoding and decoder."""
+    if not jpeg:
+        return pixels
+    from ..imageio import decode_image_bytes
+
+    return decode_image_bytes(_jpeg(pixels))
+
+
 def render_clean_plate(ann_id: int, seed: int = 0, jpeg: bool = True) -> np.ndarray:
     """The demo image of annotation ``ann_id`` as it would look without that object: the same
     seeded scene re-rendered with the object (and its cast and contact shadows) left out.
@@ -137,22 +200,41 @@ def render_clean_plate(ann_id: int, seed: int = 0, jpeg: bool = True) -> np.ndar
     the camera's pixels before compression. ``ann_id`` must be a non-crowd annotation of a demo
     image of this ``seed`` (ValueError otherwise).
     """
-    image_id, pos = divmod(int(ann_id), 100)
-    index = image_id - FIRST_IMAGE_ID
-    if index < 0 or pos >= 90:
-        raise ValueError(f"{ann_id} is not the annotation id of a demo object")
-    scene, _, books = _paint(seed, index)
-    objs = list(scene.objs)
-    _annotate(scene, books, image_id)
-    hit = [k for k, o in enumerate(objs) if o.ann is not None and o.ann["id"] == int(ann_id)]
-    if not hit:
-        raise ValueError(f"demo image {image_id} (seed {seed}) has no object with annotation id {ann_id}")
-    _, pixels, _ = _paint(seed, index, omit=hit[0])
-    if not jpeg:
-        return pixels
-    from ..imageio import decode_image_bytes
+    index, pos = _locate(ann_id, seed)
+    _, pixels, _ = _paint(seed, index, omit=pos)
+    return _finish(pixels, jpeg)
 
-    return decode_image_bytes(_jpeg(pixels))
+
+def render_attribute_plates(ann_id: int, targets: Sequence[str], seed: int = 0,
+                            jpeg: bool = True) -> Dict[str, np.ndarray]:
+    """The demo image of annotation ``ann_id`` with that object in each target colour or
+    material (``vocab.COLOURS`` / ``vocab.MATERIALS``), under the same light: the ground truth
+    of its attribute edits (``demo.plates`` says how each is drawn).
+
+    Only the object's own pixels (its visible part and its 1-px soft edge) differ from the image
+    :func:`write_demo` writes, before the camera's 0.6-px lens blur: the scene's random streams
+    are consumed exactly as for that image. ``jpeg`` as for :func:`render_clean_plate`; one
+    scene render serves every target.
+    """
+    index, pos = _locate(ann_id, seed)
+    st = _stage(seed, index, keep=pos)
+    o = st.scene.objs[pos]
+    looks = attribute_looks(o, st.state, st.light, st.scene.side, list(targets), (seed, index, 3, pos))
+    cam = st.rng.bit_generator.state
+    out: Dict[str, np.ndarray] = {}
+    for t, look in looks.items():
+        img = st.img.copy()
+        _composite(img, st.draw, st.wb, st.lf, {id(o): look})
+        rng = np.random.Generator(np.random.PCG64())
+        rng.bit_generator.state = cam
+        out[t] = _finish(camera(img, rng), jpeg)
+    return out
+
+
+def render_attribute_plate(ann_id: int, target: str, seed: int = 0, jpeg: bool = True) -> np.ndarray:
+    """The demo image of annotation ``ann_id`` with that object in colour or material ``target``
+    (one of ``vocab.COLOURS`` or ``vocab.MATERIALS``): see :func:`render_attribute_plates`."""
+    return render_attribute_plates(ann_id, [target], seed, jpeg)[target]
 
 
 def make_image(seed: int, index: int) -> Tuple[bytes, Dict[str, Any], List[Dict[str, Any]], Dict[str, List[Dict[str, Any]]]]:

@@ -45,7 +45,7 @@ def _r_cup(o: Obj, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, lig
     cx = PAD + (R if hs > 0 else w - R)
     ry = 0.26 * R
     yc, y_bot = PAD + ry, PAD + h
-    alb = rgb(o.colour, rng)
+    alb = rgb(o.colour, rng, albedo=o.albedo)
     # handle (behind the body): a thick ring shaded as a tube
     hmask = np.zeros(xx.shape, np.uint8)
     th = max(2, int(round(0.17 * R)))
@@ -86,7 +86,7 @@ def _r_bottle(o: Obj, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, 
     cx, y_top, y_bot = PAD + w / 2, PAD + 1.0, PAD + h
     mask, n, t = lathe(xx, yy, cx, y_top, y_bot, (0, 0.5, 0.62, 0.72, 0.89, 0.895, 1.0),
                         (1.0, 1.0, 0.8, 0.37, 0.35, 0.42, 0.42), R, foot=0.22)
-    glass = rgb(o.colour, rng) * (0.78 if o.colour != "white" else 0.95)
+    glass = rgb(o.colour, rng, albedo=o.albedo) * (0.78 if o.colour != "white" or o.albedo is not None else 0.95)
     alb = np.broadcast_to(glass, xx.shape + (3,)).copy()
     cap = t >= 0.895
     alb[cap] = np.asarray(pick(rng, ((0.85, 0.7, 0.2), (0.9, 0.9, 0.9), (0.15, 0.15, 0.15), (0.75, 0.1, 0.1))),
@@ -113,7 +113,7 @@ def _r_vase(o: Obj, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, li
     yc = PAD + ry
     mask, n, t = lathe(xx, yy, cx, yc, y_bot, (0, 0.08, 0.35, 0.62, 0.82, 0.92, 1.0),
                         (0.55, 0.78, 1.0, 0.82, 0.4, 0.42, 0.56), R, foot=0.2)
-    base = rgb(o.colour, rng)
+    base = rgb(o.colour, rng, albedo=o.albedo)
     alb = np.broadcast_to(base, xx.shape + (3,)).copy()
     if o.pattern == "striped":
         band = ((t > 0.25) & (t < 0.31)) | ((t > 0.55) & (t < 0.6))
@@ -134,7 +134,7 @@ def _r_bowl(o: Obj, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, li
     yc = PAD + ry
     mask, n, t = lathe(xx, yy, cx, yc, y_bot, (0, 0.1, 0.12, 0.3, 0.6, 0.85, 1.0),
                         (0.4, 0.4, 0.5, 0.76, 0.93, 0.99, 1.0), R, foot=0.25)
-    base = rgb(o.colour, rng)
+    base = rgb(o.colour, rng, albedo=o.albedo)
     col = shade(base, n, light, spec=0.5, shin=40)
     outer, inner = opening(xx, yy, cx, yc, R, ry, max(1.5, 0.045 * R))
     col[outer & ~inner] = np.clip(base * 1.06 + 0.05, 0, 1)
@@ -167,7 +167,7 @@ def _r_ball(o: Obj, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, li
     d = o.w
     r = d / 2
     mask, _, _, n = _sphere_like(o, rng, xx, yy, [(PAD + r, PAD + r, r, r, 0.0, 0.0)])
-    base = rgb(o.colour, rng)
+    base = rgb(o.colour, rng, albedo=o.albedo)
     alb = np.broadcast_to(base, xx.shape + (3,)).copy()
     ax, ay, az = unit3(*rng.normal(0, 1, 3).astype(np.float32) * np.asarray((0.4, 1.0, 0.4), np.float32))
     dot = n[0] * ax + n[1] * ay + n[2] * az
@@ -184,7 +184,9 @@ def _r_orange(o: Obj, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, 
     rx, ry = o.w / 2, o.h / 2
     cx, cy = PAD + rx, PAD + ry
     mask, _, _, n = _sphere_like(o, rng, xx, yy, [(cx, cy, rx, ry, 0.0, 0.0)], noise=0.5)
-    base = rgb("orange", rng, (240, 130, 20)) * np.asarray((1.0, 0.92, 0.8), np.float32)
+    base = rgb("orange", rng, (240, 130, 20), albedo=o.albedo)
+    if o.albedo is None:  # the orange peel's own tint
+        base = base * np.asarray((1.0, 0.92, 0.8), np.float32)
     alb = base * (1 + 0.05 * fine_noise(rng, xx.shape, 2.0))[..., None]
     col = shade(alb, n, light, spec=0.22, shin=14)
     cv2.circle(col, (int(round(cx + 0.05 * rx)), int(round(cy - 0.72 * ry))), max(1, int(0.07 * rx)),
@@ -204,9 +206,11 @@ def _r_apple(o: Obj, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, l
     dip = np.exp(-(((xx - cx) / (0.08 * h)) ** 2 + ((yy - y(0.2)) / (0.06 * h)) ** 2))
     hmap = (hmap - 0.12 * h * dip) * mask
     n = height_normals(hmap)
-    base = rgb(o.colour, rng)
+    base = rgb(o.colour, rng, albedo=o.albedo)
     blush = np.asarray({"red": (0.85, 0.62, 0.2), "green": (0.75, 0.78, 0.25),
                         "yellow": (0.85, 0.55, 0.2)}.get(o.colour or "", (0.8, 0.6, 0.2)), np.float32)
+    if o.albedo is not None:  # a plate: streaks of a deeper shade of the new colour
+        blush = base * np.float32(0.8)
     streak = cv2.resize(rng.standard_normal((3, 12), dtype=np.float32), (xx.shape[1], xx.shape[0]),
                         interpolation=cv2.INTER_CUBIC)
     m = np.clip(0.25 + 0.25 * streak + 0.3 * (yy - y(0.5)) / h, 0, 0.7)[..., None]
@@ -246,7 +250,7 @@ def _r_donut(o: Obj, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, l
     n = height_normals(hmap * mask, 1.0)
     dough = np.asarray((0.82, 0.58, 0.32), np.float32) * rng.uniform(0.92, 1.05)
     icing = {"pink": (0.95, 0.52, 0.68), "brown": (0.3, 0.16, 0.08), "white": (0.96, 0.94, 0.9)}
-    ic = np.asarray(icing.get(o.colour or "", (0.95, 0.52, 0.68)), np.float32)
+    ic = np.asarray(icing.get(o.colour or "", (0.95, 0.52, 0.68)) if o.albedo is None else o.albedo, np.float32)
     alb = np.broadcast_to(dough, xx.shape + (3,)).copy()
     alb *= (1 - 0.25 * np.clip(np.abs(2 * s - 1) - 0.6, 0, 1) * 2.5)[..., None]  # browner crust at the sides
     alb[frost] = ic
@@ -277,7 +281,7 @@ def _r_book(o: Obj, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, li
     cl = PAD + (0 if pages_right else sw)
     cr = cl + (w - sw)
     ct, cb = PAD + top, PAD + h
-    base = rgb(o.colour, rng)
+    base = rgb(o.colour, rng, albedo=o.albedo)
     mask = np.zeros(xx.shape, np.uint8)
     col = np.zeros(xx.shape + (3,), np.float32)
     # front cover with a slight gradient towards the light and a title label
@@ -342,8 +346,8 @@ def _r_teddy(o: Obj, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, l
     mask = idx >= 0
     fur = fine_noise(rng, hmap.shape, 0.7)
     n = height_normals(hmap + 0.6 * fur * mask, 1.0)
-    base = rgb(o.colour, rng)
-    if o.colour == "brown":
+    base = rgb(o.colour, rng, albedo=o.albedo)
+    if o.colour == "brown" and o.albedo is None:
         base = np.clip(base * 1.35, 0, 1)
     light_c = np.clip(base * 0.55 + 0.42, 0, 1)
     alb = np.broadcast_to(base, xx.shape + (3,)).copy()

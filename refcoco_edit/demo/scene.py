@@ -66,6 +66,7 @@ class Obj:
     full_area: float = 0.0
     vis_area: float = 0.0
     ann: Optional[Dict[str, Any]] = None
+    albedo: Optional[np.ndarray] = None  # an attribute plate's base albedo (float RGB) instead of ``colour``'s
 
     @property
     def x_lo(self) -> float:

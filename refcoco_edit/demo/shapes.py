@@ -98,9 +98,17 @@ def opening(xx: np.ndarray, yy: np.ndarray, cx: float, yc: float, rx: float, ry:
     return outer, inner
 
 
-def rgb(name: Optional[str], rng: np.random.Generator, default: Tuple[int, int, int] = (235, 125, 25)) -> np.ndarray:
-    """The float albedo of colour ``name`` (``default`` when None), with a little brightness jitter."""
-    base = np.asarray(COLOURS[name] if name else default, np.float32) / 255.0
+def rgb(name: Optional[str], rng: np.random.Generator, default: Tuple[int, int, int] = (235, 125, 25),
+        albedo: Optional[np.ndarray] = None) -> np.ndarray:
+    """The float albedo of colour ``name`` (``default`` when None), with a little brightness jitter.
+
+    ``albedo``: a float RGB in [0, 1] used instead of the colour (an attribute plate's render);
+    the jitter is drawn all the same, so the random stream advances as for the colour.
+    """
+    if albedo is not None:
+        base = np.asarray(albedo, np.float32)
+    else:
+        base = np.asarray(COLOURS[name] if name else default, np.float32) / 255.0
     # brightness varies, hue barely: a "white" cup must not turn lavender
     jitter = rng.uniform(0.93, 1.05) * rng.uniform(0.985, 1.015, 3)
     return np.clip(base * jitter.astype(np.float32), 0.02, 0.97)
