@@ -102,7 +102,10 @@ def is_final(review: Optional[Dict[str, Any]]) -> bool:
 
 def select_samples(rows: Sequence[Dict[str, Any]], reviews: Dict[str, Dict[str, Any]],
                    samples: Optional[Sequence[str]] = None, pending_only: bool = False) -> List[Dict[str, Any]]:
-    """The samples to push: all, a subset by id, and/or those without a settled review."""
+    """The samples to push: all, a subset by id, and/or those without a settled review; the ones
+    whose referred object's annotation overlaps another object's (a candidate's audit says
+    ``review_first``) first, each group in workspace order, so that Label Studio (which lists
+    tasks in import order) shows them to reviewers first."""
     out = list(rows)
     if samples:
         known = {r["sample_id"] for r in rows}
@@ -113,7 +116,21 @@ def select_samples(rows: Sequence[Dict[str, Any]], reviews: Dict[str, Dict[str, 
         out = [r for r in out if r["sample_id"] in wanted]
     if pending_only:
         out = [r for r in out if not is_final(reviews.get(r["sample_id"]))]
-    return out
+    return sorted(out, key=lambda r: not review_first(r))  # stable: order kept within each group
+
+
+def review_first(row: Dict[str, Any]) -> bool:
+    """Whether a sample's candidates' audit put it at the front of the review queue (its object's
+    annotation overlaps another's: ``pipelines.filters.audit_other_objects`` ``review_first``)."""
+    for c in row.get("candidates") or []:
+        text = (c or {}).get("filter_scores") or ""
+        if "review_first" in text:
+            try:
+                if int(json.loads(text).get("review_first", 0) or 0) > 0:
+                    return True
+            except (ValueError, TypeError, AttributeError):
+                continue
+    return False
 
 
 def decode_rgb(data: bytes) -> np.ndarray:

@@ -217,13 +217,10 @@ class AuditConfig:
 
 def other_object_changes(source: np.ndarray, edited: np.ndarray, target_mask: np.ndarray,
                          other_masks: Sequence[np.ndarray], pixel_threshold: int = 8) -> List[float]:
-    """Per other object: the share of its pixels (its mask less the target's, ``base.
-    protected_region``'s layer rule) whose largest per-channel change exceeds
-    ``pixel_threshold``; NaN for an object with no pixel left."""
-    if source.shape != edited.shape:
-        raise ValueError(f"source {source.shape} and edited {edited.shape} differ in shape")
-    diff = np.abs(source.astype(np.int16) - edited.astype(np.int16))
-    changed = (diff.max(axis=2) if diff.ndim == 3 else diff) > int(pixel_threshold)
+    """Per other object: the share of its own pixels (its mask less the target's: the pixels
+    neither annotation shares) whose largest per-channel change exceeds ``pixel_threshold``; NaN
+    for an object with no pixel left. Shared pixels are counted apart (``shared_pixel_changes``)."""
+    changed = _changed(source, edited, pixel_threshold)
     target = np.asarray(target_mask).astype(bool)
     out: List[float] = []
     for m in other_masks:
@@ -233,15 +230,58 @@ def other_object_changes(source: np.ndarray, edited: np.ndarray, target_mask: np
     return out
 
 
+def _changed(source: np.ndarray, edited: np.ndarray, pixel_threshold: int) -> np.ndarray:
+    if source.shape != edited.shape:
+        raise ValueError(f"source {source.shape} and edited {edited.shape} differ in shape")
+    diff = np.abs(source.astype(np.int16) - edited.astype(np.int16))
+    return (diff.max(axis=2) if diff.ndim == 3 else diff) > int(pixel_threshold)
+
+
+def shared_pixel_changes(source: np.ndarray, edited: np.ndarray, target_mask: np.ndarray,
+                         other_masks: Sequence[np.ndarray], pixel_threshold: int = 8) -> Dict[str, Any]:
+    """The pixels the target's annotation shares with other objects', counted apart:
+    ``shared_px`` (all of them), ``shared_changed`` (those that changed), and per other object
+    ``front_share`` (None where it shares none or is judged behind the target, ``base.in_front``;
+    else the changed share of the pixels it shares: those are its, and the edit must keep them)."""
+    from refcoco_edit.pipelines.base import in_front
+
+    changed = _changed(source, edited, pixel_threshold)
+    target = np.asarray(target_mask).astype(bool)
+    shared = np.zeros(target.shape, bool)
+    front: List[Optional[float]] = []
+    for m in other_masks:
+        m = np.asarray(m).astype(bool)
+        both = m & target
+        if both.any():
+            shared |= both
+        front.append(float((changed & both).sum()) / float(both.sum()) if both.any() and in_front(target, m) else None)
+    return {"shared_px": int(shared.sum()), "shared_changed": int((changed & shared).sum()), "front_share": front}
+
+
 def audit_other_objects(source: np.ndarray, edited: np.ndarray, target_mask: np.ndarray,
                         other_masks: Sequence[np.ndarray], config: AuditConfig = AuditConfig()) -> Dict[str, Any]:
-    """The audit of one candidate (JSON-ready, merged into its ``filter_scores``):
-    ``others_n`` objects checked, ``others_changed_max`` the largest changed share
-    (``other_object_changes``), ``others_damaged`` how many exceed ``config.max_changed``."""
-    shares = [v for v in other_object_changes(source, edited, target_mask, other_masks, config.pixel_threshold)
-              if not math.isnan(v)]
-    return {"others_n": len(shares), "others_changed_max": round(max(shares), 6) if shares else 0.0,
-            "others_damaged": sum(1 for v in shares if v > config.max_changed)}
+    """The audit of one candidate (JSON-ready, merged into its ``filter_scores``): ``others_n``
+    objects checked, ``others_changed_max`` the largest changed share of an object's pixels,
+    ``others_damaged`` how many exceed ``config.max_changed`` -- an object's pixels being its own
+    (``other_object_changes``) and, where the two annotations overlap and it is judged in front
+    (``base.in_front``), the shared ones (``shared_pixel_changes``). A target that overlaps another
+    annotation also gets its shared pixels counted apart (``others_shared_px``,
+    ``others_shared_changed``) and ``review_first`` 1: the sample goes to the front of the review
+    queue (``review push``), whatever the audit decided."""
+    own = other_object_changes(source, edited, target_mask, other_masks, config.pixel_threshold)
+    sh = shared_pixel_changes(source, edited, target_mask, other_masks, config.pixel_threshold)
+    shares = [max(v for v in (o, f) if v is not None and not math.isnan(v)) for o, f in zip(own, sh["front_share"])
+              if not (math.isnan(o) and f is None)]
+    out: Dict[str, Any] = {"others_n": len(shares), "others_changed_max": round(max(shares), 6) if shares else 0.0,
+                           "others_damaged": sum(1 for v in shares if v > config.max_changed)}
+    if sh["shared_px"]:
+        out.update(others_shared_px=sh["shared_px"], others_shared_changed=sh["shared_changed"], review_first=1)
+    return out
+
+
+def review_first(scores: Dict[str, Any]) -> bool:
+    """True for a candidate whose target overlaps another annotation (``audit_other_objects``)."""
+    return int(scores.get("review_first", 0) or 0) > 0
 
 
 def is_marked(scores: Dict[str, Any]) -> bool:

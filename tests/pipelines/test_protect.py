@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from refcoco_edit.pipelines.base import EditRequest, PipelineError, get_pipeline, protected_region
+from refcoco_edit.pipelines.base import EditRequest, PipelineError, get_pipeline, in_front, protected_region
 from refcoco_edit.pipelines.filters import AuditConfig, audit_other_objects, is_marked, other_object_changes
 
 H, W = 160, 200
@@ -93,13 +93,86 @@ def test_protected_region_layer_rule():
     img, bowl, (bottle, ball) = _scene()
     overlap = np.zeros((H, W), bool)
     overlap[95:100, 60:70] = True  # an annotation that claims some of the bowl's pixels too
+    # the small object (overlap + ball) is judged in front of the big bowl: the shared pixels are its
     req = _request("remove", "", [bottle, ball, overlap | ball], img, bowl | overlap)
-    region = protected_region(req)
-    assert np.array_equal(region, (bottle | ball) & ~(bowl | overlap))  # shared pixels are the source's
+    assert np.array_equal(protected_region(req), bottle | ball | overlap)
+    # edited the other way round, the bowl is behind: the pixels both claim are the small object's to edit
+    req = _request("remove", "", [bottle, bowl | overlap], img, overlap | ball)
+    assert np.array_equal(protected_region(req), (bottle | bowl) & ~(overlap | ball))
     assert protected_region(_request("remove", "", None, img, bowl)) is None
     assert protected_region(_request("remove", "", [], img, bowl)) is None
     with pytest.raises(PipelineError, match="does not match"):
         protected_region(_request("remove", "", [bottle[:10]], img, bowl))
+
+
+def test_in_front_rule():
+    big = np.zeros((100, 100), bool)
+    big[10:90, 10:60] = True
+    arm = np.zeros((100, 100), bool)
+    arm[40:46, 40:80] = True  # a small object reaching across the big one's outline
+    assert in_front(big, arm) and not in_front(arm, big)  # rule 1: the shared pixels are more of the arm
+    a = np.zeros((100, 100), bool)
+    a[10:50, 10:50] = True
+    b = np.zeros((100, 100), bool)
+    b[40:80, 40:80] = True  # same size, same share: b reaches lower in the frame, so it is nearer
+    assert in_front(a, b) and not in_front(b, a)
+    c = np.zeros((100, 100), bool)
+    c[40:80, 10:50] = True
+    d = np.zeros((100, 100), bool)
+    d[40:80, 40:80] = True  # same share, same bottom: the other object is in front either way
+    assert in_front(c, d) and in_front(d, c)
+    assert not in_front(a, np.zeros((100, 100), bool))  # nothing shared
+    dup = a.copy()
+    dup[49, 10:20] = False  # the same object annotated twice (IoU >= 0.9): the target's, never protected
+    assert not in_front(a, dup) and not in_front(dup, a)
+
+
+def _overlap_scene():
+    """A large grey-haired man whose outline also claims the pointing arm of a smaller bald man
+    standing in front of him (two overlapping annotations, as on the real photo of issue 25)."""
+    rng = np.random.default_rng(5)
+    img = np.clip(rng.normal(120, 6, (H, W, 3)), 0, 255)
+    back = np.zeros((H, W), np.uint8)
+    cv2.ellipse(back, (80, 90), (40, 60), 0, 0, 360, 1, -1)
+    front = np.zeros((H, W), np.uint8)
+    cv2.rectangle(front, (130, 40), (175, 150), 1, -1)
+    cv2.rectangle(front, (70, 80), (130, 90), 1, -1)  # the arm, reaching into the back man's outline
+    back, front = back.astype(bool), front.astype(bool)
+    img[back] = (90, 110, 160)
+    img[front] = (200, 170, 140)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), back, front
+
+
+@pytest.mark.parametrize("name,edit_type,target", CASES)
+def test_editing_the_back_object_keeps_the_front_objects_shared_pixels(name, edit_type, target):
+    img, back, front = _overlap_scene()
+    shared = back & front
+    assert shared.sum() > 0 and in_front(back, front)
+    out = get_pipeline(name)([_request(edit_type, target, [front], img, back)])[0]
+    assert np.array_equal(out.image[front], img[front])  # the arm is intact: no floating fingertip
+    assert not (out.edit_mask & shared).any()
+    a = audit_other_objects(img, out.image, back, [front])
+    assert a["others_damaged"] == 0 and a["others_shared_px"] == int(shared.sum()) and a["review_first"] == 1
+    assert a["others_shared_changed"] == 0
+    # without protection the arm is erased or recoloured: the audit counts it as damage of the front object
+    bad = get_pipeline(name, protect_others=False)([_request(edit_type, target, [front], img, back)])[0]
+    b = audit_other_objects(img, bad.image, back, [front])
+    assert b["others_damaged"] == 1 and b["others_shared_changed"] > 0 and b["review_first"] == 1
+    # editing the front man takes his arm with him: the pixels both claim are his
+    own = get_pipeline(name)([_request(edit_type, target, [back], img, front)])[0]
+    assert own.edit_mask[shared].all()
+
+
+def test_overlapping_samples_are_pushed_for_review_first():
+    import json
+
+    from refcoco_edit.annotation.push import select_samples
+
+    def row(sid, scores):
+        return {"sample_id": sid, "candidates": [{"filter_scores": json.dumps(scores)}]}
+
+    rows = [row("a", {"others_damaged": 0}), row("b", {"review_first": 1}), row("c", {}), row("d", {"review_first": 1})]
+    assert [r["sample_id"] for r in select_samples(rows, {})] == ["b", "d", "a", "c"]
 
 
 def test_other_object_changes_against_a_direct_count():
