@@ -45,17 +45,16 @@ WILCOXON_SETTINGS = {
 
 
 def mean_bootstrap_ci(x: np.ndarray, resamples: int, seed: int) -> Optional[List[float]]:
-    """Percentile bootstrap 95% CI of the mean of ``x`` (None when ``x`` is empty)."""
+    """Percentile bootstrap 95% CI of the mean of ``x`` (None when ``x`` is empty or
+    ``resamples`` is 0): the score run's own ``score.aggregate.bootstrap_ci``, so a leaderboard
+    row's CI and results.json's are computed the same way."""
+    from ..score.aggregate import bootstrap_ci
+
     x = np.asarray(x, dtype=np.float64)
-    n = x.shape[0]
-    if n == 0:
+    if x.shape[0] == 0 or resamples <= 0:
         return None
-    if resamples <= 0:
-        return None
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(int(resamples), n))
-    lo, hi = np.percentile(x[idx].mean(axis=1), PERCENTILES)
-    return [float(lo), float(hi)]
+    ci = bootstrap_ci(x, seed, int(resamples), CONFIDENCE)
+    return None if ci is None else [float(ci[0]), float(ci[1])]
 
 
 def paired_bootstrap_ci(d: np.ndarray, resamples: int, seed: int) -> Optional[List[float]]:
