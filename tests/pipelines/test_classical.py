@@ -556,3 +556,121 @@ def test_fitting_exemplar_fills_the_region():
     x, y, w, h = out.params["placement"]
     assert out.params["cover"] >= 0.8 and h >= 0.8 * 200 and y + h == 220  # 0.3:1 stretched to 0.24:1
     assert w * h >= 0.8 * 40 * 200
+
+
+# -- replacement: who is in front, the fill of the uncovered hole, soft edges, contact shadow -----
+def _rect(h, w, y0, y1, x0, x1):
+    m = np.zeros((h, w), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_occludes_rules():
+    """Contained box in front; overlapping outlines by base.in_front's shared-pixel rule; disjoint
+    exact outlines by whose convex hull holds whom (the one behind has a notch); else neither."""
+    from refcoco_edit.pipelines.classical import occludes
+
+    bus = _rect(100, 200, 20, 80, 20, 180)
+    person = _rect(100, 200, 30, 95, 90, 104)   # before the bus, feet below it: box not inside
+    assert occludes(person, bus) and not occludes(bus, person)  # overlap: the smaller share is in front
+    exact = bus & ~person
+    assert occludes(person, exact) and not occludes(exact, person)  # disjoint: the bus's hull holds him
+    cup = _rect(100, 200, 40, 60, 60, 80)
+    assert occludes(cup, exact & ~cup) and not occludes(exact & ~cup, cup)  # wholly inside: in front
+    box = _rect(100, 200, 10, 50, 30, 170)
+    apple = np.zeros((100, 200), np.uint8)
+    cv2.circle(apple, (100, 60), 18, 1, -1)
+    apple = apple.astype(bool)
+    assert occludes(apple, box & ~apple) and not occludes(box & ~apple, apple)  # the box's notch
+    left, right = _rect(100, 200, 20, 80, 10, 90), _rect(100, 200, 20, 80, 92, 190)
+    assert not occludes(left, right) and not occludes(right, left)  # side by side
+
+
+def _disc_exemplar(d, colour=(200, 40, 40)):
+    ex = np.zeros((d, d, 4), np.uint8)
+    cv2.circle(ex, (d // 2, d // 2), d // 2 - 1, (*colour, 255), -1)
+    return ex
+
+
+def test_replace_fills_the_uncovered_hole_with_the_remover():
+    """Where a round exemplar does not cover the square it replaces, the remover of
+    classical-remove continues the stripes; the former Telea fill smears them."""
+    truth = _stripes(160, 200)
+    img = truth.copy()
+    box = (80, 50, 130, 100)
+    img[50:100, 80:130] = (30, 30, 200)
+    req = _box_request(img, box, _disc_exemplar(50), "sports ball")
+    kw = dict(contact_shadow=0.0, shadow="off", harmonize=0.0)
+    new = ExemplarComposite(**kw).generate(req)
+    old = ExemplarComposite(fill="telea", **kw).generate(req)
+    corners = _rect(160, 200, 50, 100, 80, 130) & (new.image.astype(int) - truth).any(axis=-1)
+    corners &= ~dilate(np.abs(new.image.astype(int) - (200, 40, 40)).max(axis=-1) < 60, 3)  # the disc and its edge
+
+    def err(out):
+        return float(np.mean((out.image[corners].astype(float) - truth[corners].astype(float)) ** 2))
+
+    assert corners.sum() > 200 and err(new) < 0.5 * err(old)
+    assert not (np.abs(new.image[corners].astype(int) - (30, 30, 200)).max(axis=-1) < 40).any()  # no old blue left
+
+
+def _floor_request(box, target="sports ball", others=None, h=120, w=160):
+    rng = np.random.default_rng(0)
+    img = np.full((h, w, 3), (150, 140, 120), np.float32) + rng.normal(0, 2, (h, w, 1))
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    x0, y0, x1, y1 = box
+    img[y0:y1, x0:x1] = (40, 60, 200)
+    req = _box_request(img, box, _disc_exemplar(40), target)
+    req.other_masks = others
+    return img, req
+
+
+def test_replace_edges_are_soft_unless_edge_px_is_zero():
+    img, req = _floor_request((60, 40, 100, 80))
+    for edge_px, soft in ((0.8, True), (0.0, False)):
+        out = ExemplarComposite(edge_px=edge_px, harmonize=0.0, contact_shadow=0.0).generate(req)
+        r = out.image[..., 0].astype(int)
+        ring = dilate(r > 190, 2) & ~erode(r > 190, 2) & out.edit_mask
+        between = ring & (r > 160) & (r < 190)  # neither floor (150) nor object (200): the blend
+        assert (between.sum() > 40) == soft, (edge_px, int(between.sum()))
+
+
+def test_contact_shadow_only_where_the_ground_is_background():
+    box = (60, 40, 100, 80)
+    img, req = _floor_request(box)
+    out = ExemplarComposite().generate(req)
+    under = np.zeros(img.shape[:2], bool)
+    under[80:83, 70:90] = True  # just under the base
+    assert out.params["contact_shadow_px"] > 0
+    assert (img[under].astype(int) - out.image[under].astype(int)).mean() > 10  # darker
+    assert np.array_equal(out.image[~out.edit_mask], img[~out.edit_mask])
+    off = ExemplarComposite(contact_shadow=0.0).generate(req)
+    assert off.params["contact_shadow_px"] == 0 and abs(int(off.image[under].mean()) - int(img[under].mean())) < 6
+    # no shadow under a kite, nor on another object standing under the base, nor past the border
+    _, kite = _floor_request(box, target="kite")
+    assert ExemplarComposite().generate(kite).params["contact_shadow_px"] == 0
+    mat = _rect(120, 160, 80, 100, 50, 110)
+    _, on_mat = _floor_request(box, others=[mat])
+    res = ExemplarComposite().generate(on_mat)
+    assert res.params["contact_shadow_px"] == 0 and np.array_equal(res.image[mat], on_mat.image[mat])
+    _, bottom = _floor_request((60, 80, 100, 120))
+    assert ExemplarComposite().generate(bottom).params["contact_shadow_px"] == 0
+
+
+def test_replace_keeps_the_old_shadow_or_erases_it():
+    """shadow=keep (default): the hole stops at the old object's shadow; erase: it goes with the
+    object (classical-remove's M_e); the YAML booleans on/off mean erase/off."""
+    img, obj, shadow, _ = _shadow_scene()
+    req = EditRequest("s", "replace", img, obj, [60, 40, 30, 50], "p", "a ball", "sports ball", 0,
+                      exemplar=_disc_exemplar(30))
+    kept = ExemplarComposite(contact_shadow=0.0).generate(req)
+    erased = ExemplarComposite(shadow="erase", contact_shadow=0.0).generate(req)
+    far = shadow & ~dilate(obj, 8)
+    assert np.array_equal(kept.image[far], img[far])
+    assert erased.params["shadow_px"] > 0 and erased.edit_mask[far].all()
+    assert erased.image[far].astype(float).mean() > img[far].astype(float).mean() + 20  # lit floor again
+    assert ExemplarComposite(shadow=True).params["shadow"] == "erase"
+    assert ExemplarComposite(shadow=False).params["shadow"] == "off"
+    with pytest.raises(ValueError, match="shadow"):
+        ExemplarComposite(shadow="auto")
+    with pytest.raises(ValueError, match="fill"):
+        ExemplarComposite(fill="nope")
