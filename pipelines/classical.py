@@ -78,8 +78,8 @@ import numpy as np
 
 from refcoco_edit.pipelines.base import (EditRequest, GTPipeline, PipelineError, PipelineOutput, in_front,
                                          protected_region, variation_rng)
-from refcoco_edit.pipelines.masks import check_output, dilate, edit_mask, erode, feather_alpha, paste_back
-from refcoco_edit.pipelines.patch_inpaint import patch_inpaint, shadow_region
+from refcoco_edit.pipelines.masks import check_output, dilate, edit_mask, erode, paste_back
+from refcoco_edit.pipelines.patch_inpaint import shadow_region
 
 __all__ = ["InpaintRemoval", "ExemplarComposite", "inpaint", "mask_bbox", "box_slices", "finish_output", "remove_fill",
            "clean_exemplar", "contact_shadow", "occludes", "hull_mask"]
@@ -183,13 +183,16 @@ def inpaint(
 
 def remove_fill(image: np.ndarray, hole: np.ndarray, rng: np.random.Generator, patch_size: int = 7,
                 protect: Optional[np.ndarray] = None, exclude: Optional[np.ndarray] = None) -> np.ndarray:
-    """The fill of ``classical-remove``: ``patch_inpaint`` of ``hole`` with the other objects
+    """The fill of ``classical-remove`` and of the hole a replacement leaves: the one removal fill
+    (``pipelines.fill.remove_fill``, method ``patch``) of ``hole`` with the other objects
     (``protect``) and their anti-aliased rims (masks stop a pixel or two short of an object's edge)
     neither copied nor diffused into it, nor any pixel of ``exclude``."""
+    from refcoco_edit.pipelines.fill import remove_fill as fill
+
     near = None if protect is None else cv2.dilate(protect.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     if exclude is not None:
         near = exclude.astype(bool) if near is None else near | exclude.astype(bool)
-    return patch_inpaint(image, hole, rng, patch=int(patch_size) | 1, exclude=near)
+    return fill(image, hole, exclude=near, rng=rng, method="patch", patch=int(patch_size))
 
 
 def finish_output(
