@@ -209,7 +209,7 @@ def _run_external(python: str, cases: Sequence[Case], methods: Sequence[str],
         np.savez(src, **arrays)
         subprocess.run([python, str(Path(__file__).resolve()), "--external-worker", str(src), str(dst),
                         "--methods", ",".join(methods)], check=True)
-        got = np.load(dst)
+        got = np.load(dst, allow_pickle=False)
         out: Dict[str, Tuple[Dict[int, np.ndarray], Dict[int, float]]] = {}
         for m in methods:
             imgs: Dict[int, np.ndarray] = {}
@@ -236,7 +236,7 @@ def external_worker(src: Path, dst: Path, methods: Sequence[str]) -> None:
     fill every crop of ``src`` with each method, write the crops and the seconds to ``dst``."""
     import cv2
 
-    data = np.load(src)
+    data = np.load(src, allow_pickle=False)
     seeds = data["seeds"]
     out: Dict[str, np.ndarray] = {}
     for m in methods:

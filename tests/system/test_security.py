@@ -273,8 +273,8 @@ def test_referdiffusion_resume_state_payload_is_refused(tmp_path, ip2p):
 
 
 def test_no_unrestricted_unpickling_in_the_code():
-    """Static guard: every torch.load passes weights_only=True; no pickle.load/loads, no
-    np.load(allow_pickle=True), no joblib / cloudpickle / dill loads outside tests."""
+    """Static guard: every torch.load passes weights_only=True, every np.load allow_pickle=False
+    (explicitly); no pickle.load/loads, no joblib / cloudpickle / dill loads outside tests."""
     offenders = []
     for path in sorted(REPO.rglob("*.py")):
         rel = path.relative_to(REPO)
@@ -286,8 +286,11 @@ def test_no_unrestricted_unpickling_in_the_code():
         for m in re.finditer(r"torch\.load\(([^()]|\([^()]*\))*\)", text):
             if "weights_only=True" not in m.group(0):
                 offenders.append(f"{rel}: {m.group(0)[:80]}")
+        for m in re.finditer(r"\bnp\.load\(([^()]|\([^()]*\))*\)", text):
+            if "allow_pickle=False" not in m.group(0):
+                offenders.append(f"{rel}: {m.group(0)[:80]}")
         for pat in (r"\bpickle\.loads?\(", r"allow_pickle\s*=\s*True", r"\b(joblib|cloudpickle|dill)\.loads?\(",
-                    r"\bpd\.read_pickle\(", r"\bnp\.load\("):
+                    r"\bpd\.read_pickle\("):
             for m in re.finditer(pat, text):
                 offenders.append(f"{rel}: {m.group(0)}")
     assert not offenders, offenders
