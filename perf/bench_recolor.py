@@ -50,20 +50,10 @@ def _demo(num_images: int) -> Path:
 
 def eligible_objects(root: Path) -> Tuple[List[Dict[str, Any]], Any]:
     """The select stage's attribute samples, one per eligible object ({ann_id, image_id, category,
-    source_mask}), and the RefCOCO index."""
-    from refcoco_edit.refcoco import RefCOCO
-    from refcoco_edit.select import SelectionConfig, Selector
+    source_mask}), and the RefCOCO index: the removal bench's selection with "attribute"."""
+    from perf.bench_removal import eligible_objects as eligible
 
-    refer = RefCOCO(root, dataset="refcoco", split_by="unc", images_dir=root / "images")
-    cfg = SelectionConfig(num_images=None, samples_per_image=1000, edit_types=("attribute",))
-    rows = Selector(refer, cfg, seed=SEED).run().rows
-    seen, out = set(), []
-    for r in sorted(rows, key=lambda r: r["ann_id"]):
-        if r["ann_id"] not in seen:
-            seen.add(r["ann_id"])
-            out.append({"ann_id": int(r["ann_id"]), "image_id": int(r["image_id"]), "category": r["category"],
-                        "source_mask": r["source_mask"]})
-    return out, refer
+    return eligible(root, "attribute")
 
 
 def _window(mask: np.ndarray, margin: int = 8) -> Tuple[slice, slice]:

@@ -94,19 +94,21 @@ def _demo(num_images: int) -> Path:
     return cached_input(f"removal-demo-v{DEMO_VERSION}-{num_images}-s{SEED}", lambda tmp: write_demo(tmp, num_images, SEED))
 
 
-def eligible_objects(root: Path) -> Tuple[List[Dict[str, Any]], Any]:
-    """The select stage's remove samples, one per eligible object ({ann_id, image_id, source_mask}), and the index."""
+def eligible_objects(root: Path, edit_type: str = "remove") -> Tuple[List[Dict[str, Any]], Any]:
+    """The select stage's ``edit_type`` samples, one per eligible object ({ann_id, image_id,
+    category, source_mask}), and the RefCOCO index (also ``bench_recolor``'s, with "attribute")."""
     from refcoco_edit.refcoco import RefCOCO
     from refcoco_edit.select import SelectionConfig, Selector
 
     refer = RefCOCO(root, dataset="refcoco", split_by="unc", images_dir=root / "images")
-    cfg = SelectionConfig(num_images=None, samples_per_image=1000, edit_types=("remove",))
+    cfg = SelectionConfig(num_images=None, samples_per_image=1000, edit_types=(edit_type,))
     rows = Selector(refer, cfg, seed=SEED).run().rows
     seen, out = set(), []
     for r in sorted(rows, key=lambda r: r["ann_id"]):
         if r["ann_id"] not in seen:
             seen.add(r["ann_id"])
-            out.append({"ann_id": int(r["ann_id"]), "image_id": int(r["image_id"]), "source_mask": r["source_mask"]})
+            out.append({"ann_id": int(r["ann_id"]), "image_id": int(r["image_id"]), "category": r["category"],
+                        "source_mask": r["source_mask"]})
     return out, refer
 
 
