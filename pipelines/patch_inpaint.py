@@ -37,6 +37,7 @@ __all__ = ["patch_inpaint", "shadow_region"]
 
 _STEPS = (8, 4, 2, 1)
 _DIRS = ((0, 1), (0, -1), (1, 0), (-1, 0))
+_TABLE_BYTES = 128 << 20  # the largest source-patch table a level builds (_Level.source_patches)
 
 
 def _bbox(mask: np.ndarray) -> Tuple[int, int, int, int]:
@@ -84,6 +85,8 @@ class _Level:
         dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
         self.offsets = (dy * self.Wp + dx).ravel()
         self.hole_flat = np.flatnonzero(hole_p.ravel() & inner.ravel())
+        self._table: Optional[np.ndarray] = None  # source_patches' table, built on first use
+        self._row: Optional[np.ndarray] = None
 
     def yx(self, idx: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         return idx // self.Wp, idx % self.Wp
@@ -92,8 +95,24 @@ class _Level:
         flat = self.img.reshape(-1, 3)
         return flat[idx[:, None] + self.offsets[None, :]]
 
+    def source_patches(self, src: np.ndarray) -> np.ndarray:
+        """``patches(src)`` for valid source centres, from a table of every window of the level
+        built once: a source window lies wholly in the known region, which voting never writes,
+        so its pixels are fixed for the level, and one row gather per lookup replaces
+        ``patch * patch`` pixel gathers (the same values, so the fill's bytes do not change).
+        Over ``_TABLE_BYTES`` the table is not built and the pixels are gathered each time."""
+        if self._table is None:
+            if self.h * self.w * self.offsets.size * 12 > _TABLE_BYTES:
+                return self.patches(src)
+            p = 2 * self.r + 1
+            win = np.lib.stride_tricks.sliding_window_view(self.img, (p, p), axis=(0, 1))  # h, w, 3, p, p
+            self._table = np.ascontiguousarray(win.transpose(0, 1, 3, 4, 2)).reshape(self.h * self.w, p * p, 3)
+            yy, xx = np.divmod(np.arange(self.valid.size), self.Wp)
+            self._row = np.clip(yy - self.r, 0, self.h - 1) * self.w + np.clip(xx - self.r, 0, self.w - 1)
+        return self._table[self._row[src]]
+
     def dist(self, tp: np.ndarray, src: np.ndarray, t: np.ndarray) -> np.ndarray:
-        d = self.patches(src) - tp
+        d = self.source_patches(src) - tp
         ssd = np.einsum("npc,npc->n", d, d)
         if self.row_cost:
             dy = (src // self.Wp - t // self.Wp).astype(np.float32)
@@ -161,11 +180,10 @@ def _vote(level: _Level, nnf: np.ndarray, dist: np.ndarray, sharpness: float) ->
     scale = max(float(np.median(dist)), 1e-3) / sharpness
     w = np.exp(-dist / scale).astype(np.float64) + 1e-12
     q = (level.targets[:, None] + level.offsets[None, :]).ravel()
-    s = (nnf[:, None] + level.offsets[None, :]).ravel()
     ww = np.repeat(w, level.offsets.size)
     n = flat.shape[0]
     den = np.bincount(q, weights=ww, minlength=n)
-    vals = flat[s]
+    vals = level.source_patches(nnf).reshape(-1, 3)
     hole = level.hole_flat
     out = np.empty((hole.size, 3), np.float32)
     for c in range(3):
