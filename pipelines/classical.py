@@ -7,9 +7,11 @@ that ``refcoco-edit build`` runs on any laptop:
     1. check the request;
     2. M_e = dilate(source mask ∪ its cast/contact shadow, max(min_dilate_px, dilate_frac *
        object size)) (``shadow``; ``patch_inpaint.shadow_region``);
-    3. ``method="patch"`` (default): fill M_e by multi-scale exemplar (patch) copying with a
-       smooth Telea base (``patch_inpaint.patch_inpaint``); ``method="telea"``: the former
-       remover: Telea inpainting (coarse-to-fine for large holes, so a 15 % mask stays fast),
+    3. fill M_e by patch copying (``pipelines.fill.remove_fill``), ``method="auto"`` (default):
+       PyPatchMatch (``pypatchmatch``: PatchMatch with EM voting; a dependency on Python >= 3.11)
+       where installed, else ``patch`` (``patch_inpaint.patch_inpaint``: multi-scale exemplar
+       copying with a smooth Telea base, numpy and OpenCV only); the params record which;
+       ``method="telea"``: the former remover: Telea inpainting (coarse-to-fine for large holes),
     4. plus (Telea only) seeded grain matched to the surrounding texture;
     5. paste back through M_e (exact outside) and check the output.
     ``perf/bench_removal.py`` scores both against the demo's clean plates.
@@ -26,7 +28,7 @@ that ``refcoco-edit build`` runs on any laptop:
        of the source box fails with ``shape_mismatch`` (the target does not fit the region);
     3. fill the hole the old object leaves where the new one does not cover it (the source mask
        grown by the removal's margin, less the part the paste hides) with the remover of
-       ``classical-remove`` (``remove_fill`` -> ``patch_inpaint``; ``fill="telea"``: the former
+       ``classical-remove`` (``remove_fill``, the same ``auto`` choice; ``fill="telea"``: the former
        Telea + grain fill). The old object's shadow is kept by default (``shadow="keep"``: the
        hole stops at it, the new object stands in it; ``"erase"``: erased as the removal does);
        other objects beside or in front are no source of the fill, objects *behind* the source
@@ -182,17 +184,40 @@ def inpaint(
 
 
 def remove_fill(image: np.ndarray, hole: np.ndarray, rng: np.random.Generator, patch_size: int = 7,
-                protect: Optional[np.ndarray] = None, exclude: Optional[np.ndarray] = None) -> np.ndarray:
+                protect: Optional[np.ndarray] = None, exclude: Optional[np.ndarray] = None,
+                method: str = "patch") -> np.ndarray:
     """The fill of ``classical-remove`` and of the hole a replacement leaves: the one removal fill
-    (``pipelines.fill.remove_fill``, method ``patch``) of ``hole`` with the other objects
-    (``protect``) and their anti-aliased rims (masks stop a pixel or two short of an object's edge)
-    neither copied nor diffused into it, nor any pixel of ``exclude``."""
+    (``pipelines.fill.remove_fill`` with ``method``: ``patch`` or ``pypatchmatch``) of ``hole``
+    with the other objects (``protect``) and their anti-aliased rims (masks stop a pixel or two
+    short of an object's edge) neither copied nor diffused into it, nor any pixel of ``exclude``."""
     from refcoco_edit.pipelines.fill import remove_fill as fill
 
     near = None if protect is None else cv2.dilate(protect.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     if exclude is not None:
         near = exclude.astype(bool) if near is None else near | exclude.astype(bool)
-    return fill(image, hole, exclude=near, rng=rng, method="patch", patch=int(patch_size))
+    return fill(image, hole, exclude=near, rng=rng, method=method, patch=int(patch_size))
+
+
+def _fill_choice(name: str, value: str, choices: Tuple[str, ...], patch_size: Optional[int]) -> Tuple[str, int]:
+    """A pipeline's removal fill and patch window: ``auto`` becomes the installed best
+    (``pipelines.fill.default_method``: ``pypatchmatch`` or ``patch``), so the recorded params say
+    which fill made the bytes; ``patch_size`` None takes the method's own (``fill.DEFAULT_PATCH``)."""
+    from refcoco_edit.pipelines.fill import DEFAULT_PATCH, default_method
+
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    if value == "auto":
+        value = default_method()
+    if value == "pypatchmatch":
+        from refcoco_edit.pipelines.fill import pypatchmatch_available
+
+        if not pypatchmatch_available():
+            raise ValueError(f"{name}=pypatchmatch needs the pypatchmatch package (pip install pypatchmatch; "
+                             "Python >= 3.11); auto uses it where installed, else the patch fill")
+    size = DEFAULT_PATCH.get(value, 7) if patch_size is None else int(patch_size)
+    if size < 3:
+        raise ValueError(f"patch_size must be >= 3, got {patch_size}")
+    return value, size
 
 
 def finish_output(
@@ -219,7 +244,7 @@ def finish_output(
 # ----------------------------------------------------------------------------------------------
 # 1. removal
 # ----------------------------------------------------------------------------------------------
-REMOVAL_METHODS = ("patch", "telea")
+REMOVAL_METHODS = ("auto", "pypatchmatch", "patch", "telea")
 
 
 class InpaintRemoval(GTPipeline):
@@ -231,7 +256,7 @@ class InpaintRemoval(GTPipeline):
 
     def __init__(
         self,
-        method: str = "patch",
+        method: str = "auto",
         shadow: str = "auto",
         dilate_frac: float = 0.03,
         min_dilate_px: int = 5,
@@ -239,23 +264,23 @@ class InpaintRemoval(GTPipeline):
         noise: float = 0.8,
         feather_px: int = 4,
         max_direct_px: int = 12000,
-        patch_size: int = 7,
+        patch_size: Optional[int] = None,
         shadow_darker: float = 0.9,
         protect_others: bool = True,
     ) -> None:
-        """``method``: ``patch`` (exemplar filling) or ``telea`` (the former default, bytes
-        unchanged); ``shadow``: erase the object's cast shadow too: ``on``, ``off`` or ``auto``
-        (on for ``patch``, off for ``telea``); ``patch_size``: the patch window (an even size
-        uses the next odd one); ``shadow_darker``: a shadow pixel is below this fraction of the
+        """``method``: ``auto`` (``pypatchmatch`` where installed, else ``patch``; the params
+        record which), ``pypatchmatch`` (PyPatchMatch, the best fill measured on the demo's clean
+        plates), ``patch`` (our exemplar filling: numpy and OpenCV only) or ``telea`` (the former
+        default, bytes unchanged); ``shadow``: erase the object's cast shadow too: ``on``, ``off``
+        or ``auto`` (on for the patch-copying fills, off for ``telea``); ``patch_size``: the patch
+        window (an even size uses the next odd one; default 5 for ``pypatchmatch``, 7 for
+        ``patch``); ``shadow_darker``: a shadow pixel is below this fraction of the
         background luminance predicted around it; ``radius``, ``noise``, ``max_direct_px``: Telea's;
         ``protect_others``: never paint the other annotated objects (``base.protected_region``;
         the hole is filled around them, and a shadow the object casts on one of them stays)."""
-        if method not in REMOVAL_METHODS:
-            raise ValueError(f"method must be one of {', '.join(REMOVAL_METHODS)}, got {method!r}")
+        method, patch_size = _fill_choice("method", method, REMOVAL_METHODS, patch_size)
         if shadow not in ("auto", "on", "off"):
             raise ValueError(f"shadow must be auto, on or off, got {shadow!r}")
-        if int(patch_size) < 3:
-            raise ValueError(f"patch_size must be >= 3, got {patch_size}")
         self.params: Dict[str, Any] = {
             "method": method, "shadow": shadow,
             "dilate_frac": float(dilate_frac), "min_dilate_px": int(min_dilate_px), "radius": int(radius),
@@ -273,16 +298,19 @@ class InpaintRemoval(GTPipeline):
         rng = np.random.default_rng(request.seed)
         # 2. M_e = dilate(mask ∪ shadow)
         dp = _removal_dilate_px(mask, p["dilate_frac"], p["min_dilate_px"])
-        use_shadow = p["shadow"] == "on" or (p["shadow"] == "auto" and p["method"] == "patch")
+        use_shadow = p["shadow"] == "on" or (p["shadow"] == "auto" and p["method"] != "telea")
         shadow = shadow_region(image, mask, darker=p["shadow_darker"]) if use_shadow else None
         m_e = edit_mask(mask, shadow, dp)
         protect = protected_region(request) if p["protect_others"] else None
         hole = m_e & ~protect if protect is not None else m_e  # other objects stay and are context
         # 3-4. fill the hole: patch copying, or Telea (coarse-to-fine when large) + matched grain
-        if p["method"] == "patch":
-            # other objects are no source of the fill, nor their anti-aliased rims (masks stop a
-            # pixel or two short of an object's edge: its colour would bleed into the background)
-            filled = remove_fill(image, hole, rng, p["patch_size"], protect)
+        if p["method"] != "telea":
+            # other objects beside or in front are no source of the fill, nor their anti-aliased
+            # rims (masks stop a pixel or two short of an object's edge: its colour would bleed
+            # into the background); an object *behind* the removed one is: what it hid of that
+            # object continues it (the bus behind a removed pedestrian, not the pavement)
+            filled = remove_fill(image, hole, rng, p["patch_size"], _not_behind(request, mask, protect),
+                                 method=p["method"])
         else:
             filled = inpaint(image, hole, p["radius"], rng=rng, noise=p["noise"], max_direct_px=p["max_direct_px"])
         # 5. exact paste-back (never over another object) and contract check
@@ -300,7 +328,7 @@ class InpaintRemoval(GTPipeline):
         p["dilate_frac"] = p["dilate_frac"] * grow
         p["min_dilate_px"] = int(round(p["min_dilate_px"] * grow))
         drawn: Dict[str, Any] = {"dilate_scale": round(grow, 3)}
-        if p["method"] == "patch":
+        if p["method"] != "telea":
             p["patch_size"] = int(vrng.choice([k for k in (5, 7, 9) if k != (self.params["patch_size"] | 1)]))
             drawn["patch_size"] = p["patch_size"]
         else:
@@ -318,7 +346,7 @@ _CLONE_MODES = {
     "monochrome": cv2.MONOCHROME_TRANSFER,
     "alpha": None,  # plain alpha compositing, no Poisson blending
 }
-REPLACE_FILLS = ("patch", "telea")
+REPLACE_FILLS = ("auto", "pypatchmatch", "patch", "telea")
 REPLACE_SHADOWS = ("keep", "erase", "off")  # the old object's shadow: kept, erased, not looked for
 _SHADOW_RIM_PX = 3  # shadow: keep: this ring around the old object is filled even where it looks like shadow
 # targets that do not stand on the ground in photos: no contact shadow under them
@@ -549,8 +577,8 @@ class ExemplarComposite(GTPipeline):
         stretch: float = 1.25,
         min_cover: float = 0.4,
         protect_others: bool = True,
-        fill: str = "patch",
-        patch_size: int = 7,
+        fill: str = "auto",
+        patch_size: Optional[int] = None,
         shadow: Any = "keep",
         shadow_darker: float = 0.9,
         edge_px: float = 0.8,
@@ -561,8 +589,8 @@ class ExemplarComposite(GTPipeline):
         must cover (else ``shape_mismatch``; 0: off); ``protect_others``: never paint the other
         annotated objects (``base.protected_region``): an object in front of the source stays in
         front of the new one; ``fill``: how the hole the old object leaves is filled where the
-        new one does not cover it: ``patch`` (the remover of ``classical-remove``, with
-        ``patch_size``) or ``telea`` (the former fill: Telea + grain with ``radius`` and
+        new one does not cover it: ``auto``, ``pypatchmatch`` or ``patch`` (the remover of
+        ``classical-remove``, the same choice, with ``patch_size``) or ``telea`` (the former fill: Telea + grain with ``radius`` and
         ``noise``; with ``shadow="off"`` the former removal step); ``shadow``: the old object's
         cast/contact shadow (``patch_inpaint.shadow_region``, ``shadow_darker`` as in
         ``classical-remove``): ``keep`` it (the hole stops at it, but for a ``_SHADOW_RIM_PX``
@@ -582,12 +610,9 @@ class ExemplarComposite(GTPipeline):
             raise ValueError(f"scale must be > 0, got {scale}")
         if isinstance(shadow, bool):  # YAML (and --pipeline-params) read on/off as booleans
             shadow = "erase" if shadow else "off"
-        if fill not in REPLACE_FILLS:
-            raise ValueError(f"fill must be one of {', '.join(REPLACE_FILLS)}, got {fill!r}")
+        fill, patch_size = _fill_choice("fill", fill, REPLACE_FILLS, patch_size)
         if shadow not in REPLACE_SHADOWS:
             raise ValueError(f"shadow must be one of {', '.join(REPLACE_SHADOWS)}, got {shadow!r}")
-        if int(patch_size) < 3:
-            raise ValueError(f"patch_size must be >= 3, got {patch_size}")
         if not 0 <= contact_shadow < 1:
             raise ValueError(f"contact_shadow must be in [0, 1), got {contact_shadow}")
         if not edge_px >= 0:
@@ -706,14 +731,14 @@ class ExemplarComposite(GTPipeline):
             old_shadow = None
         if protect is not None:
             hole &= ~protect  # the objects in front stay, and are context of the fill
-        if p["fill"] == "patch":
+        if p["fill"] != "telea":
             # The paste hides the old object but for its soft edge and the band where OpenCV's
             # Poisson solver reads the background's gradient (the clone mask eroded 3 times):
             # those are filled, the rest is no source; modes other than normal read it all
             hidden = (erode(placed, int(math.ceil(3 * soft_px)) + 5) if blend in ("normal", "alpha")
                       else np.zeros_like(placed))
             bg = remove_fill(image, hole & ~hidden, rng, p["patch_size"], _not_behind(request, mask, protect),
-                             exclude=hole & hidden)
+                             exclude=hole & hidden, method=p["fill"])
         else:
             bg = inpaint(image, hole, p["radius"], rng=rng, noise=p["noise"])
         # 4. a contact shadow under the new object's base, where the ground there is background

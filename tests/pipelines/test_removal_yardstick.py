@@ -8,6 +8,8 @@ real demo removal keeps more of the floor's texture than a Telea fill.
 """
 from __future__ import annotations
 
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -108,18 +110,57 @@ def test_remove_fill_changes_only_the_hole_and_never_reads_the_excluded_pixels(m
         assert np.max(leaky[hole][:, 0].astype(int) - leaky[hole][:, 1].astype(int)) > np.max(r - g)
 
 
-def test_remove_fill_pypatchmatch_fills_only_the_hole_where_installed_and_says_how_to_get_it_elsewhere():
-    import importlib.util
-
+def test_remove_fill_pypatchmatch_fills_only_the_hole_and_is_seeded():
     img, hole, other = _red_neighbour_scene()
-    if importlib.util.find_spec("patchmatch") is None:
-        with pytest.raises(ImportError, match="pip install pypatchmatch"):
-            remove_fill(img, hole, exclude=other, method="pypatchmatch")
-        return
     out = remove_fill(img, hole, exclude=other, rng=np.random.default_rng(0), method="pypatchmatch")
     assert np.array_equal(out[~hole], img[~hole])
     assert np.max(out[hole][:, 0].astype(int) - out[hole][:, 1].astype(int)) < 90
     assert np.array_equal(out, remove_fill(img, hole, exclude=other, rng=np.random.default_rng(0), method="pypatchmatch"))
+    assert not np.array_equal(out, remove_fill(img, hole, exclude=other, rng=np.random.default_rng(1),
+                                               method="pypatchmatch"))
+
+
+def test_pypatchmatch_is_installed_with_the_package_on_python_3_11_and_later():
+    """setup.cfg's ``pypatchmatch; python_version >= "3.11"``: where the wheel exists, ``auto`` is it."""
+    from refcoco_edit.pipelines.fill import default_method, pypatchmatch_available
+
+    if sys.version_info >= (3, 11):
+        assert pypatchmatch_available() and default_method() == "pypatchmatch"
+    else:
+        assert default_method() == "patch"
+
+
+def test_without_pypatchmatch_auto_is_the_patch_fill_and_asking_for_it_says_how_to_get_it(monkeypatch):
+    from refcoco_edit.pipelines.classical import ExemplarComposite, InpaintRemoval
+    from refcoco_edit.pipelines.fill import default_method, resolve_method
+
+    monkeypatch.setitem(sys.modules, "patchmatch", None)  # `import patchmatch` fails as where not installed
+    assert default_method() == "patch" and resolve_method("auto") == "patch"
+    assert InpaintRemoval().params["method"] == "patch" and InpaintRemoval().params["patch_size"] == 7
+    assert ExemplarComposite().params["fill"] == "patch"
+    img, hole, other = _red_neighbour_scene()
+    with pytest.raises(ImportError, match="pip install pypatchmatch"):
+        remove_fill(img, hole, exclude=other, method="pypatchmatch")
+    with pytest.raises(ValueError, match="pip install pypatchmatch"):
+        InpaintRemoval(method="pypatchmatch")
+    with pytest.raises(ValueError, match="pip install pypatchmatch"):
+        ExemplarComposite(fill="pypatchmatch")
+
+
+def test_auto_records_the_fill_it_stands_for():
+    from refcoco_edit.pipelines.classical import ExemplarComposite, InpaintRemoval
+    from refcoco_edit.pipelines.fill import DEFAULT_PATCH, default_method
+
+    m = default_method()
+    removal = InpaintRemoval()
+    assert removal.params["method"] == m and removal.params["patch_size"] == DEFAULT_PATCH[m]
+    assert InpaintRemoval(method="auto", patch_size=9).params["patch_size"] == 9
+    assert ExemplarComposite().params["fill"] == m and ExemplarComposite(fill="telea").params["fill"] == "telea"
+    for bad in ("lama", "PATCH"):
+        with pytest.raises(ValueError, match="must be one of"):
+            InpaintRemoval(method=bad)
+    with pytest.raises(ValueError, match="patch_size"):
+        InpaintRemoval(patch_size=1)
 
 
 def test_remove_fill_patch_is_patch_inpaint_and_seeded():
