@@ -118,6 +118,29 @@ def in_front(target: np.ndarray, other: np.ndarray) -> bool:
     return bottom_o >= bottom_t
 
 
+CARRIED_FRACTION = 0.9
+"""``carried``: the least share of an object's pixels inside the target's outline"""
+CARRIED_MAX_AREA = 0.5
+"""``carried``: the largest an object carried by the target may be, relative to the target"""
+CARRYING_EDITS = ("remove", "replace")
+"""the edit types that take the target away, and what it carries with it"""
+
+
+def carried(target: np.ndarray, other: np.ndarray) -> bool:
+    """Whether ``other`` rides on the object ``target``: at least ``CARRIED_FRACTION`` of its
+    pixels lie inside ``target``'s outline and it is at most ``CARRIED_MAX_AREA`` of its size (a
+    tie worn by a person, whose COCO outline includes it; a logo on a bus). An edit that takes
+    the target away (``CARRYING_EDITS``) takes such an object along: left behind, it would float
+    where the target was (a tie hanging in the air once its wearer is removed). A recolour keeps
+    it. A pointing arm that crosses another person's outline is a small part of its own
+    object's mask: not carried, it stays (``in_front``)."""
+    t, o = np.asarray(target, bool), np.asarray(other, bool)
+    n_o = int(np.count_nonzero(o))
+    if n_o == 0 or n_o > CARRIED_MAX_AREA * int(np.count_nonzero(t)):
+        return False
+    return int(np.count_nonzero(o & t)) >= CARRIED_FRACTION * n_o
+
+
 def protected_region(request: EditRequest) -> Optional[np.ndarray]:
     """The pixels an edit must never paint: every other annotated object's pixels -- its mask
     less the source's, plus the pixels both claim where the other object is judged in front of
@@ -130,15 +153,20 @@ def protected_region(request: EditRequest) -> Optional[np.ndarray]:
     Pixels claimed by both masks (overlapping annotations) go to the object judged in front: the
     other object's stay protected (removing the person behind a pointing arm leaves the arm),
     the source's may be edited. Objects behind the source need no special case: their masks
-    already exclude the pixels the source hides."""
+    already exclude the pixels the source hides. An object the source carries (``carried``: a
+    worn tie) is not protected from an edit that takes the source away (``CARRYING_EDITS``):
+    it goes with it."""
     if not request.other_masks:
         return None
     mask = np.asarray(request.mask).astype(bool)
+    takes_away = request.edit_type in CARRYING_EDITS
     region = np.zeros(mask.shape, bool)
     for m in request.other_masks:
         m = np.asarray(m).astype(bool)
         if m.shape != mask.shape:
             raise PipelineError("bad_rle", f"another object's mask {m.shape} does not match the image {mask.shape}")
+        if takes_away and carried(mask, m):
+            continue
         region |= m if in_front(mask, m) else m & ~mask
     return region if region.any() else None
 

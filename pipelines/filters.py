@@ -259,7 +259,8 @@ def shared_pixel_changes(source: np.ndarray, edited: np.ndarray, target_mask: np
 
 
 def audit_other_objects(source: np.ndarray, edited: np.ndarray, target_mask: np.ndarray,
-                        other_masks: Sequence[np.ndarray], config: AuditConfig = AuditConfig()) -> Dict[str, Any]:
+                        other_masks: Sequence[np.ndarray], config: AuditConfig = AuditConfig(),
+                        edit_type: str = "") -> Dict[str, Any]:
     """The audit of one candidate (JSON-ready, merged into its ``filter_scores``): ``others_n``
     objects checked, ``others_changed_max`` the largest changed share of an object's pixels,
     ``others_damaged`` how many exceed ``config.max_changed`` -- an object's pixels being its own
@@ -267,7 +268,19 @@ def audit_other_objects(source: np.ndarray, edited: np.ndarray, target_mask: np.
     (``base.in_front``), the shared ones (``shared_pixel_changes``). A target that overlaps another
     annotation also gets its shared pixels counted apart (``others_shared_px``,
     ``others_shared_changed``) and ``review_first`` 1: the sample goes to the front of the review
-    queue (``review push``), whatever the audit decided."""
+    queue (``review push``), whatever the audit decided. With an ``edit_type`` that takes the
+    target away (``base.CARRYING_EDITS``), the objects it carries (``base.carried``: a worn tie)
+    go with it: they are counted as ``others_carried``, not audited."""
+    from refcoco_edit.pipelines.base import CARRYING_EDITS, carried
+
+    if edit_type in CARRYING_EDITS:
+        target = np.asarray(target_mask).astype(bool)
+        keep = [m for m in other_masks if not carried(target, np.asarray(m).astype(bool))]
+        n_carried = len(other_masks) - len(keep)
+        out = audit_other_objects(source, edited, target_mask, keep, config)
+        if n_carried:
+            out["others_carried"] = n_carried
+        return out
     own = other_object_changes(source, edited, target_mask, other_masks, config.pixel_threshold)
     sh = shared_pixel_changes(source, edited, target_mask, other_masks, config.pixel_threshold)
     shares = [max(v for v in (o, f) if v is not None and not math.isnan(v)) for o, f in zip(own, sh["front_share"])

@@ -20,6 +20,8 @@ Each exemplar is cut by its own *visible* pixels, never those of an object in fr
   (the one behind has a gap or notch where it is hidden). A person standing before a bus is in
   front of it whether the bus's outline is coarse (it includes the person) or exact (the bus
   mask has a person-shaped gap).
+  An object the instance carries (``pipelines.base.carried``: a tie inside a person's outline)
+  is part of it, not in front: it stays in the cut-out.
 * **The cut**: the instance's mask less the masks of the objects in front, grown by one pixel
   (their anti-aliased rims). What an object in front hides of the instance is completed from the
   instance's own visible pixels by the patch filler of the removal (``patch_inpaint``, seeded by
@@ -196,6 +198,7 @@ class ExemplarBank:
         mask = li.orient_mask(rle_mod.decode(self.refer.ann_rle(ann_id))).astype(bool)
         if not mask.any():
             raise SampleError("no_exemplar", "empty mask")
+        from refcoco_edit.pipelines.base import carried
         from refcoco_edit.pipelines.classical import occludes
 
         front = []
@@ -204,7 +207,7 @@ class ExemplarBank:
                 om = li.orient_mask(rle_mod.decode(self.refer.ann_rle(other))).astype(bool)
             except (SampleError, rle_mod.MaskError, ValueError):
                 continue  # a neighbour with a broken mask hides nothing we can tell
-            if occludes(om, mask):
+            if occludes(om, mask) and not carried(mask, om):  # a worn tie is part of the cut-out
                 front.append(om)
         res = visible_cut(li.array, mask, front, np.random.default_rng([int(ann_id), _COMPLETE_STREAM]))
         self._cuts[ann_id] = res

@@ -179,7 +179,8 @@ def _audit(ctx: BuildContext, prep: PreparedSample, outputs: List[Any]) -> List[
     if prep.other_masks is None:
         return [None] * len(outputs)
     cfg = AuditConfig(ctx.cfg.audit_pixel_threshold, ctx.cfg.audit_max_changed)
-    return [audit_other_objects(prep.image.array, o.image, prep.mask, prep.other_masks, cfg) for o in outputs]
+    return [audit_other_objects(prep.image.array, o.image, prep.mask, prep.other_masks, cfg,
+                                edit_type=prep.row["edit_type"]) for o in outputs]
 
 
 def _count_audit(audit_stats: Dict[str, Any], prep: PreparedSample, audits: List[Optional[Dict[str, Any]]],
