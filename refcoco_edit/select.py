@@ -53,7 +53,7 @@ class SelectionConfig:
     use_pixels: bool = True
     imaginative_targets: bool = False
     target_aspect_tolerance: float = 2.0  # replace targets: typical box aspect within this factor of the source box's
-    target_size_ratio: float = 4.0        # replace targets: typical physical size within this factor of the source's
+    target_size_ratio: float = 3.0        # replace targets: typical physical size within this factor of the source's
 
 
 @dataclass

@@ -32,7 +32,7 @@ class SelectionSettings:
     similarity_threshold: float = setting(0.7, "rule 2: visual similarity needed when no same-category object exists")
     sizeable_relative: float = setting(0.2, "rule 1: another object is also sizeable from this fraction of the object's own area", new=True)
     target_aspect_tolerance: float = setting(2.0, "replace targets: a target's typical box aspect (w/h) must be within this factor of the source box's, and exemplars are cut from instances within it where there are some (0: off)", new=True)
-    target_size_ratio: float = setting(4.0, "replace targets: a target's typical physical size must be within this factor of the source category's (a bus for a person is implausible; 0: off)", new=True)
+    target_size_ratio: float = setting(3.0, "replace targets: a target's typical physical size must be within this factor of the source category's (a bus or a tie for a person is implausible; 0: off)", new=True)
 
 
 @dataclass
