@@ -62,6 +62,8 @@ class EditRequest:
     # HxW bool masks of every other annotated object of the image (the distractors included);
     # None: unknown (data written before they were recorded)
     other_masks: Optional[List[np.ndarray]] = None
+    # the categories of ``other_masks``, in order (None: unknown); ``carried`` reads them
+    other_categories: Optional[List[str]] = None
     # False: the pipeline's canonical edit (a sample's first candidate); True: a seed-dependent
     # variation of it (``variation_rng``), so that candidates 1, 2, ... of a sample (and re-drawn
     # duplicates) are other images even where the canonical edit does not depend on the seed
@@ -124,21 +126,33 @@ CARRIED_MAX_AREA = 0.5
 """``carried``: the largest an object carried by the target may be, relative to the target"""
 CARRYING_EDITS = ("remove", "replace")
 """the edit types that take the target away, and what it carries with it"""
+CARRIED_CATEGORIES = frozenset({"tie", "backpack", "handbag", "umbrella", "suitcase"})
+"""what an object can carry: COCO's accessories, worn or held (a cup inside a table's outline
+stands on the table, and a person inside a bus's coarse outline stands before it: neither goes)"""
 
 
-def carried(target: np.ndarray, other: np.ndarray) -> bool:
-    """Whether ``other`` rides on the object ``target``: at least ``CARRIED_FRACTION`` of its
-    pixels lie inside ``target``'s outline and it is at most ``CARRIED_MAX_AREA`` of its size (a
-    tie worn by a person, whose COCO outline includes it; a logo on a bus). An edit that takes
-    the target away (``CARRYING_EDITS``) takes such an object along: left behind, it would float
-    where the target was (a tie hanging in the air once its wearer is removed). A recolour keeps
-    it. A pointing arm that crosses another person's outline is a small part of its own
-    object's mask: not carried, it stays (``in_front``)."""
+def carried(target: np.ndarray, other: np.ndarray, category: Optional[str]) -> bool:
+    """Whether ``other`` (of ``category``) is worn or held by the object ``target``: an accessory
+    (``CARRIED_CATEGORIES``; an unknown category never is) at least ``CARRIED_FRACTION`` of whose
+    pixels lie inside ``target``'s outline and that is at most ``CARRIED_MAX_AREA`` of its size
+    (a tie, which COCO's person outlines include). An edit that takes the target away
+    (``CARRYING_EDITS``) takes it along: left behind, it would float where the target was (a tie
+    hanging in the air once its wearer is removed). A recolour keeps it. Masks alone cannot tell
+    a worn tie from a person drawn inside a bus's coarse outline: the category does."""
+    if category not in CARRIED_CATEGORIES:
+        return False
     t, o = np.asarray(target, bool), np.asarray(other, bool)
     n_o = int(np.count_nonzero(o))
     if n_o == 0 or n_o > CARRIED_MAX_AREA * int(np.count_nonzero(t)):
         return False
     return int(np.count_nonzero(o & t)) >= CARRIED_FRACTION * n_o
+
+
+def _categories(categories: Optional[Sequence[str]], n: int) -> List[Optional[str]]:
+    """``categories`` as a list of ``n`` (all None when unknown or not one per object)."""
+    if categories is None or len(categories) != n:
+        return [None] * n
+    return list(categories)
 
 
 def protected_region(request: EditRequest) -> Optional[np.ndarray]:
@@ -160,12 +174,13 @@ def protected_region(request: EditRequest) -> Optional[np.ndarray]:
         return None
     mask = np.asarray(request.mask).astype(bool)
     takes_away = request.edit_type in CARRYING_EDITS
+    cats = _categories(request.other_categories, len(request.other_masks))
     region = np.zeros(mask.shape, bool)
-    for m in request.other_masks:
+    for m, cat in zip(request.other_masks, cats):
         m = np.asarray(m).astype(bool)
         if m.shape != mask.shape:
             raise PipelineError("bad_rle", f"another object's mask {m.shape} does not match the image {mask.shape}")
-        if takes_away and carried(mask, m):
+        if takes_away and carried(mask, m, cat):
             continue
         region |= m if in_front(mask, m) else m & ~mask
     return region if region.any() else None

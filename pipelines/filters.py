@@ -260,7 +260,7 @@ def shared_pixel_changes(source: np.ndarray, edited: np.ndarray, target_mask: np
 
 def audit_other_objects(source: np.ndarray, edited: np.ndarray, target_mask: np.ndarray,
                         other_masks: Sequence[np.ndarray], config: AuditConfig = AuditConfig(),
-                        edit_type: str = "") -> Dict[str, Any]:
+                        edit_type: str = "", other_categories: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """The audit of one candidate (JSON-ready, merged into its ``filter_scores``): ``others_n``
     objects checked, ``others_changed_max`` the largest changed share of an object's pixels,
     ``others_damaged`` how many exceed ``config.max_changed`` -- an object's pixels being its own
@@ -269,13 +269,14 @@ def audit_other_objects(source: np.ndarray, edited: np.ndarray, target_mask: np.
     annotation also gets its shared pixels counted apart (``others_shared_px``,
     ``others_shared_changed``) and ``review_first`` 1: the sample goes to the front of the review
     queue (``review push``), whatever the audit decided. With an ``edit_type`` that takes the
-    target away (``base.CARRYING_EDITS``), the objects it carries (``base.carried``: a worn tie)
-    go with it: they are counted as ``others_carried``, not audited."""
-    from refcoco_edit.pipelines.base import CARRYING_EDITS, carried
+    target away (``base.CARRYING_EDITS``), the objects it carries (``base.carried``, which reads
+    ``other_categories``: a worn tie) go with it: they are counted as ``others_carried``, not audited."""
+    from refcoco_edit.pipelines.base import CARRYING_EDITS, _categories, carried
 
     if edit_type in CARRYING_EDITS:
         target = np.asarray(target_mask).astype(bool)
-        keep = [m for m in other_masks if not carried(target, np.asarray(m).astype(bool))]
+        cats = _categories(other_categories, len(other_masks))
+        keep = [m for m, c in zip(other_masks, cats) if not carried(target, np.asarray(m).astype(bool), c)]
         n_carried = len(other_masks) - len(keep)
         out = audit_other_objects(source, edited, target_mask, keep, config)
         if n_carried:

@@ -20,8 +20,8 @@ Each exemplar is cut by its own *visible* pixels, never those of an object in fr
   (the one behind has a gap or notch where it is hidden). A person standing before a bus is in
   front of it whether the bus's outline is coarse (it includes the person) or exact (the bus
   mask has a person-shaped gap).
-  An object the instance carries (``pipelines.base.carried``: a tie inside a person's outline)
-  is part of it, not in front: it stays in the cut-out.
+  An accessory the instance carries (``pipelines.base.carried``: a tie inside a person's
+  outline) is part of it, not in front: it stays in the cut-out.
 * **The cut**: the instance's mask less the masks of the objects in front, grown by one pixel
   (their anti-aliased rims). What an object in front hides of the instance is completed from the
   instance's own visible pixels by the patch filler of the removal (``patch_inpaint``, seeded by
@@ -207,13 +207,17 @@ class ExemplarBank:
                 om = li.orient_mask(rle_mod.decode(self.refer.ann_rle(other))).astype(bool)
             except (SampleError, rle_mod.MaskError, ValueError):
                 continue  # a neighbour with a broken mask hides nothing we can tell
-            if occludes(om, mask) and not carried(mask, om):  # a worn tie is part of the cut-out
+            if occludes(om, mask) and not carried(mask, om, self._category_of(other)):  # a worn tie stays
                 front.append(om)
         res = visible_cut(li.array, mask, front, np.random.default_rng([int(ann_id), _COMPLETE_STREAM]))
         self._cuts[ann_id] = res
         if len(self._cuts) > _CACHE_SIZE:
             self._cuts.popitem(last=False)
         return res
+
+    def _category_of(self, ann_id: int) -> Optional[str]:
+        ann = self.refer.anns.get(ann_id)
+        return None if ann is None else self.refer.cats.get(ann.get("category_id"))
 
     def _aspect(self, ann_id: int) -> Optional[float]:
         b = self.refer.anns[ann_id].get("bbox")

@@ -96,6 +96,7 @@ def prepare_sample(ctx: BuildContext, row: Dict[str, Any], cache: Dict[int, Any]
                 bbox=rle_mod.to_bbox(source_rle), prompt=row["prompt"], edit_phrase=row["prompt"][sp[0]:sp[1]],
                 edit_target=row["edit_target"], seed=derive_seed(cfg.seed, row["sample_id"], name, c),
                 category=row["category"], exemplar=exemplar, distractor_masks=dmasks, other_masks=omasks,
+                other_categories=row.get("other_categories"),
                 vary=c > 0,  # candidate 0 is the pipeline's canonical edit, the others variations of it
             )))
     return PreparedSample(row, li, mask, dmasks, omasks, exemplar, source_rle, requests)
@@ -180,7 +181,8 @@ def _audit(ctx: BuildContext, prep: PreparedSample, outputs: List[Any]) -> List[
         return [None] * len(outputs)
     cfg = AuditConfig(ctx.cfg.audit_pixel_threshold, ctx.cfg.audit_max_changed)
     return [audit_other_objects(prep.image.array, o.image, prep.mask, prep.other_masks, cfg,
-                                edit_type=prep.row["edit_type"]) for o in outputs]
+                                edit_type=prep.row["edit_type"], other_categories=prep.row.get("other_categories"))
+            for o in outputs]
 
 
 def _count_audit(audit_stats: Dict[str, Any], prep: PreparedSample, audits: List[Optional[Dict[str, Any]]],
