@@ -160,12 +160,10 @@ class Case:
 
 def prepare(num_images: int) -> List[Case]:
     """Every removal-eligible object of the first ``num_images`` demo images, set up as the build does."""
-    import cv2
-
     from refcoco_edit import rle as rle_mod
     from refcoco_edit.demo import render_clean_plate
     from refcoco_edit.pipelines.base import EditRequest, protected_region
-    from refcoco_edit.pipelines.classical import _not_behind, _removal_dilate_px
+    from refcoco_edit.pipelines.classical import _not_behind, _removal_dilate_px, fill_exclusion
     from refcoco_edit.pipelines.fill import _bbox_crop
     from refcoco_edit.pipelines.masks import edit_mask
     from refcoco_edit.pipelines.patch_inpaint import shadow_region
@@ -188,9 +186,7 @@ def prepare(num_images: int) -> List[Case]:
         m_e = edit_mask(mask, shadow_region(image, mask, darker=0.9), dp)
         protect = protected_region(req)
         hole = m_e & ~protect if protect is not None else m_e
-        source_excl = _not_behind(req, mask, protect)  # objects behind the removed one are a source
-        near = (None if source_excl is None
-                else cv2.dilate(source_excl.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool))
+        near = fill_exclusion(_not_behind(req, mask, protect))  # objects behind the removed one are a source
         crop = _bbox_crop(hole)
         cases.append(Case(obj["ann_id"], req, clean, true_region(image, clean, mask, dp), m_e, hole, near, protect,
                           min(4, dp), crop))

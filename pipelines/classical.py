@@ -192,28 +192,30 @@ def remove_fill(image: np.ndarray, hole: np.ndarray, rng: np.random.Generator, p
     short of an object's edge) neither copied nor diffused into it, nor any pixel of ``exclude``."""
     from refcoco_edit.pipelines.fill import remove_fill as fill
 
+    return fill(image, hole, exclude=fill_exclusion(protect, exclude), rng=rng, method=method, patch=int(patch_size))
+
+
+def fill_exclusion(protect: Optional[np.ndarray], exclude: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+    """What ``remove_fill`` keeps out of the fill: the other objects (``protect``) grown by 2 px
+    for their anti-aliased rims, and any pixel of ``exclude``; None when nothing is."""
     near = None if protect is None else cv2.dilate(protect.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     if exclude is not None:
         near = exclude.astype(bool) if near is None else near | exclude.astype(bool)
-    return fill(image, hole, exclude=near, rng=rng, method=method, patch=int(patch_size))
+    return near
 
 
 def _fill_choice(name: str, value: str, choices: Tuple[str, ...], patch_size: Optional[int]) -> Tuple[str, int]:
     """A pipeline's removal fill and patch window: ``auto`` becomes the installed best
     (``pipelines.fill.default_method``: ``pypatchmatch`` or ``patch``), so the recorded params say
     which fill made the bytes; ``patch_size`` None takes the method's own (``fill.DEFAULT_PATCH``)."""
-    from refcoco_edit.pipelines.fill import DEFAULT_PATCH, default_method
+    from refcoco_edit.pipelines.fill import DEFAULT_PATCH, pypatchmatch_available, resolve_method
 
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    if value == "auto":
-        value = default_method()
-    if value == "pypatchmatch":
-        from refcoco_edit.pipelines.fill import pypatchmatch_available
-
-        if not pypatchmatch_available():
-            raise ValueError(f"{name}=pypatchmatch needs the pypatchmatch package (pip install pypatchmatch; "
-                             "Python >= 3.11); auto uses it where installed, else the patch fill")
+    value = resolve_method(value)
+    if value == "pypatchmatch" and not pypatchmatch_available():
+        raise ValueError(f"{name}=pypatchmatch needs the pypatchmatch package (pip install pypatchmatch; "
+                         "Python >= 3.11); auto uses it where installed, else the patch fill")
     size = DEFAULT_PATCH.get(value, 7) if patch_size is None else int(patch_size)
     if size < 3:
         raise ValueError(f"patch_size must be >= 3, got {patch_size}")
